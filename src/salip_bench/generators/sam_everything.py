@@ -1,0 +1,76 @@
+"""Generator ``sam_everything``: SAM's automatic ("segment everything") mask generation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from segment_anything import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import MaskData, batched_mask_to_box, generate_crop_boxes
+from torchvision.ops.boxes import batched_nms, box_area
+
+from salip_bench.models.sam import SamEngine
+from salip_bench.registry import GENERATORS
+from salip_bench.types import Candidates
+
+
+class _SafeAutomaticMaskGenerator(SamAutomaticMaskGenerator):
+    """Upstream generator that treats "no mask survived" as a normal outcome.
+
+    Upstream's ``_generate_masks`` calls ``box_area`` on the (empty) crop boxes of an empty result
+    when ``crop_n_layers >= 1`` and raises ``IndexError``; everything else is unchanged.
+    """
+
+    def _generate_masks(self, image: np.ndarray) -> MaskData:
+        orig_size = image.shape[:2]
+        crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
+        data = MaskData()
+        for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
+            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size))
+        if len(crop_boxes) > 1 and len(data["crop_boxes"]) > 0:
+            # Prefer masks from smaller crops, as upstream does.
+            scores = 1 / box_area(data["crop_boxes"])
+            scores = scores.to(data["boxes"].device)
+            keep = batched_nms(data["boxes"].float(), scores,
+                               torch.zeros_like(data["boxes"][:, 0]), iou_threshold=self.crop_nms_thresh)
+            data.filter(keep)
+        data.to_numpy()
+        return data
+
+
+@GENERATORS.register("sam_everything")
+class SamEverythingGenerator:
+    """SAM prompted with a regular grid of points; every upstream ``SamAutomaticMaskGenerator`` knob.
+
+    points_per_side: grid side (points = side²); points_per_batch: points decoded together;
+    pred_iou_thresh / stability_score_thresh / stability_score_offset: quality filters;
+    box_nms_thresh: NMS IoU within a crop; crop_n_layers / crop_nms_thresh / crop_overlap_ratio /
+    crop_n_points_downscale_factor: multi-crop processing (0 layers = the full image only);
+    min_mask_region_area: remove small holes/islands (pixels, 0 = off, needs OpenCV).
+    ``sam`` is injected at run time; its memoising predictor lets the refiner reuse the embedding.
+    """
+
+    def __init__(self, sam: SamEngine, points_per_side: int = 32, points_per_batch: int = 64,
+                 pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
+                 stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
+                 crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
+                 crop_n_points_downscale_factor: int = 1, min_mask_region_area: int = 0) -> None:
+        self.sam = sam
+        self.amg = _SafeAutomaticMaskGenerator(
+            sam.sam, points_per_side=points_per_side, points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area, output_mode="binary_mask")
+        self.amg.predictor = sam.predictor  # share the memoised embeddings with the refiner
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray) -> Candidates:
+        records = self.amg.generate(image)
+        height, width = image.shape[:2]
+        if not records:
+            return Candidates.empty(height, width)
+        masks = np.stack([r["segmentation"] for r in records]).astype(bool)
+        boxes = batched_mask_to_box(torch.from_numpy(masks)).numpy().astype(np.float32)
+        return Candidates(masks=masks, boxes=boxes, areas=masks.sum(axis=(1, 2)).astype(np.int64),
+                          predicted_iou=np.array([r["predicted_iou"] for r in records], np.float32),
+                          stability_score=np.array([r["stability_score"] for r in records], np.float32))

@@ -1,0 +1,135 @@
+"""A whole evaluation run: config → dataset, models, method → Lightning predict → outputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Subset
+
+from salip_bench.io.records import RecordStore, aggregate, results_frame, write_if_changed
+from salip_bench.io.wandb_log import log_run, make_wandb_logger
+from salip_bench.lightning_module import PredictModule, RecordWriter
+from salip_bench.metrics import EMPTY_MASK_CONVENTION
+from salip_bench.models.clip import build_clip
+from salip_bench.models.sam import build_sam
+from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER
+from salip_bench.registry import DATASETS, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy
+
+log = logging.getLogger(__name__)
+
+# Keys that do not change any prediction: they stay out of the resume fingerprint.
+NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger")
+PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything",
+            "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
+
+
+def config_fingerprint(cfg: dict) -> str:
+    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_context(cfg: dict, dataset) -> dict[str, Lazy]:  # noqa: ANN001
+    """Everything a method or stage plugin may ask for by parameter name, built on first use.
+
+    Order matters only for error order: SAM (and so a missing checkpoint) comes first.
+    """
+    models = {"sam": Lazy(lambda: build_sam(cfg["model"], cfg["weights"])),
+              "clip": Lazy(lambda: build_clip(cfg["clip"], cfg["weights"])),
+              "class_prompts": Lazy(dataset.class_prompts),
+              "top_k": Lazy(dataset.top_k_per_class)}
+    stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
+              "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
+              "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),
+              "refiner": Lazy(lambda: REFINERS.build(cfg["refiner"], **models))}
+    return {**stages, **models}
+
+
+def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
+    """Evaluate ``cfg.method`` on ``cfg.dataset`` into ``out_dir``; returns the summary dict."""
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out_dir = Path(out_dir)
+    L.seed_everything(cfg["seed"], verbose=False)
+    dataset = DATASETS.build(cfg["dataset"])
+    ids = dataset.ids[: cfg["limit"]] if cfg.get("limit") else dataset.ids
+    fingerprint = config_fingerprint(cfg)
+    store = RecordStore(out_dir)
+    pending = pending_indices(store, ids, fingerprint, cfg["resume"])
+    log.info("%d samples, %d already done, %d to run -> %s", len(ids), len(ids) - len(pending), len(pending), out_dir)
+    if not pending:
+        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None)
+
+    context = build_context(cfg, dataset)
+    method = METHODS.build(cfg["method"], **context)
+    engines = {k: context[k]() for k in ("sam", "clip") if context[k].built}
+    if cfg["weights"] == "random":
+        log.warning(RANDOM_WEIGHTS_BANNER)
+    texts_encoded = getattr(engines.get("clip"), "texts_encoded", 0)
+    identity = {k: e.identity for k, e in engines.items()}
+    logger = make_wandb_logger(cfg["logger"], out_dir, {**cfg, "weights_identity": identity},
+                               tags=[cfg["method"]["name"], f"weights={cfg['weights']}"])
+    writer = RecordWriter(store, cfg["save_masks"], cfg["logger"].get("overlays", 0) if logger else 0)
+    trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
+    loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
+    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint)
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    finally:  # a failed or interrupted run still leaves tables of everything finished
+        summary = finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded)
+    if logger is not None:
+        log_run(logger, summary, results_frame(store.read_all(ids)), writer.kept)
+    return summary
+
+
+def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume: bool) -> list[int]:
+    if not resume:
+        return list(range(len(ids)))
+    pending = []
+    for index, sample_id in enumerate(ids):
+        record = store.read(sample_id)
+        if record is None:
+            pending.append(index)
+        elif record.get("fingerprint") != fingerprint:
+            raise RuntimeError(f"{store.out_dir} holds results of another configuration (sample {sample_id}: "
+                               f"fingerprint {record.get('fingerprint')} != {fingerprint}); choose a new "
+                               "output_dir, or resume=false to overwrite them")
+    return pending
+
+
+def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
+             engines: dict, texts_encoded: int | None) -> dict:
+    """(Re)write results.csv and summary.json from the records on disk; unchanged files are left alone."""
+    records = store.read_all(ids)
+    summary_path = out_dir / "summary.json"
+    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    work = {"sam_encoder_passes": sum(r.get("sam_encoder_passes", 0) for r in records),
+            "clip_images_encoded": sum(r.get("clip_images_encoded", 0) for r in records),
+            "clip_texts_encoded": texts_encoded if texts_encoded is not None
+            else previous.get("work", {}).get("clip_texts_encoded", 0)}
+    summary = {**aggregate(records), "dataset": cfg["dataset"]["name"], "method": cfg["method"]["name"],
+               "empty_mask_convention": EMPTY_MASK_CONVENTION, "fingerprint": fingerprint, "work": work,
+               "weights": cfg["weights"],
+               "weights_identity": {k: e.identity for k, e in engines.items()} or previous.get("weights_identity", {}),
+               "versions": package_versions(), "config": cfg}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if records:
+        write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))
+    write_if_changed(summary_path, json.dumps(summary, indent=2, sort_keys=True, default=str))
+    log.info("dice_mean=%s iou_mean=%s n_ok=%d n_failed=%d", summary["dice_mean"], summary["iou_mean"],
+             summary["n_ok"], summary["n_failed"])
+    return summary

@@ -1,0 +1,112 @@
+"""Per-sample records on disk, and the run tables built from them.
+
+Each finished sample is one JSON file under ``samples/`` (plus its mask PNG), written to a
+temporary file and renamed, so a killed run never leaves a half-written result and a resumed run
+knows exactly what is done. ``results.csv`` and ``summary.json`` are derived from those records.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+RESULT_COLUMNS = ["id", "status", "dice", "iou", "failure", "n_candidates", "n_kept", "retrieved_classes",
+                  "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area", "seconds",
+                  "sam_encoder_passes", "clip_images_encoded"]
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _publish(tmp_name: str, path: Path) -> None:
+    """Give the temporary file normal permissions (tempfile makes it 0600) and rename it into place."""
+    os.chmod(tmp_name, 0o666 & ~_UMASK)
+    os.replace(tmp_name, path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.", suffix=".tmp") as tmp:
+        tmp.write(data)
+    _publish(tmp.name, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` atomically unless the file already holds exactly it (keeps re-runs a no-op)."""
+    if path.is_file() and path.read_text() == text:
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
+def safe_name(sample_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+
+
+class RecordStore:
+    """The ``samples/`` and ``masks/`` folders of one output directory."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir)
+        self.samples_dir = self.out_dir / "samples"
+        self.masks_dir = self.out_dir / "masks"
+
+    def record_path(self, sample_id: str) -> Path:
+        return self.samples_dir / f"{safe_name(sample_id)}.json"
+
+    def write(self, record: dict, mask: np.ndarray | None) -> None:
+        """Mask first, record last: a record on disk means the sample is complete."""
+        if mask is not None:
+            path = self.masks_dir / f"{safe_name(record['id'])}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.",
+                                             suffix=".png") as tmp:
+                Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
+            _publish(tmp.name, path)
+        atomic_write_text(self.record_path(record["id"]), json.dumps(record, sort_keys=True, indent=1))
+
+    def read(self, sample_id: str) -> dict | None:
+        path = self.record_path(sample_id)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None  # unreadable record (should not happen with atomic writes): redo the sample
+
+    def read_all(self, ids: list[str]) -> list[dict]:
+        return [r for r in (self.read(i) for i in ids) if r is not None]
+
+
+def results_frame(records: list[dict]) -> pd.DataFrame:
+    """One row per sample, JSON-encoding list-valued columns so the CSV stays one line per row."""
+    rows = []
+    for record in records:
+        row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in record.items()
+               if k not in ("fingerprint",)}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    ordered = [c for c in RESULT_COLUMNS if c in frame.columns]
+    return frame[ordered + sorted(c for c in frame.columns if c not in ordered)]
+
+
+def aggregate(records: list[dict]) -> dict:
+    """Mean/std/median of per-sample Dice and IoU over the samples that did not fail."""
+    ok = [r for r in records if r["status"] == "ok"]
+    summary: dict = {"n_total": len(records), "n_ok": len(ok), "n_failed": len(records) - len(ok)}
+    for metric in ("dice", "iou"):
+        values = np.array([r[metric] for r in ok], dtype=np.float64)
+        summary[f"{metric}_mean"] = float(values.mean()) if values.size else None
+        summary[f"{metric}_std"] = float(values.std()) if values.size else None
+        summary[f"{metric}_median"] = float(np.median(values)) if values.size else None
+    return summary

@@ -1,0 +1,60 @@
+"""Weights & Biases logging of a finished run: summary metrics, the per-image table, overlays.
+
+Offline by default (files under ``<output_dir>/wandb``); nothing is uploaded unless mode=online.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from lightning.pytorch.loggers import WandbLogger
+
+from salip_bench.types import Prediction, Sample
+
+
+def make_wandb_logger(cfg: dict, out_dir: Path, run_config: dict, tags: list[str]) -> WandbLogger | None:
+    """A Lightning ``WandbLogger`` for ``conf/logger/wandb.yaml`` (None when logger=none or mode=disabled)."""
+    if cfg["name"] == "none" or cfg.get("mode") == "disabled":
+        return None
+    if cfg["name"] != "wandb":
+        raise ValueError(f"unknown logger {cfg['name']!r}; known: wandb, none")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=cfg["project"], entity=cfg.get("entity"), name=cfg.get("run_name") or out_dir.name,
+                       save_dir=str(out_dir), offline=cfg["mode"] == "offline", config=run_config, tags=tags,
+                       mode=cfg["mode"])
+
+
+def overlay_image(sample: Sample, prediction: Prediction, record: dict, max_side: int = 512):
+    """A ``wandb.Image`` of the sample with GT and prediction masks and the retrieved boxes."""
+    import wandb
+
+    image = sample.image
+    step = max(1, int(np.ceil(max(image.shape[:2]) / max_side)))  # subsample: logs stay small
+    small = image[::step, ::step]
+    masks = {"prediction": {"mask_data": prediction.mask[::step, ::step].astype(np.uint8),
+                            "class_labels": {1: "prediction"}}}
+    if sample.mask is not None:
+        masks["ground_truth"] = {"mask_data": sample.mask[::step, ::step].astype(np.uint8),
+                                 "class_labels": {1: "ground truth"}}
+    boxes = [{"position": {"minX": float(b[0]) / step, "minY": float(b[1]) / step,
+                           "maxX": float(b[2]) / step, "maxY": float(b[3]) / step},
+              "domain": "pixel", "class_id": 1, "box_caption": "retrieved"} for b in prediction.boxes]
+    caption = f"{sample.id} dice={record.get('dice', float('nan')):.3f}"
+    return wandb.Image(small, masks=masks, boxes={"retrieved": {"box_data": boxes, "class_labels": {1: "retrieved"}}}
+                       if boxes else None, caption=caption)
+
+
+def log_run(logger: WandbLogger, summary: dict, frame: pd.DataFrame,
+            kept: list[tuple[Sample, Prediction, dict]]) -> None:
+    """Summary metrics, the per-image table and the overlays, then close the run."""
+    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
+    metrics.update({f"work/{k}": v for k, v in summary.get("work", {}).items()})
+    logger.log_metrics(metrics)
+    logger.experiment.summary.update(metrics)
+    logger.log_table(key="per_image", dataframe=frame.astype(str))
+    if kept:
+        logger.experiment.log({"overlays": [overlay_image(s, p, r) for s, p, r in kept]})
+    logger.experiment.finish()

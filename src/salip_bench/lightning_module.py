@@ -1,0 +1,101 @@
+"""The Lightning side of a run: a predict-only module and a writer that stores each sample."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import nn
+
+from salip_bench.io.records import RecordStore
+from salip_bench.metrics import dice_iou
+from salip_bench.types import Prediction, Sample
+
+log = logging.getLogger(__name__)
+
+
+class WorkCounters:
+    """Reads the work counters of the engines that were built (SAM encoder passes, CLIP images)."""
+
+    def __init__(self, engines: dict[str, nn.Module]) -> None:
+        self.engines = engines
+
+    def snapshot(self) -> dict[str, int]:
+        sam, clip = self.engines.get("sam"), self.engines.get("clip")
+        return {"sam_encoder_passes": getattr(sam, "encoder_passes", 0),
+                "clip_images_encoded": getattr(clip, "images_encoded", 0)}
+
+
+class PredictModule(L.LightningModule):
+    """Runs a method on every sample of a batch and scores it; never trains.
+
+    method: any callable Sample → Prediction; engines: the nn.Modules the method uses (registered
+    here so the Trainer moves them to the accelerator); fail_fast: re-raise a sample's error
+    instead of recording it; fingerprint: the configuration hash stored with each record.
+    """
+
+    def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
+                 fail_fast: bool, fingerprint: str) -> None:
+        super().__init__()
+        self.method = method
+        self.engines = nn.ModuleDict(engines)
+        self.counters = WorkCounters(engines)
+        self.fail_fast = fail_fast
+        self.fingerprint = fingerprint
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
+        return batch  # samples are numpy; the method moves what it needs
+
+    def predict_step(self, batch: list[Sample], batch_idx: int) -> list[tuple[dict, np.ndarray | None, Prediction | None, Sample]]:
+        return [self.evaluate(sample) for sample in batch]
+
+    def evaluate(self, sample: Sample) -> tuple[dict, np.ndarray | None, Prediction | None, Sample]:
+        record: dict = {"id": sample.id, "fingerprint": self.fingerprint}
+        if sample.error:
+            if self.fail_fast:
+                raise RuntimeError(f"sample {sample.id}: {sample.error}")
+            log.warning("sample %s failed to load: %s", sample.id, sample.error)
+            return {**record, "status": "failed", "failure": sample.error}, None, None, sample
+        before, start = self.counters.snapshot(), time.perf_counter()
+        try:
+            prediction = self.method(sample)
+            if prediction.mask.shape != sample.image.shape[:2]:
+                raise ValueError(f"prediction shape {prediction.mask.shape} != image {sample.image.shape[:2]}")
+        except Exception as err:
+            if self.fail_fast:
+                raise
+            log.exception("sample %s failed", sample.id)
+            return {**record, "status": "failed", "failure": f"{type(err).__name__}: {err}"}, None, None, sample
+        after = self.counters.snapshot()
+        record.update({"status": "ok", "failure": "", "seconds": round(time.perf_counter() - start, 3),
+                       "gt_area": int(sample.mask.sum()) if sample.mask is not None else None,
+                       "pred_area": int(prediction.mask.sum())})
+        if sample.mask is not None:
+            record["dice"], record["iou"] = dice_iou(prediction.mask, sample.mask)
+        record.update({k: after[k] - before[k] for k in after})
+        record.update(prediction.info)
+        return record, prediction.mask, prediction, sample
+
+
+class RecordWriter(BasePredictionWriter):
+    """Writes each finished sample (mask PNG, then its record) as soon as its batch ends, and keeps
+    the first ``overlays`` samples for the logger."""
+
+    def __init__(self, store: RecordStore, save_masks: bool, overlays: int) -> None:
+        super().__init__(write_interval="batch")
+        self.store = store
+        self.save_masks = save_masks
+        self.overlays = overlays
+        self.kept: list[tuple[Sample, Prediction, dict]] = []
+        self.written = 0
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
+                           dataloader_idx) -> None:
+        for record, mask, pred, sample in prediction:
+            self.store.write(record, mask if self.save_masks else None)
+            self.written += 1
+            if pred is not None and len(self.kept) < self.overlays:
+                self.kept.append((sample, pred, record))

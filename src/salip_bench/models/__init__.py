@@ -1,0 +1,1 @@
+"""Foundation models (SAM, CLIP) and where their weights come from."""

@@ -1,0 +1,129 @@
+"""SAM models of any size from the upstream architecture classes, and a predictor that encodes
+each image once.
+
+The upstream builders differ only in numbers but hard-code the input size and the prompt
+embedding width; ours take them as arguments so a *tiny* SAM (same classes, small encoder and
+input) exists for tests. ``SamEngine`` owns the model, counts image-encoder passes with a forward
+hook and memoises image embeddings by image content, so the refiner's ``set_image`` on the image
+the generator already encoded costs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from functools import partial
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
+
+from salip_bench.models.weights import file_sha256, load_state_dict, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def build_sam_model(encoder_embed_dim: int, encoder_depth: int, encoder_num_heads: int,
+                    encoder_global_attn_indexes: list[int], image_size: int = 1024,
+                    prompt_embed_dim: int = 256, decoder_depth: int = 2, decoder_mlp_dim: int = 2048,
+                    decoder_num_heads: int = 8) -> Sam:
+    """Build an (untrained) SAM with the upstream architecture.
+
+    encoder_*: ViT image encoder width, depth, heads and global-attention block indices;
+    image_size: the encoder's square input side (1024 for the released models); prompt_embed_dim:
+    channels of the image embedding and prompt tokens; decoder_*: the two-way transformer.
+    """
+    patch_size = 16
+    embedding_side = image_size // patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=encoder_depth, embed_dim=encoder_embed_dim, img_size=image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=encoder_num_heads,
+            patch_size=patch_size, qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=list(encoder_global_attn_indexes), window_size=14,
+            out_chans=prompt_embed_dim),
+        prompt_encoder=PromptEncoder(
+            embed_dim=prompt_embed_dim, image_embedding_size=(embedding_side, embedding_side),
+            input_image_size=(image_size, image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=decoder_depth, embedding_dim=prompt_embed_dim,
+                                          mlp_dim=decoder_mlp_dim, num_heads=decoder_num_heads),
+            transformer_dim=prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=prompt_embed_dim),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+
+
+def image_key(image: np.ndarray) -> str:
+    """Content key of an image array (shape, dtype and bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.shape}{image.dtype}".encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
+
+
+class MemoSamPredictor(SamPredictor):
+    """``SamPredictor`` whose ``set_image`` reuses the embedding of an image it has seen recently.
+
+    Upstream's predictor re-runs the image encoder on every ``set_image``; the SaLIP refiner calls
+    it on the very image the generator just encoded, which would double the dominant cost.
+    """
+
+    def __init__(self, sam_model: Sam, memo_size: int = 8) -> None:
+        super().__init__(sam_model)
+        self.memo_size = memo_size
+        self._memo: OrderedDict[str, tuple] = OrderedDict()
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        key = image_key(image) + image_format
+        if key in self._memo:
+            self._memo.move_to_end(key)
+            self.features, self.original_size, self.input_size = self._memo[key]
+            self.is_image_set = True
+            return
+        super().set_image(image, image_format)
+        self._memo[key] = (self.features, self.original_size, self.input_size)
+        while len(self._memo) > self.memo_size:
+            self._memo.popitem(last=False)
+
+    def forget(self) -> None:
+        self._memo.clear()
+        self.reset_image()
+
+
+class SamEngine(nn.Module):
+    """A SAM model, its memoising predictor, and a count of image-encoder passes."""
+
+    def __init__(self, sam: Sam, identity: dict) -> None:
+        super().__init__()
+        self.sam = sam.eval()
+        self.identity = identity
+        self.encoder_passes = 0
+        self.predictor = MemoSamPredictor(self.sam)
+        self.sam.image_encoder.register_forward_hook(self._count_pass)
+
+    def _count_pass(self, *_: object) -> None:
+        self.encoder_passes += 1
+
+
+def build_sam(cfg: dict, weights: str) -> SamEngine:
+    """Build the SAM described by a ``conf/model/*.yaml`` entry with ``weights`` 'pretrained' or 'random'."""
+    arch = {k: cfg[k] for k in ("encoder_embed_dim", "encoder_depth", "encoder_num_heads",
+                                 "encoder_global_attn_indexes", "image_size", "prompt_embed_dim",
+                                 "decoder_depth", "decoder_mlp_dim", "decoder_num_heads")}
+    if weights == "random":
+        torch.manual_seed(int(cfg.get("random_seed", 0)))
+        sam = build_sam_model(**arch)
+        return SamEngine(sam, {"model": cfg["name"], "weights": "random", "seed": int(cfg.get("random_seed", 0))})
+    if weights != "pretrained":
+        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
+    path = resolve_checkpoint(f"SAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"), cfg.get("checkpoint"),
+                              "model.checkpoint")
+    sam = build_sam_model(**arch)
+    sam.load_state_dict(load_state_dict(path))
+    log.info("SAM %s loaded from %s", cfg["name"], path)
+    return SamEngine(sam, {"model": cfg["name"], "weights": "pretrained", "file": str(path),
+                           "sha256": file_sha256(path)})

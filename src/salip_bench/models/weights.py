@@ -1,0 +1,100 @@
+"""Where model weights come from: explicit path → local cache → official download, or random.
+
+Random weights are never a fallback: they must be requested with ``weights=random`` and are
+announced loudly, because every number computed with them is meaningless.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OFFLINE_ENV_VARS = ("SALIP_BENCH_OFFLINE", "HF_HUB_OFFLINE")
+RANDOM_WEIGHTS_BANNER = (
+    "\n" + "!" * 78 + "\n!! weights=random: SAM and CLIP are RANDOMLY INITIALISED. Every Dice/IoU of this run is"
+    "\n!! meaningless; use it only for smoke tests of the harness.\n" + "!" * 78)
+
+
+class WeightsNotFoundError(RuntimeError):
+    """A checkpoint was needed and could not be found or downloaded."""
+
+
+def cache_dir() -> Path:
+    """Our checkpoint cache: $SALIP_BENCH_CACHE/checkpoints or ~/.cache/salip_bench/checkpoints."""
+    root = os.environ.get("SALIP_BENCH_CACHE") or Path.home() / ".cache" / "salip_bench"
+    return Path(root).expanduser() / "checkpoints"
+
+
+def search_dirs() -> list[Path]:
+    """Local caches searched before any download (ours, then torch hub's)."""
+    return [cache_dir(), Path(torch.hub.get_dir()) / "checkpoints"]
+
+
+def is_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_ENV_VARS)
+
+
+def how_to_provide(what: str, file_name: str, url: str | None, config_key: str) -> str:
+    where = f"download {url} " if url else f"obtain {file_name} "
+    return (f"{where}on a machine with internet, then either pass {config_key}=/path/to/{file_name} or "
+            f"copy it to {cache_dir() / file_name}. For an offline smoke run of the harness use "
+            f"model=sam_tiny clip=tiny weights=random (its numbers are meaningless).")
+
+
+def resolve_checkpoint(what: str, file_name: str, url: str | None, explicit: str | None,
+                       config_key: str, download_timeout_s: float = 20.0) -> Path:
+    """Return a local path to ``file_name`` or raise :class:`WeightsNotFoundError` naming it."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_file():
+            return path
+        raise WeightsNotFoundError(f"{what} checkpoint {path} ({config_key}) does not exist; "
+                                   + how_to_provide(what, file_name, url, config_key))
+    for directory in search_dirs():
+        if (directory / file_name).is_file():
+            return directory / file_name
+    looked = ", ".join(str(d) for d in search_dirs())
+    if url is None or is_offline():
+        reason = "offline mode is set" if url else "it has no download URL"
+        raise WeightsNotFoundError(f"{what} checkpoint {file_name} not found (looked in {looked}) and {reason}; "
+                                   + how_to_provide(what, file_name, url, config_key))
+    try:
+        return download(url, cache_dir() / file_name, download_timeout_s)
+    except OSError as err:
+        raise WeightsNotFoundError(f"{what} checkpoint {file_name} not found (looked in {looked}) and its download "
+                                   f"failed ({err}); " + how_to_provide(what, file_name, url, config_key)) from err
+
+
+def download(url: str, target: Path, timeout_s: float) -> Path:
+    """Stream ``url`` to ``target`` through a temporary file, so a killed download leaves no partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s -> %s", url, target)
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (fixed official URLs)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
+            shutil.copyfileobj(response, tmp, length=1 << 22)
+    os.replace(tmp.name, target)
+    return target
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_state_dict(path: Path) -> dict:
+    """Load tensors only: ``weights_only=True`` never unpickles arbitrary code from a checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state

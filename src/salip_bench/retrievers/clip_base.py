@@ -1,0 +1,58 @@
+"""Base class of the CLIP retrievers: visual prompts scored against text prototypes, top-k per class.
+
+A subclass only says how a candidate becomes a picture (``visual_prompt``); text prototypes,
+batching, scoring and top-k selection live here once.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from salip_bench.models.clip import ClipEngine, to_pil
+from salip_bench.types import Candidates, Retrieved
+
+
+class ClipRetriever:
+    """Score each candidate's visual prompt by cosine similarity to each class's text prototype.
+
+    A class's prototype is the mean of its sentences' L2-normalised CLIP text embeddings,
+    re-normalised, computed once when the retriever is built (once per run). For every class the
+    ``top_k[class]`` best candidates are retrieved. batch_size: visual prompts per CLIP forward.
+    ``clip``, ``class_prompts`` ({class: [sentences]}) and ``top_k`` ({class: k}) are injected.
+    """
+
+    def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
+                 batch_size: int = 32) -> None:
+        missing = sorted(set(class_prompts) - set(top_k))
+        if missing:
+            raise ValueError(f"no top_k for class(es) {missing}")
+        self.clip = clip
+        self.classes = list(class_prompts)
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.prototypes = torch.stack([
+            torch.nn.functional.normalize(clip.encode_texts(list(sentences)).mean(dim=0), dim=0)
+            for sentences in class_prompts.values()])  # (C, D)
+
+    def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
+        """(N, C) cosine similarity of every candidate to every class prototype."""
+        pictures = [to_pil(self.visual_prompt(image, mask, box))
+                    for mask, box in zip(candidates.masks, candidates.boxes)]
+        embeddings = self.clip.encode_images(pictures, self.batch_size)
+        return (embeddings @ self.prototypes.T).numpy()
+
+    def __call__(self, image: np.ndarray, candidates: Candidates) -> Retrieved:
+        if len(candidates) == 0:
+            return Retrieved(candidates, [], np.zeros(0, np.float32), np.zeros(0, np.int64))
+        similarity = self.scores(image, candidates)
+        picked, classes, scores = [], [], []
+        for column, name in enumerate(self.classes):
+            order = np.argsort(-similarity[:, column], kind="stable")[: self.top_k[name]]
+            picked.extend(order.tolist())
+            classes.extend([name] * len(order))
+            scores.extend(similarity[order, column].tolist())
+        index = np.asarray(picked, np.int64)
+        return Retrieved(candidates.select(index), classes, np.asarray(scores, np.float32), index)

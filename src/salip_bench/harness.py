@@ -86,7 +86,7 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     writer = RecordWriter(store, cfg["save_masks"], cfg["logger"].get("overlays", 0) if logger else 0)
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
-    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint)
+    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics)
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
     finally:  # a failed or interrupted run still leaves tables of everything finished
@@ -111,6 +111,13 @@ def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume
     return pending
 
 
+def overrides() -> list[str]:
+    """The command-line overrides of this (Hydra) job, for labelling runs in reports."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
              engines: dict, texts_encoded: int | None) -> dict:
     """(Re)write results.csv and summary.json from the records on disk; unchanged files are left alone."""
@@ -122,6 +129,8 @@ def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], finge
             "clip_texts_encoded": texts_encoded if texts_encoded is not None
             else previous.get("work", {}).get("clip_texts_encoded", 0)}
     summary = {**aggregate(records), "dataset": cfg["dataset"]["name"], "method": cfg["method"]["name"],
+               "dataset_root": cfg["dataset"].get("root"), "roi": cfg["dataset"].get("prompts"),
+               "overrides": overrides(),
                "empty_mask_convention": EMPTY_MASK_CONVENTION, "fingerprint": fingerprint, "work": work,
                "weights": cfg["weights"],
                "weights_identity": {k: e.identity for k, e in engines.items()} or previous.get("weights_identity", {}),

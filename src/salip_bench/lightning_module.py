@@ -11,10 +11,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
 from salip_bench.io.records import RecordStore
-from salip_bench.metrics import dice_iou
+from salip_bench.metrics import confusion_counts, dice_iou
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
+
+
+# Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries.
+RECORDED_META = ("volume", "domain", "slice", "image_path")
 
 
 class WorkCounters:
@@ -34,12 +38,15 @@ class PredictModule(L.LightningModule):
 
     method: any callable Sample → Prediction; engines: the nn.Modules the method uses (registered
     here so the Trainer moves them to the accelerator); fail_fast: re-raise a sample's error
-    instead of recording it; fingerprint: the configuration hash stored with each record.
+    instead of recording it; fingerprint: the configuration hash stored with each record;
+    extra_metrics: dataset-specific columns from (sample, predicted mask), e.g. HC18's circumference.
     """
 
     def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
-                 fail_fast: bool, fingerprint: str) -> None:
+                 fail_fast: bool, fingerprint: str,
+                 extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None) -> None:
         super().__init__()
+        self.extra_metrics = extra_metrics
         self.method = method
         self.engines = nn.ModuleDict(engines)
         self.counters = WorkCounters(engines)
@@ -53,7 +60,8 @@ class PredictModule(L.LightningModule):
         return [self.evaluate(sample) for sample in batch]
 
     def evaluate(self, sample: Sample) -> tuple[dict, np.ndarray | None, Prediction | None, Sample]:
-        record: dict = {"id": sample.id, "fingerprint": self.fingerprint}
+        record: dict = {"id": sample.id, "fingerprint": self.fingerprint,
+                        **{k: v for k, v in sample.meta.items() if k in RECORDED_META}}
         if sample.error:
             if self.fail_fast:
                 raise RuntimeError(f"sample {sample.id}: {sample.error}")
@@ -75,6 +83,9 @@ class PredictModule(L.LightningModule):
                        "pred_area": int(prediction.mask.sum())})
         if sample.mask is not None:
             record["dice"], record["iou"] = dice_iou(prediction.mask, sample.mask)
+            record.update(confusion_counts(prediction.mask, sample.mask))
+        if self.extra_metrics is not None:
+            record.update(self.extra_metrics(sample, prediction.mask))
         record.update({k: after[k] - before[k] for k in after})
         record.update(prediction.info)
         return record, prediction.mask, prediction, sample

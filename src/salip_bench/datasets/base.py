@@ -107,6 +107,10 @@ class SegmentationDataset(Dataset):
         except Exception as err:  # noqa: BLE001 - any unreadable sample becomes a recorded failure
             return Sample(id=self.ids[index], image=None, mask=None, error=f"{type(err).__name__}: {err}")
 
+    def extra_metrics(self, sample: Sample, prediction: np.ndarray) -> dict:
+        """Dataset-specific result columns for one sample (e.g. HC18 head circumference); none by default."""
+        return {}
+
     def class_prompts(self) -> dict[str, list[str]]:
         return load_class_prompts(self.prompts)
 

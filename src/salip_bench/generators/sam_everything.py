@@ -22,9 +22,13 @@ class _SafeAutomaticMaskGenerator(SamAutomaticMaskGenerator):
     def _generate_masks(self, image: np.ndarray) -> MaskData:
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        data = MaskData()
+        data: MaskData | None = None
         for crop_box, layer_idx in zip(crop_boxes, layer_idxs):
-            data.cat(self._process_crop(image, crop_box, layer_idx, orig_size))
+            crop_data = self._process_crop(image, crop_box, layer_idx, orig_size)
+            if data is None:
+                data = crop_data
+            else:
+                data.cat(crop_data)
         if len(crop_boxes) > 1 and len(data["crop_boxes"]) > 0:
             # Prefer masks from smaller crops, as upstream does.
             scores = 1 / box_area(data["crop_boxes"])

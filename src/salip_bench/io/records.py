@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-RESULT_COLUMNS = ["id", "status", "dice", "iou", "failure", "n_candidates", "n_kept", "retrieved_classes",
+from salip_bench.metrics import dice_iou_from_counts
+
+RESULT_COLUMNS = ["id", "status", "dice", "iou", "failure", "domain", "volume", "slice", "n_candidates", "n_kept", "retrieved_classes",
                   "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area", "seconds",
                   "sam_encoder_passes", "clip_images_encoded"]
 
@@ -101,11 +103,46 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def aggregate(records: list[dict]) -> dict:
-    """Mean/std/median of per-sample Dice and IoU over the samples that did not fail."""
+    """Mean/std/median of per-sample Dice and IoU over the samples that did not fail; with
+    ``volume`` / ``domain`` keys in the records also per volume (3D Dice of the stacked slices) and
+    per domain (mean over its volumes, as the paper's Table 1)."""
+    summary = per_sample_stats(records)
+    volumes = sorted({r["volume"] for r in records if r.get("volume") is not None})
+    if volumes:
+        per_volume = {}
+        for volume in volumes:
+            ok = [r for r in records if r.get("volume") == volume and r["status"] == "ok" and "tp" in r]
+            counts = {k: sum(r[k] for r in ok) for k in ("tp", "fp", "fn")}
+            dice, iou = dice_iou_from_counts(**counts) if ok else (None, None)
+            domain = next((r.get("domain") for r in records if r.get("volume") == volume), None)
+            per_volume[volume] = {"dice_3d": dice, "iou_3d": iou, "n_slices": len(ok), "domain": domain}
+        summary["per_volume"] = per_volume
+        summary["dice_3d_mean"] = _mean([v["dice_3d"] for v in per_volume.values()])
+        summary["iou_3d_mean"] = _mean([v["iou_3d"] for v in per_volume.values()])
+    domains = sorted({r["domain"] for r in records if r.get("domain") is not None})
+    if domains:
+        summary["per_domain"] = {}
+        for domain in domains:
+            stats = per_sample_stats([r for r in records if r.get("domain") == domain])
+            if volumes:
+                vols = [v for v in summary["per_volume"].values() if v["domain"] == domain]
+                stats["dice_3d_mean"] = _mean([v["dice_3d"] for v in vols])
+                stats["iou_3d_mean"] = _mean([v["iou_3d"] for v in vols])
+                stats["n_volumes"] = len(vols)
+            summary["per_domain"][domain] = stats
+    return summary
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def per_sample_stats(records: list[dict]) -> dict:
     ok = [r for r in records if r["status"] == "ok"]
     summary: dict = {"n_total": len(records), "n_ok": len(ok), "n_failed": len(records) - len(ok)}
     for metric in ("dice", "iou"):
-        values = np.array([r[metric] for r in ok], dtype=np.float64)
+        values = np.array([r[metric] for r in ok if r.get(metric) is not None], dtype=np.float64)
         summary[f"{metric}_mean"] = float(values.mean()) if values.size else None
         summary[f"{metric}_std"] = float(values.std()) if values.size else None
         summary[f"{metric}_median"] = float(np.median(values)) if values.size else None

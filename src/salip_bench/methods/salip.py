@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.pipeline import Filter, Generate, Refine, Retrieve, salip
+from salip_bench.metrics import dice_iou, greedy_oracle
+from salip_bench.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 
@@ -11,18 +12,34 @@ from salip_bench.types import Prediction, Sample
 @METHODS.register("salip")
 class SalipMethod:
     """SaLIP with the stage plugins chosen by the ``generator``, ``filter``, ``retriever`` and
-    ``refiner`` config groups (all four injected, built from their yaml files)."""
+    ``refiner`` config groups (all four injected, built from their yaml files).
 
-    def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine) -> None:  # noqa: A002
+    With a ground truth at hand it also records where each stage left the answer, for failure
+    attribution: ``oracle_dice`` (best union of as many kept candidates as the retriever picks:
+    what a perfect retriever would get) and ``retrieved_dice`` (the retrieved masks before refinement).
+    """
+
+    def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
+                 top_k: dict[str, int]) -> None:
         self.generator, self.filter, self.retriever, self.refiner = generator, filter, retriever, refiner
+        self.top_k = top_k
 
     def __call__(self, sample: Sample) -> Prediction:
         result = salip(sample.image, self.generator, self.filter, self.retriever, self.refiner)
         retrieved = result.retrieved
-        return Prediction(mask=result.mask, boxes=retrieved.candidates.boxes, info={
-            "n_candidates": len(result.candidates),
-            "n_kept": len(result.kept),
-            "retrieved_classes": retrieved.classes,
-            "retrieved_scores": np.round(retrieved.scores, 5).tolist(),
-            "retrieved_boxes": np.round(retrieved.candidates.boxes, 1).tolist(),
-        })
+        info = {"n_candidates": len(result.candidates), "n_kept": len(result.kept),
+                "retrieved_classes": retrieved.classes,
+                "retrieved_scores": np.round(retrieved.scores, 5).tolist(),
+                "retrieved_boxes": np.round(retrieved.candidates.boxes, 1).tolist()}
+        if sample.mask is not None:
+            info.update(self.stage_scores(result, sample.mask))
+        return Prediction(mask=result.mask, boxes=retrieved.candidates.boxes, info=info)
+
+    def stage_scores(self, result: SalipResult, target: np.ndarray) -> dict:
+        kept = result.kept
+        oracle = greedy_oracle(kept.masks, target, sum(self.top_k.values()))
+        oracle_mask = kept.masks[oracle].any(axis=0) if len(oracle) else np.zeros_like(target)
+        retrieved_mask = (result.retrieved.candidates.masks.any(axis=0) if len(result.retrieved.candidates)
+                          else np.zeros_like(target))
+        return {"oracle_dice": round(dice_iou(oracle_mask, target)[0], 6),
+                "retrieved_dice": round(dice_iou(retrieved_mask, target)[0], 6)}

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from segment_anything import SamAutomaticMaskGenerator
-from segment_anything.utils.amg import MaskData, batched_mask_to_box, generate_crop_boxes
+from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score, generate_crop_boxes,
+                                       is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
 from torchvision.ops.boxes import batched_nms, box_area
 
 from salip_bench.models.sam import SamEngine
@@ -13,7 +14,7 @@ from salip_bench.types import Candidates
 
 
 class _SafeAutomaticMaskGenerator(SamAutomaticMaskGenerator):
-    """Upstream generator that treats "no mask survived" as a normal outcome.
+    """Upstream generator that treats "no mask survived" as a normal outcome and skips thrown-away work.
 
     Upstream's ``_generate_masks`` calls ``box_area`` on the (empty) crop boxes of an empty result
     when ``crop_n_layers >= 1`` and raises ``IndexError``; everything else is unchanged.
@@ -37,6 +38,39 @@ class _SafeAutomaticMaskGenerator(SamAutomaticMaskGenerator):
                                torch.zeros_like(data["boxes"][:, 0]), iou_threshold=self.crop_nms_thresh)
             data.filter(keep)
         data.to_numpy()
+        return data
+
+    def _process_batch(self, points: np.ndarray, im_size: tuple[int, ...], crop_box: list[int],
+                       orig_size: tuple[int, ...]) -> MaskData:
+        """Upstream's batch step, reordered so only masks that pass the predicted-IoU filter are
+        upscaled to full resolution. Upscaling is per mask, so the survivors are bit-identical to
+        upstream's; on CPU it skips most of the decoder's post-processing cost."""
+        orig_h, orig_w = orig_size
+        predictor, model = self.predictor, self.predictor.model
+        points_t = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
+        labels = torch.ones(points_t.shape[0], dtype=torch.int, device=predictor.device)
+        sparse, dense = model.prompt_encoder(points=(points_t[:, None, :], labels[:, None]), boxes=None, masks=None)
+        low_res, iou_preds = model.mask_decoder(image_embeddings=predictor.features,
+                                                image_pe=model.prompt_encoder.get_dense_pe(),
+                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                multimask_output=True)
+        low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
+        point_rows = torch.as_tensor(points.repeat(low_res.shape[0] // points.shape[0], axis=0))
+        keep = iou_preds > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou_preds, dtype=torch.bool)
+        masks = model.postprocess_masks(low_res[keep][:, None], predictor.input_size, predictor.original_size)[:, 0]
+        data = MaskData(masks=masks, iou_preds=iou_preds[keep], points=point_rows[keep.cpu()])
+        data["stability_score"] = calculate_stability_score(data["masks"], model.mask_threshold,
+                                                            self.stability_score_offset)
+        if self.stability_score_thresh > 0.0:
+            data.filter(data["stability_score"] >= self.stability_score_thresh)
+        data["masks"] = data["masks"] > model.mask_threshold
+        data["boxes"] = batched_mask_to_box(data["masks"])
+        near_edge = is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+        if torch.any(near_edge):
+            data.filter(~near_edge)
+        data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
+        data["rles"] = mask_to_rle_pytorch(data["masks"])
+        del data["masks"]
         return data
 
 

@@ -1,0 +1,176 @@
+"""Dataset ``cc359``: brain (skull stripping) in T1 MRI volumes, evaluated slice by slice."""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from salip_bench.datasets.base import SegmentationDataset, to_rgb_uint8
+from salip_bench.registry import DATASETS
+from salip_bench.types import Sample
+
+log = logging.getLogger(__name__)
+
+# CC359 file names carry vendor and field strength: CC0001_philips_15_55_M → philips_15.
+DOMAIN_PATTERN = re.compile(r"(?:^|_)(ge|philips|siemens)_(15|3)(?=_|$)", re.IGNORECASE)
+
+
+def scanner_domain(volume_id: str) -> str:
+    """``ge_15`` | ``ge_3`` | ``philips_15`` | ``philips_3`` | ``siemens_15`` | ``siemens_3`` | ``unknown``."""
+    match = DOMAIN_PATTERN.search(volume_id)
+    return f"{match.group(1).lower()}_{match.group(2)}" if match else "unknown"
+
+
+def canonical(path: Path) -> nib.Nifti1Image:
+    """The volume reoriented to RAS+, so that one ``axis`` means the same plane for every scanner."""
+    return nib.as_closest_canonical(nib.load(str(path)))
+
+
+def canonical_shape(path: Path) -> tuple[int, ...]:
+    """Shape after :func:`canonical`, from the header alone (reorienting would read the voxels)."""
+    image = nib.load(str(path))
+    ornt = nib.orientations.io_orientation(image.affine)
+    shape = [0, 0, 0]
+    for source_axis, (target_axis, _) in enumerate(ornt):
+        shape[int(target_axis)] = image.shape[source_axis]
+    return tuple(shape)
+
+
+def display_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice ``index`` along ``axis`` of a RAS+ volume, turned so that superior (or, for axial
+    slices, anterior) is at the top: the two remaining axes, transposed and flipped vertically."""
+    return np.ascontiguousarray(np.flipud(np.take(volume, index, axis=axis).T))
+
+
+def window_uint8(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Intensities → uint8 through the volume's own low–high percentile window, so all slices of a
+    volume share one scale (a per-slice window would brighten the near-empty top slices)."""
+    volume = volume.astype(np.float32)
+    lo, hi = np.percentile(volume, (low, high))
+    return np.round(np.clip((volume - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def slice_bounds(slice_range: Sequence[int | float] | None, length: int) -> range:
+    """``[start, stop]`` → slice indices; ints are indices (negative from the end), floats fractions of ``length``."""
+    if slice_range is None:
+        return range(length)
+    if len(slice_range) != 2:
+        raise ValueError(f"slice_range must be [start, stop], got {slice_range!r}")
+    start, stop = (int(round(v * length)) if isinstance(v, float) else int(v) for v in slice_range)
+    return range(*slice(start, stop).indices(length))
+
+
+@DATASETS.register("cc359")
+class CC359Dataset(SegmentationDataset):
+    """Calgary-Campinas-359 layout::
+
+        root/Original/<id>.nii.gz              T1 volume, e.g. CC0001_philips_15_55_M.nii.gz
+        root/Silver-standard/<id>_ss.nii.gz    brain mask on the same grid
+
+    Each sample is one 2D slice: ``meta = {"volume": id, "domain": scanner, "slice": index}``, so
+    the run summary also holds each volume's 3D Dice and the means per scanner domain
+    (``ge_15``, ``ge_3``, ``philips_15``, ``philips_3``, ``siemens_15``, ``siemens_3``, or
+    ``unknown`` when the name does not say). Samples are ordered volume by volume.
+
+    Volumes are read with nibabel and reoriented to RAS+; ``axis`` 0 / 1 / 2 then gives sagittal /
+    coronal / axial slices, shown with superior (axial: anterior) at the top, so a slice's shape
+    is the two other dimensions in reverse order. Intensities are windowed per volume to its
+    0.5–99.5th percentiles and given as uint8 RGB; masks are voxels > 0.5.
+
+    root: dataset folder; image_dir / mask_dir: sub-folders of root (``.`` for root itself);
+    image_pattern: glob of the volumes, ``*`` followed by a fixed suffix that is stripped to give
+    the id; mask_pattern: mask file name formatted with ``{id}``; axis: 0, 1 or 2; slice_range:
+    ``[start, stop]`` along the axis, ints as indices and floats as fractions (``[0.1, 0.9]``),
+    null for all; skip_empty: leave out slices without brain in the ground truth (this reads every
+    mask when the dataset is built); cache_volumes: volumes kept in memory.
+    prompts / top_k: see :class:`~salip_bench.datasets.base.SegmentationDataset`.
+
+    The mri_brain dev set (``mni152_2mm_T1w.nii.gz`` + ``mni152_2mm_brainmask.nii.gz``) loads with
+    ``dataset=mni152_demo dataset.root=../shared/data/mri_brain``, i.e. ``image_dir=. mask_dir=.
+    image_pattern="*_T1w.nii.gz" mask_pattern="{id}_brainmask.nii.gz"``.
+    """
+
+    def __init__(self, root: str, image_dir: str = "Original", mask_dir: str = "Silver-standard",
+                 image_pattern: str = "*.nii.gz", mask_pattern: str = "{id}_ss.nii.gz", axis: int = 2,
+                 slice_range: Sequence[int | float] | None = None, skip_empty: bool = False,
+                 cache_volumes: int = 2, prompts: str | None = "brain",
+                 top_k: int | Mapping[str, int] = 1) -> None:
+        super().__init__(prompts, top_k)
+        if axis not in (0, 1, 2):
+            raise ValueError(f"dataset cc359: axis must be 0, 1 or 2, got {axis!r}")
+        if not image_pattern.startswith("*") or any(c in image_pattern[1:] for c in "*?["):
+            raise ValueError(f"dataset cc359: image_pattern must be '*' + a fixed suffix, got {image_pattern!r}")
+        self.root = Path(root).expanduser()
+        self.image_dir = self.root / image_dir
+        self.mask_dir = self.root / mask_dir
+        self.mask_pattern = mask_pattern
+        self.axis = axis
+        self.cache_volumes = max(1, int(cache_volumes))
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        if not self.image_dir.is_dir():
+            raise FileNotFoundError(f"dataset cc359: image folder {self.image_dir} does not exist")
+        suffix = image_pattern[1:]
+        self.image_paths = {p.name[: len(p.name) - len(suffix)]: p for p in sorted(self.image_dir.glob(image_pattern))}
+        if not self.image_paths:
+            raise FileNotFoundError(f"dataset cc359: no volumes matching {image_pattern!r} in {self.image_dir}")
+        # (volume id, slice index) per sample, volume-major so the volume cache is hit in order.
+        self.index: list[tuple[str, int]] = []
+        for volume_id, path in self.image_paths.items():
+            indices = slice_bounds(slice_range, canonical_shape(path)[axis])
+            if skip_empty:
+                indices = self._slices_with_mask(volume_id, indices)
+            self.index.extend((volume_id, i) for i in indices)
+        if not self.index:
+            raise ValueError(f"dataset cc359: no slices selected (axis={axis}, slice_range={slice_range}, "
+                             f"skip_empty={skip_empty})")
+        self._ids = [f"{volume_id}_slice{i:03d}" for volume_id, i in self.index]
+
+    @property
+    def ids(self) -> list[str]:
+        return self._ids
+
+    def mask_path(self, volume_id: str) -> Path:
+        return self.mask_dir / self.mask_pattern.format(id=volume_id)
+
+    def _slices_with_mask(self, volume_id: str, indices: range) -> list[int]:
+        path = self.mask_path(volume_id)
+        if not path.is_file():  # keep the slices: each is then recorded as failed, naming the missing mask
+            log.warning("dataset cc359: no mask %s, cannot skip its empty slices", path)
+            return list(indices)
+        mask = np.asanyarray(canonical(path).dataobj) > 0.5
+        other_axes = tuple(a for a in range(3) if a != self.axis)
+        has_brain = mask.any(axis=other_axes)
+        return [i for i in indices if has_brain[i]]
+
+    def volume(self, volume_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 image, bool mask) of one RAS+ volume, from a small LRU cache."""
+        if volume_id in self._cache:
+            self._cache.move_to_end(volume_id)
+            return self._cache[volume_id]
+        mask_path = self.mask_path(volume_id)
+        if not mask_path.is_file():
+            raise FileNotFoundError(f"no mask {mask_path} for volume {volume_id}")
+        image = canonical(self.image_paths[volume_id])
+        mask = canonical(mask_path)
+        if image.shape[:3] != mask.shape[:3]:
+            raise ValueError(f"mask shape {mask.shape} != image shape {image.shape} for volume {volume_id}")
+        if image.ndim != 3:
+            raise ValueError(f"volume {volume_id} has shape {image.shape}; expected 3 dimensions")
+        entry = (window_uint8(np.asanyarray(image.dataobj)), np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5)
+        self._cache[volume_id] = entry
+        while len(self._cache) > self.cache_volumes:
+            self._cache.popitem(last=False)
+        return entry
+
+    def load(self, index: int) -> Sample:
+        volume_id, slice_index = self.index[index]
+        image, mask = self.volume(volume_id)
+        return Sample(id=self._ids[index], image=to_rgb_uint8(display_slice(image, self.axis, slice_index)),
+                      mask=display_slice(mask, self.axis, slice_index),
+                      meta={"volume": volume_id, "domain": scanner_domain(volume_id), "slice": slice_index,
+                            "image_path": str(self.image_paths[volume_id])})

@@ -1,0 +1,111 @@
+"""Dataset ``hc18``: fetal head in 2D ultrasound (HC18 challenge), with head-circumference metrics."""
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from salip_bench.datasets.folder import FolderDataset
+from salip_bench.registry import DATASETS
+from salip_bench.types import Sample
+
+# Names of the HC18 metadata file: as in the dev sets, and as in the official training download.
+PIXEL_SIZE_CSV_NAMES = ("pixel_size_and_HC.csv", "training_set_pixel_size_and_HC.csv", "test_set_pixel_size.csv")
+PIXEL_SIZE_COLUMN = "pixel size(mm)"
+HC_COLUMN = "head circumference (mm)"
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the regions of background that the border cannot reach (like scipy's binary_fill_holes).
+
+    The background is flooded from a one-pixel frame around the image with 4-connectivity, so a
+    1-pixel outline drawn with diagonal steps still closes its interior.
+    """
+    padded = np.pad(np.ascontiguousarray(mask, dtype=bool), 1).astype(np.uint8)
+    flood_mask = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
+    cv2.floodFill(padded, flood_mask, (0, 0), 2, flags=4)
+    return padded[1:-1, 1:-1] != 2
+
+
+def ellipse_circumference(mask: np.ndarray) -> float | None:
+    """Perimeter in pixels of the ellipse fitted to the largest outer contour of ``mask``
+    (Ramanujan's approximation), or None when the mask has no contour of at least 5 points."""
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    largest = max(contours, key=cv2.contourArea)
+    if len(largest) < 5:  # fitEllipse needs five points
+        return None
+    _, (width, height), _ = cv2.fitEllipse(largest)
+    a, b = width / 2, height / 2
+    return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
+
+
+def read_pixel_sizes(path: Path) -> dict[str, tuple[float, float | None]]:
+    """HC18 metadata: image stem → (pixel size in mm, reference circumference in mm or None)."""
+    table = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            reference = row.get(HC_COLUMN)
+            table[Path(row["filename"]).stem] = (float(row[PIXEL_SIZE_COLUMN]),
+                                                 float(reference) if reference not in (None, "") else None)
+    return table
+
+
+@DATASETS.register("hc18")
+class HC18Dataset(FolderDataset):
+    """HC18 layout (official training download)::
+
+        root/training_set/<id>.png                 ultrasound image
+        root/training_set/<id>_Annotation.png      ellipse outline drawn by a sonographer
+        root/training_set_pixel_size_and_HC.csv    filename, pixel size(mm), head circumference (mm)
+
+    Outlines are filled into masks at load time (outline pixels included). The us_fetal_head dev
+    set keeps them apart: ``image_dir=images annotation_dir=annotations``.
+
+    root: dataset folder; image_dir / annotation_dir: sub-folders of root (may be the same);
+    annotation_suffix: an annotation is named ``<image stem><annotation_suffix>`` (such files are
+    not listed as images); pixel_size_csv: metadata file relative to root, or null to look for
+    the usual names in root and image_dir. Without it the circumference columns are None.
+    prompts / top_k: see :class:`~salip_bench.datasets.base.SegmentationDataset`.
+
+    Extra result columns: ``hc_pred_mm`` (circumference of the ellipse fitted to the predicted
+    mask's largest contour × pixel size), ``hc_ref_mm`` (the CSV's reference) and ``hc_abs_err_mm``;
+    each None when it cannot be computed (no pixel size, no reference, empty prediction).
+    """
+
+    def __init__(self, root: str, image_dir: str = "training_set", annotation_dir: str = "training_set",
+                 annotation_suffix: str = "_Annotation.png", pixel_size_csv: str | None = None,
+                 prompts: str | None = "fetal_head", top_k: int | Mapping[str, int] = 1) -> None:
+        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",), prompts, top_k)
+        self.image_paths = [p for p in self.image_paths if not p.name.endswith(annotation_suffix)]
+        if not self.image_paths:
+            raise FileNotFoundError(f"dataset hc18: no images (other than *{annotation_suffix}) in {self.image_dir}")
+        self.pixel_size_csv = self._find_csv(pixel_size_csv)
+        self.pixel_sizes = read_pixel_sizes(self.pixel_size_csv) if self.pixel_size_csv else {}
+
+    def _find_csv(self, pixel_size_csv: str | None) -> Path | None:
+        if pixel_size_csv:
+            path = self.root / pixel_size_csv
+            if not path.is_file():
+                raise FileNotFoundError(f"dataset hc18: pixel_size_csv {path} does not exist")
+            return path
+        candidates = [folder / name for folder in (self.root, self.image_dir) for name in PIXEL_SIZE_CSV_NAMES]
+        return next((c for c in candidates if c.is_file()), None)
+
+    def load(self, index: int) -> Sample:
+        sample = super().load(index)
+        sample.mask = fill_holes(sample.mask)
+        return sample
+
+    def extra_metrics(self, sample: Sample, prediction: np.ndarray) -> dict:
+        pixel_size, reference = self.pixel_sizes.get(sample.id, (None, None))
+        circumference = ellipse_circumference(prediction)
+        predicted = circumference * pixel_size if circumference is not None and pixel_size is not None else None
+        error = abs(predicted - reference) if predicted is not None and reference is not None else None
+        return {"hc_pred_mm": predicted, "hc_ref_mm": reference, "hc_abs_err_mm": error}

@@ -1,0 +1,65 @@
+"""Shared fixtures: the real configs, real shared data, tiny random SAM/CLIP."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub look-ups would retry for tens of seconds offline
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+import salip_bench.cli  # noqa: E402,F401  (registers the package_dir resolver)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED = REPO.parent / "shared" / "data"
+CXR = SHARED / "cxr_lung"
+HC18 = SHARED / "us_fetal_head"
+HC18_TRAIN = SHARED / "us_fetal_head_train"
+MRI = SHARED / "mri_brain"
+
+# Smoke settings: tiny random models, few points, quality thresholds off so candidates survive.
+SMOKE = ["experiment=smoke", "generator.points_per_side=4", "logger=none"]
+
+
+def compose_config(overrides: list[str]) -> dict:
+    """The real Hydra config as the CLI composes it, resolved to a plain dict."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def yaml_config(group: str, name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / group / f"{name}.yaml"), resolve=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sam():
+    from salip_bench.models.sam import build_sam
+
+    return build_sam(yaml_config("model", "sam_tiny"), "random")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    from salip_bench.models.clip import build_clip
+
+    return build_clip(yaml_config("clip", "tiny"), "random")
+
+
+@pytest.fixture(scope="session")
+def cxr_sample():
+    from salip_bench.datasets.folder import FolderDataset
+
+    return FolderDataset(str(CXR), prompts="lungs", top_k=2)[0]
+
+
+@pytest.fixture(scope="session")
+def hc18_sample():
+    from salip_bench.datasets.folder import FolderDataset
+
+    return FolderDataset(str(HC18), prompts="fetal_head")[0]

@@ -23,7 +23,7 @@ HC18_TRAIN = SHARED / "us_fetal_head_train"
 MRI = SHARED / "mri_brain"
 
 # Smoke settings: tiny random models, few points, quality thresholds off so candidates survive.
-SMOKE = ["experiment=smoke", "generator.points_per_side=4", "logger=none"]
+SMOKE = ["experiment=smoke", "logger=none"]
 
 
 def compose_config(overrides: list[str]) -> dict:
@@ -63,3 +63,12 @@ def hc18_sample():
     from salip_bench.datasets.folder import FolderDataset
 
     return FolderDataset(str(HC18), prompts="fetal_head")[0]
+
+
+@pytest.fixture(scope="session")
+def unet_checkpoint(tmp_path_factory):
+    """A U-Net checkpoint with untrained weights, for exercising the ``unet`` method plugin."""
+    pytest.importorskip("salip_bench.baselines.unet")
+    from salip_bench.baselines.unet import save_untrained_checkpoint
+
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("unet") / "unet.ckpt")

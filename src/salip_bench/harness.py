@@ -44,13 +44,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_context(cfg: dict, dataset) -> dict[str, Lazy]:  # noqa: ANN001
-    """Everything a method or stage plugin may ask for by parameter name, built on first use.
+def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  # noqa: ANN001
+    """Everything a method or stage plugin may ask for by parameter name, built on first use
+    (``sam`` / ``clip``: already-built engines to use instead, e.g. in tests).
 
     Order matters only for error order: SAM (and so a missing checkpoint) comes first.
     """
-    models = {"sam": Lazy(lambda: build_sam(cfg["model"], cfg["weights"])),
-              "clip": Lazy(lambda: build_clip(cfg["clip"], cfg["weights"])),
+    models = {"sam": Lazy(lambda: sam or build_sam(cfg["model"], cfg["weights"])),
+              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"])),
               "class_prompts": Lazy(dataset.class_prompts),
               "top_k": Lazy(dataset.top_k_per_class)}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),

@@ -41,6 +41,8 @@ def greedy_oracle(masks: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
 
     This is the "perfect retriever": its Dice bounds what any retriever can get from these candidates.
     """
+    if masks.shape[0] == 0 or k <= 0:
+        return np.zeros(0, np.int64)
     target = target.astype(bool)
     chosen: list[int] = []
     union = np.zeros_like(target)

@@ -39,19 +39,23 @@ def builtin_prompt_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files(PROMPTS_PACKAGE).iterdir() if p.name.endswith(".json"))
 
 
+def window_uint8(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Intensities → uint8 through the array's own low–high percentile window: a few hot pixels
+    cannot darken everything else. Applied to a whole volume, all its slices share one scale."""
+    array = array.astype(np.float32)
+    lo, hi = np.percentile(array, (low, high))
+    return np.round(np.clip((array - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     """Grayscale, RGBA and 16-bit/float images → (H, W, 3) uint8 for SAM and CLIP.
 
-    8-bit data is kept as is; wider data is windowed to its 0.5–99.5th percentiles, which keeps
-    a few hot pixels from darkening the whole image.
+    8-bit data is kept as is; wider data goes through :func:`window_uint8`.
     """
     if array.ndim == 3 and array.shape[2] == 4:
         array = array[..., :3]
     if array.dtype != np.uint8:
-        array = array.astype(np.float32)
-        low, high = np.percentile(array, (0.5, 99.5))
-        array = np.clip((array - low) / max(high - low, 1e-6), 0, 1)
-        array = np.round(array * 255).astype(np.uint8)
+        array = window_uint8(array)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from salip_bench.datasets.base import SegmentationDataset, to_rgb_uint8
+from salip_bench.datasets.base import SegmentationDataset, to_rgb_uint8, window_uint8
 from salip_bench.registry import DATASETS
 from salip_bench.types import Sample
 
@@ -45,14 +45,6 @@ def display_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a RAS+ volume, turned so that superior (or, for axial
     slices, anterior) is at the top: the two remaining axes, transposed and flipped vertically."""
     return np.ascontiguousarray(np.flipud(np.take(volume, index, axis=axis).T))
-
-
-def window_uint8(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Intensities → uint8 through the volume's own low–high percentile window, so all slices of a
-    volume share one scale (a per-slice window would brighten the near-empty top slices)."""
-    volume = volume.astype(np.float32)
-    lo, hi = np.percentile(volume, (low, high))
-    return np.round(np.clip((volume - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
 
 
 def slice_bounds(slice_range: Sequence[int | float] | None, length: int) -> range:

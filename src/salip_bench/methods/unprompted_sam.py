@@ -1,0 +1,30 @@
+"""Method ``unprompted_sam``: SAM's mask decoder with no prompt at all (its default embeddings)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from salip_bench.models.sam import SamEngine
+from salip_bench.registry import METHODS
+from salip_bench.types import Prediction, Sample
+
+
+@METHODS.register("unprompted_sam")
+class UnpromptedSamMethod:
+    """What SAM segments when told nothing: the no-point, no-box, no-mask decoder output.
+
+    multimask_output: take the best of SAM's three masks by predicted IoU instead of its single
+    mask. ``sam`` is injected.
+    """
+
+    def __init__(self, sam: SamEngine, multimask_output: bool = False) -> None:
+        self.sam = sam
+        self.multimask_output = multimask_output
+
+    @torch.no_grad()
+    def __call__(self, sample: Sample) -> Prediction:
+        predictor = self.sam.predictor
+        predictor.set_image(sample.image)
+        masks, scores, _ = predictor.predict(multimask_output=self.multimask_output)
+        best = int(np.argmax(scores))
+        return Prediction(mask=masks[best], info={"sam_predicted_iou": round(float(scores[best]), 5)})

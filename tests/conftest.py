@@ -68,7 +68,9 @@ def hc18_sample():
 @pytest.fixture(scope="session")
 def unet_checkpoint(tmp_path_factory):
     """A U-Net checkpoint with untrained weights, for exercising the ``unet`` method plugin."""
-    pytest.importorskip("salip_bench.baselines.unet")
-    from salip_bench.baselines.unet import save_untrained_checkpoint
+    from salip_bench.baselines.unet import build_unet, save_checkpoint
 
-    return save_untrained_checkpoint(tmp_path_factory.mktemp("unet") / "unet.ckpt")
+    arch = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "instance", "dropout": 0.0}
+    path = tmp_path_factory.mktemp("unet") / "unet.ckpt"
+    save_checkpoint(path, build_unet(**arch).state_dict(), arch, image_size=64, info={})
+    return path

@@ -90,9 +90,9 @@ class Registry(Generic[T]):
             raise PluginError(f"{self.kind} config has no 'name' key: {kwargs}")
         name = kwargs.pop("name")
         cls = self.get(name)
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cls).parameters  # the constructor's, without self
         takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        accepted = [p for p in params if p != "self" and params[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        accepted = [p for p in params if params[p].kind is not inspect.Parameter.VAR_KEYWORD]
         clashing = sorted(set(kwargs) & set(context))
         if clashing:
             raise PluginError(f"{self.kind} {name!r}: {clashing} are provided at run time and cannot be set in config")

@@ -12,7 +12,6 @@ import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-import salip_bench.cli  # noqa: E402,F401  (registers the package_dir resolver)
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -22,14 +21,28 @@ HC18 = SHARED / "us_fetal_head"
 HC18_TRAIN = SHARED / "us_fetal_head_train"
 MRI = SHARED / "mri_brain"
 
-# Smoke settings: tiny random models, few points, quality thresholds off so candidates survive.
-SMOKE = ["experiment=smoke", "logger=none"]
+# Smoke settings: tiny random models, few points, quality thresholds off so candidates survive; no
+# feature cache, so every run does (and counts) its own SAM work (tests/test_cache.py tests the cache).
+SMOKE = ["experiment=smoke", "logger=none", "cache.enabled=false"]
 
 
-def compose_config(overrides: list[str]) -> dict:
-    """The real Hydra config as the CLI composes it, resolved to a plain dict."""
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_root(tmp_path_factory):
+    """Whatever a test caches (features, checkpoints) goes to a temporary folder, never ~/.cache."""
+    previous = os.environ.get("SALIP_BENCH_CACHE")
+    os.environ["SALIP_BENCH_CACHE"] = str(tmp_path_factory.mktemp("salip_bench_cache"))
+    yield
+    if previous is None:
+        del os.environ["SALIP_BENCH_CACHE"]
+    else:
+        os.environ["SALIP_BENCH_CACHE"] = previous
+
+
+def compose_config(overrides: list[str], config_name: str = "config") -> dict:
+    """The real Hydra config as the CLI (``config``) or salip-bench-tune (``tune``) composes it,
+    resolved to a plain dict."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=overrides)
     return OmegaConf.to_container(cfg, resolve=True)
 
 

@@ -25,6 +25,19 @@ def config(root, out, *extra):
                                    f"output_dir={out}", *extra])
 
 
+def test_candidates_flow_through_every_stage_and_reach_wandb(tmp_path):
+    root = hc18_subset(tmp_path / "data", ["100_HC", "208_HC"])
+    out = tmp_path / "out"
+    summary = run(config(root, out, "logger=wandb", "logger.overlays=2"), out)
+    frame = pd.read_csv(out / "results.csv")
+    assert (frame["n_candidates"] >= frame["n_kept"]).all() and (frame["n_kept"] > 0).all()
+    assert (frame["clip_images_encoded"] == frame["n_kept"]).all()  # one CLIP image per kept candidate
+    assert frame["retrieved_boxes"].map(lambda s: len(json.loads(s))).eq(1).all()  # top-1
+    assert summary["work"]["clip_texts_encoded"] == 6  # the fetal_head sentences, once per run
+    assert summary["work"]["sam_encoder_passes"] == 2  # generator + refiner share one pass per image
+    assert len(list((out / "wandb").glob("offline-run-*/files/media/images/*.png"))) == 2
+
+
 def test_corrupt_and_unpaired_samples_are_recorded_and_the_run_completes(tmp_path):
     root = hc18_subset(tmp_path / "data", ["100_HC", "208_HC"])
     (root / "images" / "broken.png").write_bytes(b"\x89PNG not really an image")

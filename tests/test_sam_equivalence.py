@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.utils.amg import batched_mask_to_box
 
 from salip_bench.generators.sam_everything import SamEverythingGenerator
 from salip_bench.refiners.sam_box import SamBoxRefiner
@@ -19,19 +21,29 @@ def _retrieved(boxes: np.ndarray, shape: tuple[int, int]) -> Retrieved:
     return Retrieved(cands, ["organ"] * n, np.zeros(n, np.float32), np.arange(n))
 
 
-@pytest.mark.parametrize("settings", [LOW, dict(LOW, pred_iou_thresh=0.1, box_nms_thresh=0.95),
-                                      dict(LOW, crop_n_layers=1, crop_n_points_downscale_factor=2)])
+CROPS = dict(LOW, crop_n_layers=1, crop_n_points_downscale_factor=2)
+
+
+# Random-weight masks span the whole image, so any NMS below 1 keeps one of them: 1.0 keeps many.
+MANY = dict(CROPS, points_per_side=4, pred_iou_thresh=0.02, box_nms_thresh=1.0, crop_nms_thresh=1.0)
+
+
+@pytest.mark.parametrize("settings", [
+    LOW, dict(LOW, pred_iou_thresh=0.1, box_nms_thresh=0.95), CROPS,
+    dict(MANY, stability_score_offset=0.01, stability_score_thresh=0.2), dict(MANY, min_mask_region_area=400)],
+    ids=["low", "iou+nms", "crops", "crops+stability", "crops+small_regions"])
 def test_generator_matches_upstream(tiny_sam, hc18_sample, settings):
+    """Same masks, scores and order as upstream, bit for bit; boxes are the masks' tight boxes."""
+    tiny_sam.predictor.forget()
     ours = SamEverythingGenerator(tiny_sam, **settings)(hc18_sample.image)
     upstream = SamAutomaticMaskGenerator(tiny_sam.sam, **settings).generate(hc18_sample.image)
     assert len(ours) == len(upstream) > 0
-    order = np.argsort([-r["area"] for r in upstream], kind="stable")
-    ours_order = np.argsort(-ours.areas, kind="stable")
-    for i, j in zip(ours_order, order):
-        np.testing.assert_array_equal(ours.masks[i], upstream[j]["segmentation"])
-        assert ours.predicted_iou[i] == pytest.approx(upstream[j]["predicted_iou"], abs=1e-6)
-        assert ours.stability_score[i] == pytest.approx(upstream[j]["stability_score"], abs=1e-6)
-        assert ours.areas[i] == upstream[j]["area"]
+    expected = np.stack([r["segmentation"] for r in upstream])
+    np.testing.assert_array_equal(ours.masks, expected)
+    np.testing.assert_array_equal(ours.predicted_iou, np.float32([r["predicted_iou"] for r in upstream]))
+    np.testing.assert_array_equal(ours.stability_score, np.float32([r["stability_score"] for r in upstream]))
+    np.testing.assert_array_equal(ours.areas, [r["area"] for r in upstream])
+    np.testing.assert_array_equal(ours.boxes, batched_mask_to_box(torch.from_numpy(expected)).numpy())
 
 
 def test_no_surviving_mask_is_not_a_crash(tiny_sam, cxr_sample):

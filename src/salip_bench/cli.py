@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import logging
 import sys
-from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from salip_bench.models.weights import WeightsNotFoundError
 from salip_bench.registry import PluginError
+from salip_bench.tuned import TuningError
 
 log = logging.getLogger("salip_bench")
-OmegaConf.register_new_resolver("package_dir", lambda sub: str(resources.files("salip_bench") / sub), replace=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
@@ -24,7 +23,7 @@ def _main(cfg: DictConfig) -> float | None:
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = run(cfg, out_dir)
-    except (WeightsNotFoundError, PluginError) as err:
+    except (WeightsNotFoundError, PluginError, TuningError) as err:
         log.error("%s", err)
         sys.exit(2)
     return summary.get("dice_mean")  # the value a Hydra sweeper optimises

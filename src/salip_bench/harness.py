@@ -9,28 +9,39 @@ from importlib import metadata
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
+from salip_bench.io.feature_cache import FeatureCache
 from salip_bench.io.records import RecordStore, aggregate, results_frame, write_if_changed
 from salip_bench.io.wandb_log import log_run, make_wandb_logger
 from salip_bench.lightning_module import PredictModule, RecordWriter
 from salip_bench.metrics import EMPTY_MASK_CONVENTION
 from salip_bench.models.clip import build_clip
 from salip_bench.models.sam import build_sam
-from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER
+from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER, file_sha256
 from salip_bench.registry import DATASETS, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy
+from salip_bench.tuned import apply_tuned
 
 log = logging.getLogger(__name__)
 
 # Keys that do not change any prediction: they stay out of the resume fingerprint.
-NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger")
+NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger",
+                     "cache")
 PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything",
             "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
 
 
 def config_fingerprint(cfg: dict) -> str:
+    """Hash of everything that changes predictions: the semantic config and, for a method that
+    loads a file of its own (the U-Net's checkpoint), that file's contents, so a retrained
+    checkpoint at the same path is not mistaken for the old one on resume."""
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    checkpoint = cfg.get("method", {}).get("checkpoint")
+    if isinstance(checkpoint, str) and Path(checkpoint).expanduser().is_file():
+        semantic["method_checkpoint_sha256"] = file_sha256(Path(checkpoint).expanduser())
     return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -50,8 +61,10 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
 
     Order matters only for error order: SAM (and so a missing checkpoint) comes first.
     """
-    models = {"sam": Lazy(lambda: sam or build_sam(cfg["model"], cfg["weights"])),
-              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"])),
+    # reuse: the jobs of a multirun share one SAM and one CLIP instead of reloading them.
+    models = {"sam": Lazy(lambda: sam or build_sam(cfg["model"], cfg["weights"], reuse=True,
+                                                   cache=FeatureCache.from_config(cfg.get("cache")))),
+              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True)),
               "class_prompts": Lazy(dataset.class_prompts),
               "top_k": Lazy(dataset.top_k_per_class)}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
@@ -64,16 +77,20 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
 def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     """Evaluate ``cfg.method`` on ``cfg.dataset`` into ``out_dir``; returns the summary dict."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
     out_dir = Path(out_dir)
     L.seed_everything(cfg["seed"], verbose=False)
     dataset = DATASETS.build(cfg["dataset"])
     ids = dataset.ids[: cfg["limit"]] if cfg.get("limit") else dataset.ids
     fingerprint = config_fingerprint(cfg)
     store = RecordStore(out_dir)
+    # Under DDP every rank runs this and gets the same list: no rank writes a record before all of
+    # them have joined the process group inside trainer.predict.
     pending = pending_indices(store, ids, fingerprint, cfg["resume"])
     log.info("%d samples, %d already done, %d to run -> %s", len(ids), len(ids) - len(pending), len(pending), out_dir)
-    if not pending:
-        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None)
+    if not pending:  # no Trainer: under SLURM/torchrun the rank comes from the environment
+        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None) \
+            if rank_zero_only.rank == 0 else {}
 
     context = build_context(cfg, dataset)
     method = METHODS.build(cfg["method"], **context)
@@ -86,15 +103,33 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
                                tags=[cfg["method"]["name"], f"weights={cfg['weights']}"])
     writer = RecordWriter(store, cfg["save_masks"], cfg["logger"].get("overlays", 0) if logger else 0)
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
+    check_launchable(trainer)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
     module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics)
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
+        texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
     finally:  # a failed or interrupted run still leaves tables of everything finished
-        summary = finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded)
-    if logger is not None:
+        # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
+        summary = finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded) if trainer.is_global_zero else {}
+    if trainer.world_size > 1:
+        log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
+    if logger is not None and trainer.is_global_zero:
         log_run(logger, summary, results_frame(store.read_all(ids)), writer.kept)
     return summary
+
+
+def sum_after_all_ranks(trainer: L.Trainer, count: int) -> int:
+    """Waits until every DDP rank has finished predicting (so all records are on disk) and sums a
+    per-process work counter over the ranks; on one device it returns ``count`` unchanged.
+
+    Lightning's predict sampler gives each rank a disjoint share of the samples (no padding
+    duplicates), so per-sample counters in the records already sum correctly; this is for counters
+    every process pays once, such as encoding the class prompts.
+    """
+    trainer.strategy.barrier("finalize")
+    total = trainer.strategy.reduce(torch.tensor(count, device=trainer.strategy.root_device), reduce_op="sum")
+    return int(total)
 
 
 def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume: bool) -> list[int]:
@@ -110,6 +145,24 @@ def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume
                                f"fingerprint {record.get('fingerprint')} != {fingerprint}); choose a new "
                                "output_dir, or resume=false to overwrite them")
     return pending
+
+
+def check_launchable(trainer: L.Trainer) -> None:
+    """Refuses DDP inside a local Hydra multirun (``-m`` with the basic or joblib launcher).
+
+    Lightning starts ranks 1..N-1 by re-running the command line, which under ``-m`` re-runs the
+    whole sweep in every rank and mixes up jobs (Lightning-AI/pytorch-lightning#18175). Where the
+    ranks are started by the cluster (SLURM tasks via hydra/launcher=slurm, torchrun) it is fine.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if (trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
+            and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        raise ValueError("trainer=ddp cannot run inside a local multirun (-m): Lightning would re-run the whole "
+                         "sweep in every rank. Run one DDP job per command, or sweep with hydra/launcher=slurm "
+                         "(each job's ranks are then SLURM tasks)")
 
 
 def overrides() -> list[str]:

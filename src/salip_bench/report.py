@@ -26,6 +26,10 @@ import pandas as pd
 # change predictions (the harness keeps the same keys out of its resume fingerprint).
 IGNORED_KEYS = ("dataset", "output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks",
                 "trainer", "logger", "hydra")
+# Dataset keys that change predictions but neither the images nor the ground truth (the organ's prompt
+# set, candidates retrieved per class): they tell runs apart like method settings (paper Tab. 2 compares
+# prompt sets on one dataset), but only where they differ on one dataset, not between datasets.
+DATASET_SETTINGS = ("dataset.prompts", "dataset.top_k")
 ROW_KEYS = ["roi", "dataset", "domain", "level"]
 CATEGORIES = ["generator_miss", "retriever_miss", "refinement_loss", "ok", "failed", "unscored"]
 
@@ -41,6 +45,7 @@ class Run:
     path: Path
     summary: dict
     results: pd.DataFrame | None
+    row_roi: str | None = None  # set by find_runs when runs on this dataset used several prompt sets
 
     @property
     def method(self) -> str:
@@ -48,7 +53,7 @@ class Run:
 
     @property
     def roi(self) -> str:
-        return str(self.summary.get("roi") or "-")
+        return self.row_roi or str(self.summary.get("roi") or "-")
 
     @property
     def dataset(self) -> str:
@@ -67,7 +72,11 @@ class Run:
         else:
             pairs = (o.lstrip("+~").split("=", 1) for o in self.summary.get("overrides") or [] if "=" in o)
             flat = {key: value for key, value in pairs}
-        return {k: v for k, v in flat.items() if k.split(".")[0] not in IGNORED_KEYS}
+        return {k: v for k, v in flat.items() if k.split(".")[0] not in IGNORED_KEYS or _is_dataset_setting(k)}
+
+
+def _is_dataset_setting(key: str) -> bool:
+    return any(key == s or key.startswith(f"{s}.") for s in DATASET_SETTINGS)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -90,7 +99,19 @@ def find_runs(run_dirs: list[Path]) -> list[Run]:
         if not found:
             raise ReportError(f"{run_dir}: no summary.json in it or below it (is it a salip-bench run directory?)")
         paths.update((p.resolve(), None) for p in found)
-    return [_load_run(path) for path in paths]
+    runs = [_load_run(path) for path in paths]
+    _share_rows(runs)
+    return runs
+
+
+def _share_rows(runs: list[Run]) -> None:
+    """Runs on one dataset are scored against one ground truth, so they share a row even when they
+    prompted for it differently (a prompt-set ablation); that row's ROI names every prompt set."""
+    for dataset in {run.dataset for run in runs}:
+        members = [run for run in runs if run.dataset == dataset]
+        rois = list(dict.fromkeys(str(run.summary.get("roi") or "-") for run in members))
+        for run in members if len(rois) > 1 else []:
+            run.row_roi = " / ".join(rois)
 
 
 def _natural_key(path: Path) -> list:
@@ -125,7 +146,8 @@ def method_labels(runs: list[Run]) -> list[str]:
     for method in dict.fromkeys(run.method for run in runs):
         members = [i for i, run in enumerate(runs) if run.method == method]
         flats = [runs[i].settings for i in members]
-        differing = sorted(k for k in set().union(*flats) if len({f.get(k) for f in flats}) > 1)
+        differing = sorted(k for k in set().union(*flats) if len({f.get(k) for f in flats}) > 1
+                           and (not _is_dataset_setting(k) or _differs_on_a_dataset(k, [runs[i] for i in members])))
         renamed = {k.rsplit(".", 1)[0] for k in differing if k.endswith(".name")}
         short = [k for k in differing if k.endswith(".name") or k.split(".")[0] not in renamed]
         for keys in (short, differing, None):
@@ -137,6 +159,11 @@ def method_labels(runs: list[Run]) -> list[str]:
         for i, label in zip(members, candidates):
             labels[i] = label
     return labels
+
+
+def _differs_on_a_dataset(key: str, runs: list[Run]) -> bool:
+    pairs = {(run.dataset, run.settings.get(key)) for run in runs}
+    return len(pairs) > len({dataset for dataset, _ in pairs})
 
 
 def _label(method: str, settings: dict[str, str], keys: list[str]) -> str:

@@ -57,7 +57,10 @@ def augment(images: torch.Tensor, masks: torch.Tensor, max_rotation: float = 20.
     a per-sample pipeline in DataLoader workers would compete with the network for the same cores.
     """
     n, device = images.shape[0], images.device
-    uniform = lambda low, high: torch.empty(n, device=device).uniform_(low, high)  # noqa: E731
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.empty(n, device=device).uniform_(low, high)
+
     angle = torch.deg2rad(uniform(-max_rotation, max_rotation))
     zoom = uniform(*scale)
     flip = torch.where(torch.rand(n, device=device) < 0.5, -1.0, 1.0)

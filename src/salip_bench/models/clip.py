@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from salip_bench.models.shared import shared_engine
 from salip_bench.models.weights import (WeightsNotFoundError, cache_dir, file_sha256, how_to_provide, is_offline,
                                         search_dirs)
 
@@ -37,6 +38,11 @@ class ClipEngine(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def reset(self) -> None:
+        """Zero the work counters, as when just built, for reuse by another run."""
+        self.images_encoded = 0
+        self.texts_encoded = 0
 
     @torch.no_grad()
     def encode_images(self, images: list[Image.Image], batch_size: int = 32) -> torch.Tensor:
@@ -105,8 +111,14 @@ def resolve_clip_weights(cfg: dict) -> Path:
                                    + how_to_provide(what, file_name, url, "clip.checkpoint")) from err
 
 
-def build_clip(cfg: dict, weights: str) -> ClipEngine:
-    """Build the CLIP described by a ``conf/clip/*.yaml`` entry with ``weights`` 'pretrained' or 'random'."""
+def build_clip(cfg: dict, weights: str, reuse: bool = False) -> ClipEngine:
+    """Build the CLIP described by a ``conf/clip/*.yaml`` entry with ``weights`` 'pretrained' or 'random'.
+
+    reuse: take the engine this process built last from the same ``cfg`` and ``weights`` (the
+    previous job of a multirun) instead of loading it again.
+    """
+    if reuse:
+        return shared_engine("clip", [cfg, weights], lambda: build_clip(cfg, weights))
     if cfg["arch"] == "tiny":
         if weights != "random":
             raise ValueError("clip=tiny has no pretrained weights; use it with weights=random")

@@ -4,8 +4,9 @@ each image once.
 The upstream builders differ only in numbers but hard-code the input size and the prompt
 embedding width; ours take them as arguments so a *tiny* SAM (same classes, small encoder and
 input) exists for tests. ``SamEngine`` owns the model, counts image-encoder passes with a forward
-hook and memoises image embeddings by image content, so the refiner's ``set_image`` on the image
-the generator already encoded costs nothing.
+hook and memoises image embeddings by image content (in memory, and on disk when given a
+:class:`~salip_bench.io.feature_cache.FeatureCache`), so the refiner's ``set_image`` on the image
+the generator already encoded costs nothing, nor does a later run on the same image and model.
 """
 from __future__ import annotations
 
@@ -20,8 +21,12 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from salip_bench.io.feature_cache import FeatureCache
+from salip_bench.models.shared import shared_engine
 from salip_bench.models.weights import file_sha256, load_state_dict, resolve_checkpoint
 
+ARCH_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "image_size",
+             "prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads")
 log = logging.getLogger(__name__)
 
 
@@ -66,28 +71,50 @@ def image_key(image: np.ndarray) -> str:
 
 
 class MemoSamPredictor(SamPredictor):
-    """``SamPredictor`` whose ``set_image`` reuses the embedding of an image it has seen recently.
+    """``SamPredictor`` whose ``set_image`` reuses an image's embedding: from memory if it saw the
+    image recently, else from the disk cache, else it runs the encoder and stores the result in both.
 
     Upstream's predictor re-runs the image encoder on every ``set_image``; the SaLIP refiner calls
     it on the very image the generator just encoded, which would double the dominant cost.
+    memo_size: embeddings kept in memory; cache: disk layer (None: memory only); model_id: what
+    the model's outputs depend on (weights, architecture), part of every disk key.
     """
 
-    def __init__(self, sam_model: Sam, memo_size: int = 8) -> None:
+    def __init__(self, sam_model: Sam, memo_size: int = 8, cache: FeatureCache | None = None,
+                 model_id: dict | None = None) -> None:
         super().__init__(sam_model)
         self.memo_size = memo_size
+        self.cache = cache
+        self.model_id = model_id or {}
         self._memo: OrderedDict[str, tuple] = OrderedDict()
+
+    def cache_key(self, *parts: object) -> str:
+        """Disk key of a value this model computes from ``parts``. The device is part of it because GPU
+        and CPU numerics differ, and a run must give the same result with or without the cache."""
+        return FeatureCache.key(self.model_id, self.device.type, *parts)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         key = image_key(image) + image_format
-        if key in self._memo:
-            self._memo.move_to_end(key)
-            self.features, self.original_size, self.input_size = self._memo[key]
-            self.is_image_set = True
-            return
+        if key not in self._memo:
+            self._memo[key] = self._stored_or_encoded(image, image_format, key)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        self._memo.move_to_end(key)
+        self.features, self.original_size, self.input_size = self._memo[key]
+        self.is_image_set = True
+
+    def _stored_or_encoded(self, image: np.ndarray, image_format: str, key: str) -> tuple:
+        disk_key = self.cache_key("embedding", key) if self.cache is not None and self.cache.embeddings else None
+        stored = self.cache.load_embedding(disk_key) if disk_key else None
+        if stored is not None:
+            return (stored["features"].to(self.device), tuple(stored["original_size"].tolist()),
+                    tuple(stored["input_size"].tolist()))
         super().set_image(image, image_format)
-        self._memo[key] = (self.features, self.original_size, self.input_size)
-        while len(self._memo) > self.memo_size:
-            self._memo.popitem(last=False)
+        if disk_key:
+            self.cache.save_embedding(disk_key, {"features": self.features,
+                                                 "original_size": torch.tensor(self.original_size),
+                                                 "input_size": torch.tensor(self.input_size)})
+        return self.features, self.original_size, self.input_size
 
     def forget(self) -> None:
         self._memo.clear()
@@ -95,29 +122,57 @@ class MemoSamPredictor(SamPredictor):
 
 
 class SamEngine(nn.Module):
-    """A SAM model, its memoising predictor, and a count of image-encoder passes."""
+    """A SAM model, its memoising predictor, and a count of image-encoder passes (cache hits cost none).
 
-    def __init__(self, sam: Sam, identity: dict) -> None:
+    sam: the model; identity: where its weights come from (reported in run summaries); arch: its
+    architecture numbers (with the weights, what cached embeddings and proposals depend on);
+    cache: the disk cache of embeddings and proposals, or None.
+    """
+
+    def __init__(self, sam: Sam, identity: dict, arch: dict | None = None, cache: FeatureCache | None = None) -> None:
         super().__init__()
         self.sam = sam.eval()
         self.identity = identity
         self.encoder_passes = 0
-        self.predictor = MemoSamPredictor(self.sam)
+        # The checkpoint's path is no part of the weights' identity: the same file elsewhere hits.
+        model_id = {"weights": {k: v for k, v in identity.items() if k != "file"}, "arch": arch,
+                    "torch": torch.__version__}
+        self.predictor = MemoSamPredictor(self.sam, model_id=model_id)
+        self.use_cache(cache)
         self.sam.image_encoder.register_forward_hook(self._count_pass)
 
     def _count_pass(self, *_: object) -> None:
         self.encoder_passes += 1
 
+    def use_cache(self, cache: FeatureCache | None) -> None:
+        self.cache = cache
+        self.predictor.cache = cache
 
-def build_sam(cfg: dict, weights: str) -> SamEngine:
-    """Build the SAM described by a ``conf/model/*.yaml`` entry with ``weights`` 'pretrained' or 'random'."""
-    arch = {k: cfg[k] for k in ("encoder_embed_dim", "encoder_depth", "encoder_num_heads",
-                                 "encoder_global_attn_indexes", "image_size", "prompt_embed_dim",
-                                 "decoder_depth", "decoder_mlp_dim", "decoder_num_heads")}
+    def reset(self) -> None:
+        """Back to the just-built state (no memoised embedding, no passes), for reuse by another run."""
+        self.encoder_passes = 0
+        self.predictor.forget()
+
+
+def build_sam(cfg: dict, weights: str, cache: FeatureCache | None = None, reuse: bool = False) -> SamEngine:
+    """Build the SAM described by a ``conf/model/*.yaml`` entry with ``weights`` 'pretrained' or 'random'.
+
+    cache: disk cache of embeddings and proposals (None: none); reuse: take the engine this process
+    built last from the same ``cfg`` and ``weights`` (the previous job of a multirun) instead of
+    loading it again.
+    """
+    engine = (shared_engine("sam", [cfg, weights], lambda: _build_sam(cfg, weights)) if reuse
+              else _build_sam(cfg, weights))
+    engine.use_cache(cache)
+    return engine
+
+
+def _build_sam(cfg: dict, weights: str) -> SamEngine:
+    arch = {k: cfg[k] for k in ARCH_KEYS}
     if weights == "random":
         torch.manual_seed(int(cfg.get("random_seed", 0)))
         sam = build_sam_model(**arch)
-        return SamEngine(sam, {"model": cfg["name"], "weights": "random", "seed": int(cfg.get("random_seed", 0))})
+        return SamEngine(sam, {"model": cfg["name"], "weights": "random", "seed": int(cfg.get("random_seed", 0))}, arch)
     if weights != "pretrained":
         raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
     path = resolve_checkpoint(f"SAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"), cfg.get("checkpoint"),
@@ -126,4 +181,4 @@ def build_sam(cfg: dict, weights: str) -> SamEngine:
     sam.load_state_dict(load_state_dict(path))
     log.info("SAM %s loaded from %s", cfg["name"], path)
     return SamEngine(sam, {"model": cfg["name"], "weights": "pretrained", "file": str(path),
-                           "sha256": file_sha256(path)})
+                           "sha256": file_sha256(path)}, arch)

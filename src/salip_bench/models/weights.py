@@ -27,10 +27,14 @@ class WeightsNotFoundError(RuntimeError):
     """A checkpoint was needed and could not be found or downloaded."""
 
 
+def cache_root() -> Path:
+    """Where salip_bench caches things: $SALIP_BENCH_CACHE or ~/.cache/salip_bench."""
+    return Path(os.environ.get("SALIP_BENCH_CACHE") or Path.home() / ".cache" / "salip_bench").expanduser()
+
+
 def cache_dir() -> Path:
     """Our checkpoint cache: $SALIP_BENCH_CACHE/checkpoints or ~/.cache/salip_bench/checkpoints."""
-    root = os.environ.get("SALIP_BENCH_CACHE") or Path.home() / ".cache" / "salip_bench"
-    return Path(root).expanduser() / "checkpoints"
+    return cache_root() / "checkpoints"
 
 
 def search_dirs() -> list[Path]:

@@ -1,0 +1,94 @@
+"""Parameters chosen by ``salip-bench-tune``, applied to an evaluation run with ``tuned=OUT/tuned.yaml``.
+
+A ``tuned.yaml`` holds ``params`` (dotted config key → value) and the identity of the labelled split
+they were chosen on (its root and image ids). Applying it merges the values into the run's config
+before the resume fingerprint is computed (a tuned run never resumes an untuned one) and refuses an
+evaluation dataset that shares its root or any image id with that split: tuning on the images
+being scored would make the numbers optimistic.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from salip_bench.registry import DATASETS
+
+TUNED_FILE = "tuned.yaml"
+
+
+class TuningError(ValueError):
+    """A tuning setup or a tuned file that cannot be used as asked; the message says why."""
+
+
+def get_dotted(cfg: Mapping, key: str) -> Any:
+    """The value at dotted ``key`` (``generator.pred_iou_thresh``); a missing key or one that names a
+    whole config group (not a value) is a :class:`TuningError`."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise TuningError(f"config has no key {key!r} (a misspelt tuned or tune.space key?)")
+        node = node[part]
+    if isinstance(node, Mapping):
+        raise TuningError(f"config key {key!r} is a group of keys, not a value: name one of its keys")
+    return node
+
+
+def set_dotted(cfg: dict, key: str, value: Any) -> None:
+    """Set an existing dotted ``key`` in place (checked by :func:`get_dotted`: no key is ever added)."""
+    get_dotted(cfg, key)
+    *parents, last = key.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def resolved_root(root: Any) -> str | None:
+    return str(Path(str(root)).expanduser().resolve()) if root not in (None, "", "???") else None
+
+
+def check_disjoint(split_root: Any, split_ids: Iterable[str], eval_root: Any, eval_ids: Iterable[str]) -> None:
+    """Refuse a tuning split that is (or overlaps) the evaluated images: same root, or shared ids."""
+    split, evaluated = resolved_root(split_root), resolved_root(eval_root)
+    if split is not None and split == evaluated:
+        raise TuningError(f"the tuning split and the evaluation dataset are the same folder ({split}): tune on "
+                          "labelled images that are not evaluated (tune.split.root)")
+    shared = sorted(set(map(str, split_ids)) & set(map(str, eval_ids)))
+    if shared:
+        raise TuningError(f"{len(shared)} image id(s) are both in the tuning split ({split}) and in the evaluation "
+                          f"dataset ({evaluated}), e.g. {shared[:5]}: the split must be disjoint from the "
+                          "evaluated images")
+
+
+def read_tuned(path: str | Path) -> dict:
+    """Load and check a ``tuned.yaml``: ``params`` must be a mapping of dotted keys."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise TuningError(f"tuned={path}: cannot read it ({err}); it is the tuned.yaml salip-bench-tune wrote") from err
+    if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+        raise TuningError(f"tuned={path}: no 'params' mapping in it (is it a tuned.yaml from salip-bench-tune?)")
+    return data
+
+
+def apply_tuned(cfg: dict) -> dict:
+    """``cfg`` with the tuned parameters of ``cfg["tuned"]`` (a path) merged in, and ``cfg["tuned"]``
+    replaced by what was applied (file, params, split, score) so that summary.json records it.
+    Unchanged when no file is given or it was applied already."""
+    path = cfg.get("tuned")
+    if not path or isinstance(path, Mapping):
+        return cfg
+    data = read_tuned(path)
+    cfg = copy.deepcopy(cfg)
+    for key, value in data["params"].items():
+        set_dotted(cfg, key, value)
+    split = data.get("split") or {}
+    dataset = DATASETS.build(cfg["dataset"])
+    check_disjoint(split.get("root"), split.get("ids") or [], cfg["dataset"].get("root"), dataset.ids)
+    cfg["tuned"] = {"file": str(path), "params": data["params"], "score": data.get("score"),
+                    "split": {k: v for k, v in split.items() if k != "ids"}}
+    return cfg

@@ -1,0 +1,105 @@
+"""Test-time tuning (``salip-bench-tune``) and applying its result (``salip-bench tuned=...``), in process
+with tiny random models on one image: the numbers are meaningless, the mechanics are not."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import HC18, HC18_TRAIN, SMOKE, compose_config
+from salip_bench.harness import run
+from salip_bench.tune import sample_trials, tune
+from salip_bench.tuned import TuningError
+
+EVAL = ["dataset=folder", f"dataset.root={HC18}", "dataset.prompts=fetal_head"]
+# Two random trials (no baseline), so that the choice rests on the seeded draws alone; cheap settings.
+SPACE = ["tune.baseline=false", "tune.n_trials=2", "tune.n_images=1", "~tune.space",
+         "+tune.space.generator.pred_iou_thresh=[0.0,0.5]", "+tune.space.generator.points_per_side=[2,4]",
+         "+tune.space.filter.max_area=[0.5,0.95]"]
+
+
+def tune_config(out, *extra: str) -> dict:
+    return compose_config(SMOKE + EVAL + [f"tune.split.root={HC18_TRAIN}", f"output_dir={out}", *SPACE, *extra],
+                          config_name="tune")
+
+
+def test_sampling_is_seeded_and_respects_the_space():
+    space = {"generator": {"pred_iou_thresh": [0.5, 0.9], "points_per_side": [16, 48]},
+             "filter.max_area": [0.2, 0.9], "retriever.name": ["crop", "box"], "refiner.multimask_output": [True, False],
+             "generator.crop_n_layers": {"choices": [0, 1]}}
+    first, again = sample_trials(space, 20, seed=3), sample_trials(space, 20, seed=3)
+    assert first == again and first != sample_trials(space, 20, seed=4)
+    assert sample_trials(dict(reversed(space.items())), 20, seed=3) == first  # key order does not matter
+    for trial in first:
+        assert 0.5 <= trial["generator.pred_iou_thresh"] <= 0.9
+        assert type(trial["generator.points_per_side"]) is int and 16 <= trial["generator.points_per_side"] <= 48
+        assert trial["retriever.name"] in ("crop", "box") and trial["refiner.multimask_output"] in (True, False)
+        assert trial["generator.crop_n_layers"] in (0, 1)
+    assert len({t["generator.points_per_side"] for t in first}) > 2  # a range, not the two end points
+
+
+def test_same_seed_picks_the_same_parameters(tmp_path):
+    chosen = [tune(tune_config(tmp_path / name), tmp_path / name) for name in ("a", "b")]
+    assert chosen[0]["params"] == chosen[1]["params"] and chosen[0]["score"] == chosen[1]["score"]
+    saved = yaml.safe_load((tmp_path / "a" / "tuned.yaml").read_text())
+    assert saved["params"] == chosen[0]["params"] and saved["seed"] == 0
+    assert saved["split"]["ids"] == ["002_HC"] and saved["split"]["root"] == str(HC18_TRAIN.resolve())
+    trials = pd.read_csv(tmp_path / "a" / "trials.csv")
+    assert len(trials) == 2 and trials["chosen"].sum() == 1
+    assert {"generator.pred_iou_thresh", "generator.points_per_side", "filter.max_area", "dice_mean"} <= set(trials)
+    assert trials.equals(pd.read_csv(tmp_path / "b" / "trials.csv"))
+    for number in (0, 1):  # each trial is an ordinary run on the split, with its own values
+        summary = json.loads((tmp_path / "a" / "trials" / str(number) / "summary.json").read_text())
+        assert summary["dataset_root"] == str(HC18_TRAIN) and summary["n_total"] == 1
+        assert summary["config"]["filter"]["max_area"] == trials.loc[number, "filter.max_area"]
+
+
+def test_tuning_split_must_not_be_the_evaluated_images(tmp_path):
+    with pytest.raises(TuningError, match="same folder"):
+        tune(tune_config(tmp_path / "same", f"tune.split.root={HC18}"), tmp_path / "same")
+    overlap = tmp_path / "split"  # another folder holding one of the evaluated images
+    for sub, name in (("images", "100_HC.png"), ("masks", "100_HC_mask.png")):
+        (overlap / sub).mkdir(parents=True)
+        shutil.copy(HC18 / sub / name, overlap / sub)
+    with pytest.raises(TuningError, match="100_HC"):
+        tune(tune_config(tmp_path / "overlap", f"tune.split.root={overlap}"), tmp_path / "overlap")
+    assert not (tmp_path / "same" / "trials").exists() and not (tmp_path / "overlap" / "trials").exists()
+
+
+def write_tuned(path, params: dict, ids: list[str]) -> str:
+    path.write_text(yaml.safe_dump({"params": params, "score": {"dice_mean": 0.5, "trial": 1},
+                                    "split": {"name": "folder", "root": str(HC18_TRAIN.resolve()), "ids": ids}}))
+    return str(path)
+
+
+def test_evaluation_applies_tuned_values_and_records_them(tmp_path):
+    params = {"generator.pred_iou_thresh": 0.25, "generator.points_per_side": 2, "filter.max_area": 0.8}
+    tuned = write_tuned(tmp_path / "tuned.yaml", params, ["002_HC"])
+    out = tmp_path / "eval"
+    summary = run(compose_config(SMOKE + EVAL + ["limit=1", f"output_dir={out}", f"tuned={tuned}"]), out)
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert config["generator"]["pred_iou_thresh"] == 0.25 and config["generator"]["points_per_side"] == 2
+    assert config["filter"]["max_area"] == 0.8
+    assert config["tuned"]["file"] == tuned and config["tuned"]["params"] == params
+    assert summary["n_ok"] == 1
+    plain = compose_config(SMOKE + EVAL + ["limit=1", f"output_dir={out}"])
+    with pytest.raises(RuntimeError, match="another configuration"):  # a tuned run is not resumed untuned
+        run(plain, out)
+
+
+def test_tuned_file_errors(tmp_path):
+    base = SMOKE + EVAL + ["limit=1", f"output_dir={tmp_path / 'out'}"]
+    typo = write_tuned(tmp_path / "typo.yaml", {"generator.pred_iou_tresh": 0.3}, [])
+    with pytest.raises(TuningError, match="pred_iou_tresh"):
+        run(compose_config(base + [f"tuned={typo}"]), tmp_path / "out")
+    leaked = write_tuned(tmp_path / "leaked.yaml", {"filter.max_area": 0.8}, ["100_HC", "208_HC"])
+    with pytest.raises(TuningError, match="100_HC"):
+        run(compose_config(base + [f"tuned={leaked}"]), tmp_path / "out")
+    on_split = compose_config(SMOKE + ["dataset=folder", f"dataset.root={HC18_TRAIN}", "dataset.prompts=fetal_head",
+                                       "limit=1", f"tuned={leaked}"])
+    with pytest.raises(TuningError, match="same folder"):
+        run(on_split, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -200,7 +200,8 @@ def compare(ref: dict, our: dict) -> dict:
     """Candidate counts, and whether each stage's output of the two paths is the same."""
     same = {k: bool(np.array_equal(ref[v], our[v])) for k, v in
             (("candidates_identical", "candidates"), ("retrieved_identical", "picked"), ("masks_identical", "mask"))}
-    score_gap = np.abs(np.asarray(ref["scores"]) - np.asarray(our["scores"])) if same["retrieved_identical"] else [np.inf]
+    retrieved_same = same["retrieved_identical"]
+    score_gap = np.abs(np.asarray(ref["scores"]) - np.asarray(our["scores"])) if retrieved_same else [np.inf]
     return {"n_candidates": len(our["candidates"]), "n_kept": our["n_kept"], **same,
             "max_score_difference": float(np.max(score_gap, initial=0.0))}
 

@@ -1,7 +1,6 @@
 """Baselines run through the same harness as SaLIP, and the report builds from those real runs."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from conftest import CXR, HC18, REPO
 

@@ -8,7 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import shutil
 from pathlib import Path
 
-import cv2
 import nibabel as nib
 import numpy as np
 import pytest

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from conftest import CXR, SMOKE, compose_config

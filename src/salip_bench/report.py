@@ -301,8 +301,8 @@ def failure_table(runs: list[Run], labels: list[str], tau: float, delta: float) 
 
 def failures_markdown(table: pd.DataFrame, runs: list[Run], labels: list[str], tau: float, delta: float) -> str:
     text = [f"# Failure attribution (τ = {tau}, δ = {delta})", "",
-            f"generator miss: oracle Dice < τ · retriever miss: oracle ≥ τ, retrieved < τ · refinement loss: "
-            f"retrieved ≥ τ, final < retrieved − δ · failed: the sample raised · unscored: no stage scores", ""]
+            "generator miss: oracle Dice < τ · retriever miss: oracle ≥ τ, retrieved < τ · refinement loss: "
+            "retrieved ≥ τ, final < retrieved − δ · failed: the sample raised · unscored: no stage scores", ""]
     if table.empty:
         text.append("No run recorded oracle_dice and retrieved_dice (only SaLIP-like methods do).")
     else:

@@ -133,3 +133,12 @@ def test_default_directory_follows_salip_bench_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path))
     assert FeatureCache.from_config({"enabled": True}).root == tmp_path / "features"
     assert FeatureCache.from_config({"enabled": False}) is None
+
+
+def test_autocast_dtype_is_part_of_every_disk_key():
+    """bf16 embeddings and proposals differ from float32 ones: neither may be served for the other."""
+    predictor = sam_with(None).predictor
+    plain = predictor.cache_key("embedding", "img")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert predictor.cache_key("embedding", "img") != plain
+    assert predictor.cache_key("embedding", "img") == plain

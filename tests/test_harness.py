@@ -92,3 +92,18 @@ def test_empty_ground_truth_convention(tmp_path):
     half = full.copy()
     half[:2] = False
     assert dice_iou(half, full) == pytest.approx((2 * 8 / 24, 0.5))
+
+
+def test_bf16_autocast_runs_end_to_end_and_is_another_configuration(tmp_path):
+    """trainer.precision=bf16-mixed (CPU autocast here): SAM and CLIP in bf16, float32 results; it
+    changes predictions, so it is not resumed into a float32 run; retriever.workers changes none."""
+    from salip_bench.harness import config_fingerprint
+
+    root = hc18_subset(tmp_path / "data", ["100_HC"])
+    out = tmp_path / "bf16"
+    summary = run(config(root, out, "trainer.precision=bf16-mixed"), out)
+    assert summary["n_ok"] == 1 and 0.0 <= summary["dice_mean"] <= 1.0
+    assert config_fingerprint(config(root, out)) != summary["fingerprint"]
+    with pytest.raises(RuntimeError, match="another configuration"):
+        run(config(root, out), out)
+    assert config_fingerprint(config(root, out, "retriever.workers=1")) == config_fingerprint(config(root, out))

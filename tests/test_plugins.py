@@ -6,7 +6,8 @@ import pytest
 
 from conftest import CONF, CXR, HC18, MRI, SMOKE, compose_config, yaml_config
 from salip_bench.harness import build_context
-from salip_bench.registry import REGISTRIES, PluginError, load_plugins
+from salip_bench.registry import REGISTRIES, RETRIEVERS, PluginError, load_plugins
+from salip_bench.retrievers.visual_prompts import blurred_background, masked_crop
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 
 load_plugins()
@@ -93,3 +94,38 @@ def test_typo_in_plugin_yaml_key_is_an_error(tiny_sam):
     cfg = yaml_config("generator", "sam_everything") | {"points_per_sid": 8}
     with pytest.raises(PluginError, match="points_per_sid"):
         REGISTRIES["generator"].build(cfg, sam=tiny_sam)
+
+
+@pytest.mark.parametrize("name", [n for k, n in PLUGINS if k == "retriever"])
+def test_retriever_scores_match_one_prompt_at_a_time_for_any_worker_count(name, tiny_clip, cxr_sample):
+    """Threads and batches change only the speed: each score equals CLIP on that one visual prompt."""
+    cfg = yaml_config("retriever", name)
+    candidates = candidates_from(cxr_sample)
+    scores = {}
+    for workers in (1, 3):
+        retriever = RETRIEVERS.build({**cfg, "workers": workers, "batch_size": 2}, clip=tiny_clip,
+                                     class_prompts={"lung": ["a dark lung field"]}, top_k={"lung": 1})
+        scores[workers] = retriever.scores(cxr_sample.image, candidates)
+    one_by_one = np.concatenate([
+        (tiny_clip.encode_images([retriever.visual_prompt(cxr_sample.image, mask, box)]) @ retriever.prototypes.T)
+        .numpy() for mask, box in zip(candidates.masks, candidates.boxes)])
+    np.testing.assert_array_equal(scores[1], scores[3])
+    np.testing.assert_allclose(scores[1], one_by_one, atol=1e-5)
+
+
+def test_masked_crop_is_the_image_times_the_mask_in_its_box(cxr_sample):
+    candidates = candidates_from(cxr_sample)
+    mask, box = candidates.masks[0], candidates.boxes[0]
+    x0, y0, x1, y1 = box.astype(int)
+    expected = cxr_sample.image[y0:y1 + 1, x0:x1 + 1] * mask[y0:y1 + 1, x0:x1 + 1, None]
+    np.testing.assert_array_equal(masked_crop(cxr_sample.image, mask, box), expected)
+
+
+def test_reverse_blur_blurs_once_per_image(tiny_clip, cxr_sample, monkeypatch):
+    import salip_bench.retrievers.reverse_blur as module
+    blurs = []
+    monkeypatch.setattr(module, "blurred_background", lambda *args: blurs.append(1) or blurred_background(*args))
+    retriever = RETRIEVERS.build(yaml_config("retriever", "reverse_blur"), clip=tiny_clip,
+                                 class_prompts={"lung": ["a dark lung field"]}, top_k={"lung": 1})
+    retriever.scores(cxr_sample.image, candidates_from(cxr_sample))
+    assert len(blurs) == 1 and retriever._blurred is None  # once for three candidates, not kept past the image

@@ -178,3 +178,19 @@ def test_run_dir_without_summary_is_an_error(tmp_path: Path, runs: dict[str, Pat
             report(tmp_path, [runs["cxr"], bad])
         assert exit_info.value.code != 0
         assert str(bad) in capsys.readouterr().err
+
+
+def test_precision_labels_runs_and_retriever_threads_do_not(tmp_path: Path) -> None:
+    """bf16 changes predictions (a setting in the label); retriever.workers changes none (ignored)."""
+    dirs = []
+    for name, trainer, workers in (("fp32", {"accelerator": "cpu"}, 1), ("bf16", {"precision": "bf16-mixed"}, 2)):
+        dirs.append(tmp_path / name)
+        write_run(dirs[-1], [ok("x", 0.5)])
+        summary = json.loads((dirs[-1] / "summary.json").read_text())
+        summary["config"]["trainer"] = trainer
+        summary["config"]["retriever"]["workers"] = workers
+        (dirs[-1] / "summary.json").write_text(json.dumps(summary))
+    runs = find_runs(dirs)
+    assert "trainer.precision" in runs[1].settings and "retriever.workers" not in runs[1].settings
+    labels = method_labels(runs)
+    assert "bf16-mixed" in labels[1] and "workers" not in " ".join(labels)

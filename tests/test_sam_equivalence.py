@@ -8,6 +8,8 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.utils.amg import batched_mask_to_box
 
 from salip_bench.generators.sam_everything import SamEverythingGenerator
+from salip_bench.models.sam import build_sam_model
+from salip_bench.models.sam_decoder import decode_points_iou_first
 from salip_bench.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved
 
@@ -82,3 +84,33 @@ def test_one_encoder_pass_per_image_for_generator_and_refiner(tiny_sam, hc18_sam
             assert len(passes) - before == 1
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("decoder", ["tiny", "released"])
+@pytest.mark.parametrize("drop", ["none", "half", "all"])
+def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
+    """Kept prompts get upstream's multimask logits and IoUs bit for bit, with the tiny decoder and
+    with the released models' decoder sizes (256 wide, 64x64 embedding; random weights)."""
+    if decoder == "tiny":
+        model = tiny_sam.sam
+    else:
+        torch.manual_seed(0)
+        model = build_sam_model(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1,
+                                encoder_global_attn_indexes=[0], image_size=1024, prompt_embed_dim=256,
+                                decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8).eval()
+    generator = torch.Generator().manual_seed(1)
+    side = model.image_encoder.img_size // 16
+    features = torch.randn(1, model.prompt_encoder.embed_dim, side, side, generator=generator) * 0.5
+    points = torch.rand(12, 1, 2, generator=generator) * model.image_encoder.img_size
+    labels = torch.ones(12, 1, dtype=torch.int)
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        expected_masks, expected_iou = model.mask_decoder(
+            image_embeddings=features, image_pe=model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=True)
+        best = expected_iou.max(dim=1).values  # a threshold that keeps no, half or every prompt:
+        pred_iou_thresh = {"none": 0.0, "half": float(best.median()), "all": float(best.max()) + 1}[drop]
+        masks, iou, kept = decode_points_iou_first(model, features, points, labels, pred_iou_thresh)
+    expected_kept = torch.nonzero((expected_iou > pred_iou_thresh).any(1)).flatten()
+    assert torch.equal(kept, expected_kept) and len(kept) == {"none": 12, "half": 6, "all": 0}[drop]
+    assert torch.equal(masks, expected_masks[kept]) and torch.equal(iou, expected_iou[kept])

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # Keys that do not change any prediction: they stay out of the resume fingerprint.
 NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger",
                      "cache")
+NON_SEMANTIC_NESTED = (("retriever", "workers"),)  # threads building visual prompts
+FULL_PRECISION = ("32-true", "32", "64-true", "64")  # trainer.precision values that use no autocast
 PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything",
             "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
 
@@ -39,6 +41,12 @@ def config_fingerprint(cfg: dict) -> str:
     loads a file of its own (the U-Net's checkpoint), that file's contents, so a retrained
     checkpoint at the same path is not mistaken for the old one on resume."""
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    for group, key in NON_SEMANTIC_NESTED:
+        if isinstance(semantic.get(group), dict):
+            semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    if precision not in FULL_PRECISION:  # bf16 autocast changes predictions (slightly): another configuration
+        semantic["precision"] = precision
     checkpoint = cfg.get("method", {}).get("checkpoint")
     if isinstance(checkpoint, str) and Path(checkpoint).expanduser().is_file():
         semantic["method_checkpoint_sha256"] = file_sha256(Path(checkpoint).expanduser())

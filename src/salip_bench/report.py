@@ -26,6 +26,8 @@ import pandas as pd
 # change predictions (the harness keeps the same keys out of its resume fingerprint).
 IGNORED_KEYS = ("dataset", "output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks",
                 "trainer", "logger", "hydra")
+IGNORED_NESTED = ("retriever.workers",)
+KEPT_NESTED = ("trainer.precision",)  # bf16 autocast changes predictions: a setting, like a method's
 # Dataset keys that change predictions but neither the images nor the ground truth (the organ's prompt
 # set, candidates retrieved per class): they tell runs apart like method settings (paper Tab. 2 compares
 # prompt sets on one dataset), but only where they differ on one dataset, not between datasets.
@@ -72,7 +74,9 @@ class Run:
         else:
             pairs = (o.lstrip("+~").split("=", 1) for o in self.summary.get("overrides") or [] if "=" in o)
             flat = {key: value for key, value in pairs}
-        return {k: v for k, v in flat.items() if k.split(".")[0] not in IGNORED_KEYS or _is_dataset_setting(k)}
+        return {k: v for k, v in flat.items()
+                if (k.split(".")[0] not in IGNORED_KEYS and k not in IGNORED_NESTED) or _is_dataset_setting(k)
+                or k in KEPT_NESTED}
 
 
 def _is_dataset_setting(key: str) -> bool:

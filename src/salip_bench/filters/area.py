@@ -28,4 +28,5 @@ class AreaFilter:
 
     def __call__(self, candidates: Candidates, image_size: tuple[int, int]) -> Candidates:
         keep = np.flatnonzero(candidates.areas < self.threshold_pixels(*image_size))
-        return candidates.select(keep)
+        # Nothing dropped: hand the candidates on instead of copying every full-resolution mask.
+        return candidates if len(keep) == len(candidates) else candidates.select(keep)

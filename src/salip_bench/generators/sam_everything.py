@@ -10,6 +10,7 @@ from segment_anything.utils.amg import (batch_iterator, batched_mask_to_box, cal
 from torchvision.ops.boxes import batched_nms, box_area
 
 from salip_bench.models.sam import SamEngine, image_key
+from salip_bench.models.sam_decoder import decode_points_iou_first
 from salip_bench.registry import GENERATORS
 from salip_bench.types import Candidates
 
@@ -21,8 +22,9 @@ class _FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
     bit-identical to upstream ``generate(...)`` with ``output_mode="binary_mask"``
     (tests/test_sam_equivalence.py). ``candidates`` replaces ``generate``:
 
-    - only masks that pass the predicted-IoU filter are upscaled to full resolution (upscaling is
-      per mask, so survivors are unchanged); upstream upscales every mask first;
+    - the mask decoder shares the image tokens' first-block work between prompts and upscales only
+      prompts with a mask that passes the predicted-IoU filter (``models/sam_decoder.py``), and only
+      those masks are then upscaled to full resolution; upstream upscales every mask, twice, first;
     - masks stay binary, bit-packed at crop size, until both NMS passes have decided which are
       kept; upstream pads every surviving mask to the full image, run-length encodes it and
       decodes the kept ones back (for noisy masks the RLE round trip costs more than the decoder);
@@ -92,11 +94,8 @@ class _FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
         predictor, model = self.predictor, self.predictor.model
         points_t = torch.as_tensor(predictor.transform.apply_coords(points, im_size), device=predictor.device)
         labels = torch.ones(points_t.shape[0], dtype=torch.int, device=predictor.device)
-        sparse, dense = model.prompt_encoder(points=(points_t[:, None, :], labels[:, None]), boxes=None, masks=None)
-        low_res, iou_preds = model.mask_decoder(image_embeddings=predictor.features,
-                                                image_pe=model.prompt_encoder.get_dense_pe(),
-                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
-                                                multimask_output=True)
+        low_res, iou_preds, _ = decode_points_iou_first(model, predictor.features, points_t[:, None, :],
+                                                        labels[:, None], self.pred_iou_thresh)
         low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
         keep = iou_preds > self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else torch.ones_like(iou_preds, dtype=torch.bool)
         masks = model.postprocess_masks(low_res[keep][:, None], predictor.input_size, predictor.original_size)[:, 0]

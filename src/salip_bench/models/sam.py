@@ -62,6 +62,20 @@ def build_sam_model(encoder_embed_dim: int, encoder_depth: int, encoder_num_head
     )
 
 
+def autocast_dtype(device_type: str) -> str | None:
+    """The dtype autocast runs this device's networks in right now (None: autocast is off)."""
+    return str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
+
+
+def _outputs_as_float32(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Forward hook: floating-point tensors in a network's output as float32 (a no-op without autocast)."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, tuple):
+        return tuple(_outputs_as_float32(module, inputs, o) for o in output)
+    return output
+
+
 def image_key(image: np.ndarray) -> str:
     """Content key of an image array (shape, dtype and bytes)."""
     digest = hashlib.blake2b(digest_size=16)
@@ -89,9 +103,10 @@ class MemoSamPredictor(SamPredictor):
         self._memo: OrderedDict[str, tuple] = OrderedDict()
 
     def cache_key(self, *parts: object) -> str:
-        """Disk key of a value this model computes from ``parts``. The device is part of it because GPU
-        and CPU numerics differ, and a run must give the same result with or without the cache."""
-        return FeatureCache.key(self.model_id, self.device.type, *parts)
+        """Disk key of a value this model computes from ``parts``. The device and the autocast dtype in
+        effect are part of it because their numerics differ, and a run must give the same result with
+        or without the cache."""
+        return FeatureCache.key(self.model_id, self.device.type, autocast_dtype(self.device.type), *parts)
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         key = image_key(image) + image_format
@@ -140,6 +155,11 @@ class SamEngine(nn.Module):
         self.predictor = MemoSamPredictor(self.sam, model_id=model_id)
         self.use_cache(cache)
         self.sam.image_encoder.register_forward_hook(self._count_pass)
+        # Under autocast (trainer.precision=bf16-mixed) the networks run in bf16, but what they hand
+        # on is float32: upscaling logits and thresholding them at 0 stay as precise as without it,
+        # and upstream's numpy conversions (which reject bf16) keep working.
+        for network in (self.sam.image_encoder, self.sam.mask_decoder):
+            network.register_forward_hook(_outputs_as_float32)
 
     def _count_pass(self, *_: object) -> None:
         self.encoder_passes += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip_bench.models.clip import ClipEngine, to_pil
+from salip_bench.models.clip import ClipEngine
 from salip_bench.types import Candidates, Retrieved
 
 
@@ -17,12 +17,14 @@ class ClipRetriever:
 
     A class's prototype is the mean of its sentences' L2-normalised CLIP text embeddings,
     re-normalised, computed once when the retriever is built (once per run). For every class the
-    ``top_k[class]`` best candidates are retrieved. batch_size: visual prompts per CLIP forward.
+    ``top_k[class]`` best candidates are retrieved. batch_size: visual prompts per CLIP forward;
+    workers: threads building and preprocessing visual prompts (default: torch's intra-op thread
+    count, so a process limited to n threads stays within n; results do not depend on it).
     ``clip``, ``class_prompts`` ({class: [sentences]}) and ``top_k`` ({class: k}) are injected.
     """
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, workers: int | None = None) -> None:
         missing = sorted(set(class_prompts) - set(top_k))
         if missing:
             raise ValueError(f"no top_k for class(es) {missing}")
@@ -30,6 +32,7 @@ class ClipRetriever:
         self.classes = list(class_prompts)
         self.top_k = top_k
         self.batch_size = batch_size
+        self.workers = workers if workers is not None else torch.get_num_threads()
         self.prototypes = torch.stack([
             torch.nn.functional.normalize(clip.encode_texts(list(sentences)).mean(dim=0), dim=0)
             for sentences in class_prompts.values()])  # (C, D)
@@ -39,10 +42,11 @@ class ClipRetriever:
 
     def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
         """(N, C) cosine similarity of every candidate to every class prototype."""
-        pictures = [to_pil(self.visual_prompt(image, mask, box))
-                    for mask, box in zip(candidates.masks, candidates.boxes)]
-        embeddings = self.clip.encode_images(pictures, self.batch_size)
-        return (embeddings @ self.prototypes.T).numpy()
+        embeddings = self.clip.encode_built(
+            len(candidates), lambda i: self.visual_prompt(image, candidates.masks[i], candidates.boxes[i]),
+            self.batch_size, self.workers)
+        with torch.autocast("cpu", enabled=False):  # cosine similarities in float32 under bf16 autocast too
+            return (embeddings @ self.prototypes.T).numpy()
 
     def __call__(self, image: np.ndarray, candidates: Candidates) -> Retrieved:
         if len(candidates) == 0:

@@ -15,8 +15,8 @@ class CropExpandRetriever(ClipRetriever):
     Other kwargs: see :class:`ClipRetriever`."""
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, margin: float = 0.1) -> None:
-        super().__init__(clip, class_prompts, top_k, batch_size)
+                 batch_size: int = 32, workers: int | None = None, margin: float = 0.1) -> None:
+        super().__init__(clip, class_prompts, top_k, batch_size, workers)
         self.margin = margin
 
     def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:

@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     parser = parser_with_common_args(__doc__, "sam_tiny", images=6, points_per_side=8,
                                      json_name="bench_precision.json")
     parser.add_argument("--device", default="cpu", help="Lightning accelerator: cpu or cuda")
+    parser.add_argument("--pred-iou-thresh", type=float, default=0.05,
+                        help="random weights: a few masks in ten pass, so CLIP sees tens of candidates, not thousands")
     return parser.parse_args()
 
 
@@ -47,7 +49,8 @@ def config(args: argparse.Namespace, precision: str, index: int, out: Path) -> d
     overrides = ["experiment=smoke", f"model={args.model}", f"clip={args.clip}", "logger=none", "dataset=folder",
                  f"dataset.root={args.data}", f"dataset.prompts={args.prompts}", f"trainer.accelerator={args.device}",
                  f"trainer.precision={precision}", "trainer.enable_progress_bar=false", "cache.enabled=false",
-                 f"generator.points_per_side={args.points_per_side}", f"limit={index + 1}", f"output_dir={out}"]
+                 f"generator.points_per_side={args.points_per_side}", f"generator.pred_iou_thresh={args.pred_iou_thresh}",
+                 f"limit={index + 1}", f"output_dir={out}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
 

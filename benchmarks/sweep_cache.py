@@ -18,6 +18,7 @@ import argparse
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -70,6 +71,7 @@ def main() -> None:
     args = parse_args()
     logging.getLogger("salip_bench").setLevel(logging.ERROR)  # one random-weights banner per run is noise here
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation notice, once per run
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         first = config(args, RETRIEVERS[0], root / "warm-up", None)

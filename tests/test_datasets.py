@@ -207,3 +207,12 @@ def test_cc359_layout_domains_orientation_and_cache(tmp_path):
     assert samples[3].mask[:, :5].any() and not samples[3].mask[:, 5:].any()
     summary = aggregate([record(s, s.mask) for s in samples])
     assert set(summary["per_domain"]) == {"philips_15", "ge_3"} and summary["dice_3d_mean"] == 1.0
+
+
+def test_top_k_mapping_missing_a_class_is_a_clear_error():
+    from salip_bench.datasets.folder import FolderDataset
+
+    both = {"lung": 2, "left lung": 1, "right lung": 1}  # one mapping for two prompt sets (tab2) is fine
+    assert FolderDataset(str(DATA / "cxr_lung"), prompts="lungs", top_k=both).top_k_per_class() == {"lung": 2}
+    with pytest.raises(ValueError, match=r"no k for class\(es\) \['right lung'\]"):
+        FolderDataset(str(DATA / "cxr_lung"), prompts="lungs_left_right", top_k={"left lung": 1}).top_k_per_class()

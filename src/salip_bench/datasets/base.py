@@ -121,5 +121,10 @@ class SegmentationDataset(Dataset):
     def top_k_per_class(self) -> dict[str, int]:
         classes = list(self.class_prompts())
         if isinstance(self.top_k, Mapping):
+            # Extra classes are fine: one mapping may serve several prompt sets (conf/experiment/tab2.yaml).
+            missing = sorted(set(classes) - set(self.top_k))
+            if missing:
+                raise ValueError(f"dataset.top_k {dict(self.top_k)} gives no k for class(es) {missing} of prompt "
+                                 f"set {self.prompts!r}")
             return {c: int(self.top_k[c]) for c in classes}
         return {c: int(self.top_k) for c in classes}

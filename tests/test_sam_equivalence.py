@@ -90,7 +90,8 @@ def test_one_encoder_pass_per_image_for_generator_and_refiner(tiny_sam, hc18_sam
 @pytest.mark.parametrize("drop", ["none", "half", "all"])
 def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
     """Kept prompts get upstream's multimask logits and IoUs bit for bit, with the tiny decoder and
-    with the released models' decoder sizes (256 wide, 64x64 embedding; random weights)."""
+    with the released models' decoder sizes (256 wide, 64x64 embedding; random weights); on CPU the
+    released-size transformer takes the 18 prompts as groups of 8 and 10."""
     if decoder == "tiny":
         model = tiny_sam.sam
     else:
@@ -101,8 +102,8 @@ def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
     generator = torch.Generator().manual_seed(1)
     side = model.image_encoder.img_size // 16
     features = torch.randn(1, model.prompt_encoder.embed_dim, side, side, generator=generator) * 0.5
-    points = torch.rand(12, 1, 2, generator=generator) * model.image_encoder.img_size
-    labels = torch.ones(12, 1, dtype=torch.int)
+    points = torch.rand(18, 1, 2, generator=generator) * model.image_encoder.img_size
+    labels = torch.ones(18, 1, dtype=torch.int)
     with torch.no_grad():
         sparse, dense = model.prompt_encoder(points=(points, labels), boxes=None, masks=None)
         expected_masks, expected_iou = model.mask_decoder(
@@ -112,5 +113,13 @@ def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
         pred_iou_thresh = {"none": 0.0, "half": float(best.median()), "all": float(best.max()) + 1}[drop]
         masks, iou, kept = decode_points_iou_first(model, features, points, labels, pred_iou_thresh)
     expected_kept = torch.nonzero((expected_iou > pred_iou_thresh).any(1)).flatten()
-    assert torch.equal(kept, expected_kept) and len(kept) == {"none": 12, "half": 6, "all": 0}[drop]
+    assert torch.equal(kept, expected_kept) and len(kept) == {"none": 18, "half": 9, "all": 0}[drop]
     assert torch.equal(masks, expected_masks[kept]) and torch.equal(iou, expected_iou[kept])
+
+
+def test_prompt_groups_cover_the_batch_and_are_never_tiny():
+    from salip_bench.models.sam_decoder import _groups
+
+    assert _groups(18, 8) == [slice(0, 8), slice(8, 18)]  # a last group of 2 joins the one before
+    assert _groups(64, 8) == [slice(i, i + 8) for i in range(0, 64, 8)]
+    assert _groups(3, 8) == [slice(0, 3)] and _groups(12, 12) == [slice(0, 12)]

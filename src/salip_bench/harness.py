@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
+from salip_bench.config_keys import FULL_PRECISION, NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED
 from salip_bench.io.feature_cache import FeatureCache
 from salip_bench.io.records import RecordStore, aggregate, results_frame, write_if_changed
 from salip_bench.io.wandb_log import log_run, make_wandb_logger
@@ -27,11 +28,6 @@ from salip_bench.tuned import apply_tuned
 
 log = logging.getLogger(__name__)
 
-# Keys that do not change any prediction: they stay out of the resume fingerprint.
-NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger",
-                     "cache")
-NON_SEMANTIC_NESTED = (("retriever", "workers"),)  # threads building visual prompts
-FULL_PRECISION = ("32-true", "32", "64-true", "64")  # trainer.precision values that use no autocast
 PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything",
             "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
 
@@ -41,7 +37,7 @@ def config_fingerprint(cfg: dict) -> str:
     loads a file of its own (the U-Net's checkpoint), that file's contents, so a retrained
     checkpoint at the same path is not mistaken for the old one on resume."""
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    for group, key in NON_SEMANTIC_NESTED:
+    for group, key in (dotted.split(".") for dotted in NON_SEMANTIC_NESTED):
         if isinstance(semantic.get(group), dict):
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# Config keys that do not tell methods apart: the dataset is the table's rows, the rest do not
-# change predictions (the harness keeps the same keys out of its resume fingerprint).
-IGNORED_KEYS = ("dataset", "output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks",
-                "trainer", "logger", "hydra")
-IGNORED_NESTED = ("retriever.workers",)
-KEPT_NESTED = ("trainer.precision",)  # bf16 autocast changes predictions: a setting, like a method's
+from salip_bench.config_keys import NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED, SEMANTIC_NESTED
+
+# Config keys that do not tell methods apart: the dataset is the table's rows, the rest change no
+# prediction (the same keys the harness keeps out of its resume fingerprint).
+IGNORED_KEYS = ("dataset", "hydra", *NON_SEMANTIC_KEYS)
 # Dataset keys that change predictions but neither the images nor the ground truth (the organ's prompt
 # set, candidates retrieved per class): they tell runs apart like method settings (paper Tab. 2 compares
 # prompt sets on one dataset), but only where they differ on one dataset, not between datasets.
@@ -75,8 +74,8 @@ class Run:
             pairs = (o.lstrip("+~").split("=", 1) for o in self.summary.get("overrides") or [] if "=" in o)
             flat = {key: value for key, value in pairs}
         return {k: v for k, v in flat.items()
-                if (k.split(".")[0] not in IGNORED_KEYS and k not in IGNORED_NESTED) or _is_dataset_setting(k)
-                or k in KEPT_NESTED}
+                if (k.split(".")[0] not in IGNORED_KEYS and k not in NON_SEMANTIC_NESTED) or _is_dataset_setting(k)
+                or k in SEMANTIC_NESTED}
 
 
 def _is_dataset_setting(key: str) -> bool:

@@ -12,8 +12,8 @@ The grid defaults to 16 points per side: the smallest at which, as at SAM's reco
 decoder batch of every crop is a full ``points_per_batch`` (64; the four crops get (16/2)² points).
 At 8 the crops' batches hold 16 prompts, a batch size a 32-point run never decodes, and our fixed
 costs per batch and per image (the shared first-block work, retrieval, refinement) weigh more.
-On this shared 2-core machine the reference cost 0.22 s per prompt at both grids and ours 0.055 to
-0.077 s from run to run (``--points-per-side 8``: 2.8-3.2x; 16: 2.8-3.9x). Much of the reference's
+On this shared 2-core machine the reference cost 0.22-0.23 s per prompt at both grids and ours 0.055 to
+0.080 s from run to run (``--points-per-side 8``: 2.8-3.2x; 16: 2.8-3.9x). Much of the reference's
 cost is its allocator: its 64-prompt batches allocate 256 MB tensors, which glibc maps and zeroes
 afresh each time; our cache-sized groups stay under glibc's 32 MiB mmap threshold. With glibc told
 to keep freed memory (``mallopt``, both paths), the reference took 73 s per image instead of 111 s
@@ -74,6 +74,9 @@ class Meter:
             yield
         finally:
             self.seconds[name] += now(self.device) - start
+
+    def all_but_encoder_seconds(self) -> float:
+        return sum(self.seconds.values()) - self.encoder_seconds
 
     def timed(self, name: str, fn: Callable) -> Callable:
         def call(*args: object) -> object:
@@ -208,15 +211,18 @@ def main() -> None:
         path(np.ascontiguousarray(images[0][:96, :96]), Meter(device))
     per_image = []
     for index, image in enumerate(images):
-        out = {}
+        out, seconds = {}, {}
         for name, path in paths.items():  # interleaved, so load drift on a shared machine hits both
             sam.predictor.forget()
             clock.active = meters[name]
+            before = meters[name].all_but_encoder_seconds()
             memory.start()
             out[name] = path(image, meters[name])
             meters[name].peak_mb = max(meters[name].peak_mb, memory.stop())
             clock.active = None
-        row = {"image": dataset.ids[index], "size": list(image.shape[:2]), **compare(out["reference"], out["ours"])}
+            seconds[f"{name}_all_but_encoder_s"] = round(meters[name].all_but_encoder_seconds() - before, 2)
+        row = {"image": dataset.ids[index], "size": list(image.shape[:2]), **seconds,
+               **compare(out["reference"], out["ours"])}
         per_image.append(row)
         print(f"image {index + 1}/{len(images)} {row}", flush=True)
     report(args, settings, images, meters, per_image, device)

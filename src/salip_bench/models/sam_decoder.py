@@ -32,10 +32,10 @@ from segment_anything.modeling.transformer import Attention, TwoWayAttentionBloc
 # released size (4096 tokens × 256 floats); in groups of 4 a block's activations stay in cache
 # between operations and every tensor stays under glibc's largest mmap threshold (32 MiB), so freed
 # buffers are reused instead of being mapped and zeroed afresh (a fresh 32 MiB output costs ~18 ms
-# here, the add that fills it 3 ms). 64 released-size prompts on 2 cores, median of 6: groups of 4
-# 3.3-3.5 s, of 6 3.3-3.5 s, of 8 4.4 s. Groups of 4 to 16 give upstream's bits; groups of 2 do not
-# (small matrix products take another kernel), hence MIN_GROUP. Small decoders (the tiny test SAM)
-# fit whole; on GPUs: one group.
+# here, the add that fills it 3 ms). Decoding 64 released-size prompts on 2 cores, medians of 4 runs
+# in 3 processes each: groups of 4 3.4-3.9 s, of 8 4.7-5.3 s. Groups of 4 to 16 give upstream's
+# bits; groups of 2 do not (small matrix products take another kernel), hence MIN_GROUP. Small
+# decoders (the tiny test SAM) fit whole; on GPUs: one group.
 CPU_GROUP_BYTES = 16 * 2**20
 MIN_GROUP = 4
 

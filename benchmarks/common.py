@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,3 +108,20 @@ def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str))
     print(f"wrote {path}")
+
+
+def harness_config(args: argparse.Namespace, *overrides: str) -> dict:
+    """The smoke experiment on ``--data`` with ``--model``/``--clip`` (random weights), no logger or
+    progress bar, plus ``overrides``: the resolved config a benchmark hands to ``harness.run``."""
+    base = ["experiment=smoke", f"model={args.model}", f"clip={args.clip}", "logger=none", "dataset=folder",
+            f"dataset.root={args.data}", f"dataset.prompts={args.prompts}",
+            f"generator.points_per_side={args.points_per_side}", "trainer.enable_progress_bar=false"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return OmegaConf.to_container(compose(config_name="config", overrides=[*base, *overrides]), resolve=True)
+
+
+def quiet_harness_logs() -> None:
+    """Benchmarks call the harness many times: its per-run banners and Lightning's notices are noise."""
+    logging.getLogger("salip_bench").setLevel(logging.ERROR)  # one random-weights banner per run
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation notice, once per run

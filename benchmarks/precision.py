@@ -16,18 +16,20 @@ the two answers do: they are what bf16 costs in accuracy on these networks and i
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from common import (
+    harness_config,
+    parser_with_common_args,
+    quiet_harness_logs,
+    table,
+    write_json,
+)
 from PIL import Image
 
-from common import CONF, parser_with_common_args, table, write_json
 from salip_bench.harness import run
 from salip_bench.metrics import dice_iou
 from salip_bench.models.clip import build_clip
@@ -46,13 +48,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace, precision: str, index: int, out: Path) -> dict:
-    overrides = ["experiment=smoke", f"model={args.model}", f"clip={args.clip}", "logger=none", "dataset=folder",
-                 f"dataset.root={args.data}", f"dataset.prompts={args.prompts}", f"trainer.accelerator={args.device}",
-                 f"trainer.precision={precision}", "trainer.enable_progress_bar=false", "cache.enabled=false",
-                 f"generator.points_per_side={args.points_per_side}", f"generator.pred_iou_thresh={args.pred_iou_thresh}",
-                 f"limit={index + 1}", f"output_dir={out}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    return harness_config(args, f"trainer.accelerator={args.device}", f"trainer.precision={precision}",
+                          "cache.enabled=false", f"generator.pred_iou_thresh={args.pred_iou_thresh}",
+                          f"limit={index + 1}", f"output_dir={out}")
 
 
 def read_mask(out: Path, sample_id: str) -> np.ndarray:
@@ -61,9 +59,7 @@ def read_mask(out: Path, sample_id: str) -> np.ndarray:
 
 def main() -> None:
     args = parse_args()
-    logging.getLogger("salip_bench").setLevel(logging.ERROR)  # one random-weights banner per run is noise here
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation notice, once per run
+    quiet_harness_logs()
     seconds = dict.fromkeys(PRECISIONS, 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

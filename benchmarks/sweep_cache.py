@@ -15,16 +15,18 @@ seconds and SAM encoder passes, the totals and their ratio, and whether the resu
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from common import (
+    harness_config,
+    parser_with_common_args,
+    quiet_harness_logs,
+    table,
+    write_json,
+)
 
-from common import CONF, parser_with_common_args, table, write_json
 from salip_bench.harness import run
 from salip_bench.models.clip import build_clip
 from salip_bench.models.sam import build_sam
@@ -38,13 +40,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def config(args: argparse.Namespace, retriever: str, out: Path, cache_dir: Path | None) -> dict:
-    overrides = ["experiment=smoke", f"model={args.model}", f"clip={args.clip}", "logger=none", "dataset=folder",
-                 f"dataset.root={args.data}", f"dataset.prompts={args.prompts}", f"limit={args.images}",
-                 f"generator.points_per_side={args.points_per_side}", f"retriever={retriever}", f"output_dir={out}",
-                 "trainer.enable_progress_bar=false",
-                 "cache.enabled=false" if cache_dir is None else f"cache.dir={cache_dir}"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    return harness_config(args, f"limit={args.images}", f"retriever={retriever}", f"output_dir={out}",
+                          "cache.enabled=false" if cache_dir is None else f"cache.dir={cache_dir}")
 
 
 def timed_run(args: argparse.Namespace, retriever: str, out: Path, cache_dir: Path | None) -> dict:
@@ -69,9 +66,7 @@ def sweeps(args: argparse.Namespace, root: Path) -> tuple[list[dict], list[dict]
 
 def main() -> None:
     args = parse_args()
-    logging.getLogger("salip_bench").setLevel(logging.ERROR)  # one random-weights banner per run is noise here
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation notice, once per run
+    quiet_harness_logs()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         first = config(args, RETRIEVERS[0], root / "warm-up", None)

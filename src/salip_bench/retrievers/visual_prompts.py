@@ -59,7 +59,7 @@ def reverse_blur(image: np.ndarray, box: np.ndarray, sigma: float, grey: bool,
 
     background: ``blurred_background(image, sigma, grey)`` if already computed (it is the same for
     every candidate of an image)."""
-    picture = (blurred_background(image, sigma, grey) if background is None else background).copy()
+    picture = blurred_background(image, sigma, grey) if background is None else background.copy()
     rows, cols = box_slices(box, *image.shape[:2])
     picture[rows, cols] = image[rows, cols]
     return picture

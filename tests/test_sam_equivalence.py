@@ -1,10 +1,13 @@
 """Our generator and refiner give upstream's masks, with one encoder pass per image."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.amg import batched_mask_to_box
 
 from salip_bench.generators.sam_everything import SamEverythingGenerator
@@ -21,6 +24,19 @@ def _retrieved(boxes: np.ndarray, shape: tuple[int, int]) -> Retrieved:
     cands = Candidates(np.zeros((n, *shape), bool), boxes.astype(np.float32), np.zeros(n, np.int64),
                        np.zeros(n, np.float32), np.zeros(n, np.float32))
     return Retrieved(cands, ["organ"] * n, np.zeros(n, np.float32), np.arange(n))
+
+
+def _with_random_norms(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy whose layer norms scale and shift (freshly built ones are the identity, which would hide
+    where a scale or shift is applied, and in which dtype)."""
+    module = copy.deepcopy(module)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, (torch.nn.LayerNorm, LayerNorm2d)):
+                norm.weight.copy_(1 + 0.5 * torch.randn(norm.weight.shape, generator=generator))
+                norm.bias.copy_(0.5 * torch.randn(norm.bias.shape, generator=generator))
+    return module
 
 
 CROPS = dict(LOW, crop_n_layers=1, crop_n_points_downscale_factor=2)
@@ -94,12 +110,12 @@ def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
     released-size transformer takes the 18 prompts as groups of 4, 4, 4 and 6. "one" keeps a single prompt:
     upscaled alone, the transposed tokens of a one-prompt batch take another convolution kernel."""
     if decoder == "tiny":
-        model = tiny_sam.sam
+        model = _with_random_norms(tiny_sam.sam)
     else:
         torch.manual_seed(0)
-        model = build_sam_model(encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1,
-                                encoder_global_attn_indexes=[0], image_size=1024, prompt_embed_dim=256,
-                                decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8).eval()
+        model = _with_random_norms(build_sam_model(
+            encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=1, encoder_global_attn_indexes=[0],
+            image_size=1024, prompt_embed_dim=256, decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8).eval())
     generator = torch.Generator().manual_seed(1)
     side = model.image_encoder.img_size // 16
     features = torch.randn(1, model.prompt_encoder.embed_dim, side, side, generator=generator) * 0.5
@@ -124,3 +140,18 @@ def test_prompt_groups_cover_the_batch_and_are_never_tiny():
     assert _groups(18, 8) == [slice(0, 8), slice(8, 18)]  # a last group of 2 joins the one before
     assert _groups(64, 8) == [slice(i, i + 8) for i in range(0, 64, 8)]
     assert _groups(3, 8) == [slice(0, 3)] and _groups(12, 12) == [slice(0, 12)]
+
+
+@pytest.mark.parametrize("precision", ["float32", "bf16-autocast"])
+def test_in_place_upscaling_matches_upstream(tiny_sam, precision):
+    """The upscaling with its layer norm and GELUs in place gives upstream's tensor bit for bit, also
+    under bf16 autocast, where upstream's float32 scale and shift promote the bf16 convolution output."""
+    from salip_bench.models.sam_decoder import _upscale
+
+    upscaling = _with_random_norms(tiny_sam.sam.mask_decoder.output_upscaling)
+    channels = upscaling[0].in_channels
+    tokens = torch.randn(3, 16 * 16, channels, generator=torch.Generator().manual_seed(0))
+    x = tokens.transpose(1, 2).view(3, channels, 16, 16)  # the decoder's layout: channels-last
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
+        expected, ours = upscaling(x), _upscale(upscaling, x)
+    assert ours.dtype == expected.dtype and torch.equal(ours, expected)

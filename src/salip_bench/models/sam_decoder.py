@@ -44,6 +44,7 @@ CPU_GROUP_BYTES = 16 * 2**20
 MIN_GROUP = 4
 
 
+@torch.no_grad()  # inference only: parts of it work in place
 def decode_points_iou_first(model: Sam, features: torch.Tensor, points: torch.Tensor, labels: torch.Tensor,
                             pred_iou_thresh: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Multimask decoding of single-point prompts, upscaling only prompts that may survive.

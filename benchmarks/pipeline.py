@@ -13,8 +13,8 @@ decoder batch of every crop is a full ``points_per_batch`` (64; the four crops g
 At 8 the crops' batches hold 16 prompts, a batch size a 32-point run never decodes, and our fixed
 costs per batch and per image (the shared first-block work, retrieval, refinement) weigh more.
 On this shared 2-core machine the reference cost 0.22-0.23 s per prompt at both grids; ours moves
-with the machine's state: at 16 points 0.063-0.076 s per prompt, 3.15x, 3.20x and 3.53x in three
-runs (before the upscaling worked in place: 0.055-0.080 s, 2.8-3.9x; at 8 points 2.8-3.2x). Ours
+with the machine's state: at 16 points 0.058-0.076 s per prompt, 3.15x, 3.20x, 3.42x and 3.53x in
+four runs (before the upscaling worked in place: 0.055-0.080 s, 2.8-3.9x; at 8 points 2.8-3.2x). Ours
 also ran 10-15% slower in a process that had run the reference (repeated generator runs at 8
 points: 9.2-9.7 s before, 10.5-11.2 s after), which this one-process comparison counts against us.
 Much of the reference's cost is its allocator: its 64-prompt batches allocate 256 MB tensors, which

@@ -110,7 +110,7 @@ def _upscale(upscaling: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     centred = x.sub_(x.mean(1, keepdim=True))
     x = centred.div_(torch.sqrt(centred.pow(2).mean(1, keepdim=True) + norm.eps))
     weight, bias = norm.weight[:, None, None], norm.bias[:, None, None]
-    if torch.promote_types(weight.dtype, x.dtype) == x.dtype:
+    if _keeps_dtype(x, weight):
         x = x.mul_(weight).add_(bias)  # w * x + b, bit for bit (products and sums commute)
     else:
         x = weight * x + bias
@@ -202,9 +202,12 @@ def _residual(x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
     """Upstream's ``x + update`` for a fresh (B, hw, C) ``update``: summed into it in place (a + b is
     b + a, bit for bit; no new 4 MiB-per-prompt buffer) unless that would change the result's dtype,
     as under bf16 autocast, where a bf16 attention output plus float32 tokens is float32."""
-    if update.dtype == torch.promote_types(x.dtype, update.dtype):
-        return update.add_(x)
-    return x + update
+    return update.add_(x) if _keeps_dtype(update, x) else x + update
+
+
+def _keeps_dtype(fresh: torch.Tensor, other: torch.Tensor) -> bool:
+    """Whether ``fresh op= other`` gives ``fresh op other``'s dtype, so doing it in place changes nothing."""
+    return torch.promote_types(fresh.dtype, other.dtype) == fresh.dtype
 
 
 def _update_queries(layer: TwoWayAttentionBlock, queries: torch.Tensor, query_pe: torch.Tensor,

@@ -70,7 +70,8 @@ def test_contract_fetal_head(tmp_path):
 
 def test_missing_checkpoint_offline_fails_fast_naming_it(tmp_path):
     start = time.monotonic()
-    result = run_cli(["model=sam_vit_b", "dataset=folder", f"dataset.root={CXR}", f"output_dir={tmp_path / 'OUT2'}"],
+    result = run_cli(["model=sam_vit_b", "dataset=folder", f"dataset.root={CXR}", "dataset.prompts=lungs",
+                      f"output_dir={tmp_path / 'OUT2'}"],
                      tmp_path, timeout=120)
     assert result.returncode != 0
     # The contract says "within a minute"; most of it is importing torch & co. The generous bound

@@ -9,21 +9,29 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from salip_bench.models.weights import WeightsNotFoundError
-from salip_bench.registry import PluginError
-from salip_bench.tuned import TuningError
+from salip_bench.validation import ConfigError, validate
 
 log = logging.getLogger("salip_bench")
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
 def _main(cfg: DictConfig) -> float | None:
-    from salip_bench.harness import run  # heavy imports after argument parsing: --help stays fast
+    try:  # before any heavy import: a bad setting is one line within seconds
+        validate(cfg)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
+    from salip_bench.harness import run
+    from salip_bench.io.run_lock import RunLockedError
+    from salip_bench.models.weights import CheckpointError, WeightsNotFoundError
+    from salip_bench.registry import PluginError
+    from salip_bench.tuned import TuningError
 
     out_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = run(cfg, out_dir)
-    except (WeightsNotFoundError, PluginError, TuningError) as err:
+    except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
     return summary.get("dice_mean")  # the value a Hydra sweeper optimises

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Top-level keys that change no prediction: out of the fingerprint and of the report's run labels.
 NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger",
-                     "cache")
+                     "cache", "memory_limit_gb")
 NON_SEMANTIC_NESTED = ("retriever.workers",)  # threads building visual prompts
 # Inside a non-semantic group but changing predictions: bf16 autocast (trainer.precision=bf16-mixed).
 SEMANTIC_NESTED = ("trainer.precision",)

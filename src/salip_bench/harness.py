@@ -15,16 +15,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
 from salip_bench.config_keys import FULL_PRECISION, NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED
+from salip_bench.datasets.base import check_unique_ids
 from salip_bench.io.feature_cache import FeatureCache
-from salip_bench.io.records import RecordStore, aggregate, results_frame, write_if_changed
+from salip_bench.io.records import CRASH_FAILURE, RecordStore, aggregate, results_frame, write_if_changed
+from salip_bench.io.run_lock import RunLock
 from salip_bench.io.wandb_log import log_run, make_wandb_logger
 from salip_bench.lightning_module import PredictModule, RecordWriter
+from salip_bench.memory import MemoryGuard
 from salip_bench.metrics import EMPTY_MASK_CONVENTION
 from salip_bench.models.clip import build_clip
 from salip_bench.models.sam import build_sam
 from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER, file_sha256
-from salip_bench.registry import DATASETS, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy
+from salip_bench.registry import DATASETS, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy, PluginError
 from salip_bench.tuned import apply_tuned
+from salip_bench.validation import ConfigError, resume_settings, validate
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +83,47 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
 
 
 def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
-    """Evaluate ``cfg.method`` on ``cfg.dataset`` into ``out_dir``; returns the summary dict."""
+    """Evaluate ``cfg.method`` on ``cfg.dataset`` into ``out_dir``; returns the summary dict.
+
+    One run per ``out_dir`` at a time (:class:`~salip_bench.io.run_lock.RunLock`, held by global
+    rank 0); a second one raises :class:`~salip_bench.io.run_lock.RunLockedError`.
+    """
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
+    validate(cfg)  # the command line checked it already; tuned values and library callers are checked here
     out_dir = Path(out_dir)
     L.seed_everything(cfg["seed"], verbose=False)
-    dataset = DATASETS.build(cfg["dataset"])
+    dataset = build_dataset(cfg["dataset"])
     ids = dataset.ids[: cfg["limit"]] if cfg.get("limit") else dataset.ids
+    if rank_zero_only.rank != 0:  # the ranks Lightning or the cluster started: rank 0 holds the lock
+        return _run(cfg, out_dir, dataset, ids)
+    with RunLock(out_dir):
+        return _run(cfg, out_dir, dataset, ids)
+
+
+def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
+    """The configured dataset; a setting it rejects (no such folder, no images, bad ids) is a
+    :class:`~salip_bench.validation.ConfigError` naming the dataset."""
+    try:
+        dataset = DATASETS.build(cfg)
+        check_unique_ids(dataset.ids)
+    except PluginError:
+        raise
+    except (OSError, ValueError, TypeError) as err:
+        raise ConfigError(f"dataset {cfg.get('name')}: {err}") from err
+    return dataset
+
+
+def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: ANN001
     fingerprint = config_fingerprint(cfg)
     store = RecordStore(out_dir)
+    resume = resume_settings(cfg["resume"])
+    if resume["enabled"] and rank_zero_only.rank == 0:
+        for sample_id in store.record_crashes(ids):
+            log.warning("sample %s: the last run died while evaluating it; recorded as failed", sample_id)
     # Under DDP every rank runs this and gets the same list: no rank writes a record before all of
     # them have joined the process group inside trainer.predict.
-    pending = pending_indices(store, ids, fingerprint, cfg["resume"])
+    pending = pending_indices(store, ids, fingerprint, resume)
     log.info("%d samples, %d already done, %d to run -> %s", len(ids), len(ids) - len(pending), len(pending), out_dir)
     if not pending:  # no Trainer: under SLURM/torchrun the rank comes from the environment
         return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None) \
@@ -109,7 +142,9 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
     check_launchable(trainer)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
-    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics)
+    memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if context["generator"].built else None)
+    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics,
+                           max_side=cfg["dataset"].get("max_side"), memory=memory)
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
         texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
@@ -136,18 +171,29 @@ def sum_after_all_ranks(trainer: L.Trainer, count: int) -> int:
     return int(total)
 
 
-def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume: bool) -> list[int]:
-    if not resume:
+def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume: dict | bool) -> list[int]:
+    """Indices of the samples still to run. ``resume``: see :func:`salip_bench.validation.resume_settings`.
+
+    A failed sample is run again with ``retry_failed``; one the process died in (its record says
+    so, or rank 0 is recording it from its marker right now) only with ``retry_crashed``.
+    """
+    resume = resume_settings(resume)
+    if not resume["enabled"]:
         return list(range(len(ids)))
     pending = []
     for index, sample_id in enumerate(ids):
         record = store.read(sample_id)
         if record is None:
-            pending.append(index)
+            if resume["retry_crashed"] or not store.marker_path(sample_id).is_file():
+                pending.append(index)
         elif record.get("fingerprint") != fingerprint:
             raise RuntimeError(f"{store.out_dir} holds results of another configuration (sample {sample_id}: "
                                f"fingerprint {record.get('fingerprint')} != {fingerprint}); choose a new "
                                "output_dir, or resume=false to overwrite them")
+        elif record.get("status") == "failed":
+            crashed = str(record.get("failure", "")).startswith(CRASH_FAILURE)
+            if resume["retry_crashed"] if crashed else resume["retry_failed"]:
+                pending.append(index)
     return pending
 
 

@@ -11,14 +11,16 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
 from salip_bench.io.records import RecordStore
+from salip_bench.memory import MemoryGuard, downscale, upscale
 from salip_bench.metrics import confusion_counts, dice_iou
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
 
 
-# Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries.
-RECORDED_META = ("volume", "domain", "slice", "image_path")
+# Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries, and
+# the dataset's warning about the input (e.g. NaN voxels normalised away).
+RECORDED_META = ("volume", "domain", "slice", "image_path", "warning")
 
 
 class WorkCounters:
@@ -39,13 +41,18 @@ class PredictModule(L.LightningModule):
     method: any callable Sample → Prediction; engines: the nn.Modules the method uses (registered
     here so the Trainer moves them to the accelerator); fail_fast: re-raise a sample's error
     instead of recording it; fingerprint: the configuration hash stored with each record;
-    extra_metrics: dataset-specific columns from (sample, predicted mask), e.g. HC18's circumference.
+    extra_metrics: dataset-specific columns from (sample, predicted mask), e.g. HC18's circumference;
+    max_side: evaluate images with a longer side above it downscaled, scored at full size;
+    memory: per-sample memory estimate check (None: none). See :mod:`salip_bench.memory`.
     """
 
     def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
                  fail_fast: bool, fingerprint: str,
-                 extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None) -> None:
+                 extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None,
+                 max_side: int | None = None, memory: MemoryGuard | None = None) -> None:
         super().__init__()
+        self.max_side = max_side
+        self.memory = memory
         self.extra_metrics = extra_metrics
         self.method = method
         self.engines = nn.ModuleDict(engines)
@@ -59,9 +66,13 @@ class PredictModule(L.LightningModule):
     def predict_step(self, batch: list[Sample], batch_idx: int) -> list[tuple[dict, np.ndarray | None, Prediction | None, Sample]]:
         return [self.evaluate(sample) for sample in batch]
 
+    def record_head(self, sample: Sample) -> dict:
+        """The keys every record of ``sample`` starts with, finished or failed."""
+        return {"id": sample.id, "fingerprint": self.fingerprint,
+                **{k: v for k, v in sample.meta.items() if k in RECORDED_META}}
+
     def evaluate(self, sample: Sample) -> tuple[dict, np.ndarray | None, Prediction | None, Sample]:
-        record: dict = {"id": sample.id, "fingerprint": self.fingerprint,
-                        **{k: v for k, v in sample.meta.items() if k in RECORDED_META}}
+        record = self.record_head(sample)
         if sample.error:
             if self.fail_fast:
                 raise RuntimeError(f"sample {sample.id}: {sample.error}")
@@ -69,12 +80,20 @@ class PredictModule(L.LightningModule):
             return {**record, "status": "failed", "failure": sample.error}, None, None, sample
         before, start = self.counters.snapshot(), time.perf_counter()
         try:
-            prediction = self.method(sample)
-            if prediction.mask.shape != sample.image.shape[:2]:
-                raise ValueError(f"prediction shape {prediction.mask.shape} != image {sample.image.shape[:2]}")
+            work, scale = downscale(sample, self.max_side)
+            refusal = self.memory.refusal(*work.image.shape[:2], self.max_side) if self.memory else None
+            if refusal:
+                raise MemoryError(refusal)
+            prediction = self.method(work)
+            if prediction.mask.shape != work.image.shape[:2]:
+                raise ValueError(f"prediction shape {prediction.mask.shape} != image {work.image.shape[:2]}")
+            prediction = upscale(prediction, sample.image.shape[:2], scale)
         except Exception as err:
             if self.fail_fast:
                 raise
+            if isinstance(err, MemoryError) and str(err).startswith("MemoryEstimate"):
+                log.warning("sample %s not run: %s", sample.id, err)
+                return {**record, "status": "failed", "failure": str(err)}, None, None, sample
             log.exception("sample %s failed", sample.id)
             return {**record, "status": "failed", "failure": f"{type(err).__name__}: {err}"}, None, None, sample
         after = self.counters.snapshot()
@@ -102,6 +121,12 @@ class RecordWriter(BasePredictionWriter):
         self.overlays = overlays
         self.kept: list[tuple[Sample, Prediction, dict]] = []
         self.written = 0
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        """Mark each sample as started before it runs: found on resume, it names a sample the
+        process died in (recorded as failed then, instead of crashing every resume)."""
+        for sample in batch:
+            self.store.mark_started({**pl_module.record_head(sample), "status": "failed"})
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
                            dataloader_idx) -> None:

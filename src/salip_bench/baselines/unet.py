@@ -19,7 +19,7 @@ from monai.networks.nets import UNet
 
 from salip_bench.io.records import atomic_write_bytes
 from salip_bench.metrics import dice_iou_from_counts
-from salip_bench.models.weights import WeightsNotFoundError
+from salip_bench.models.weights import WeightsNotFoundError, checkpoint_errors
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"U-Net checkpoint {path} does not exist; {TRAIN_HINT}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    with checkpoint_errors(path, "U-Net"):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise WeightsNotFoundError(f"{path} is not a salip-bench U-Net checkpoint (no format "
                                    f"{CHECKPOINT_FORMAT!r}); {TRAIN_HINT}")

@@ -1,50 +1,73 @@
 """What every dataset shares: safe item loading, image/mask normalisation, the organ's prompts."""
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from importlib import resources
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from salip_bench.class_prompts import builtin_prompt_names, load_class_prompts  # noqa: F401 (re-exported)
 from salip_bench.types import Sample
 
-PROMPTS_PACKAGE = "salip_bench.prompts"
-
-
-def load_class_prompts(prompts: str | Path | None) -> dict[str, list[str]]:
-    """Read a ``{class: [sentences]}`` JSON file, by built-in name (``lungs``) or path."""
-    if prompts in (None, "", "???"):
-        raise ValueError("dataset.prompts is required: a built-in prompt set "
-                         f"({', '.join(builtin_prompt_names())}) or a path to a JSON file {{class: [sentences]}}")
-    path = Path(str(prompts)).expanduser()
-    if not path.suffix:
-        candidate = resources.files(PROMPTS_PACKAGE) / f"{prompts}.json"
-        if not candidate.is_file():
-            raise ValueError(f"unknown prompt set {prompts!r}; built-in: {', '.join(builtin_prompt_names())}")
-        text = candidate.read_text()
-    else:
-        text = path.read_text()
-    data = json.loads(text)
-    if not isinstance(data, dict) or not data or not all(
-            isinstance(v, list) and v and all(isinstance(s, str) and s.strip() for s in v) for v in data.values()):
-        raise ValueError(f"prompt file {prompts} must be a JSON object {{class: [non-empty sentences]}}")
-    return data
-
-
-def builtin_prompt_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files(PROMPTS_PACKAGE).iterdir() if p.name.endswith(".json"))
+log = logging.getLogger(__name__)
 
 
 def window_uint8(array: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Intensities → uint8 through the array's own low–high percentile window: a few hot pixels
-    cannot darken everything else. Applied to a whole volume, all its slices share one scale."""
+    cannot darken everything else. Applied to a whole volume, all its slices share one scale.
+
+    The window is taken over the finite values only (one NaN would make it NaN and the image
+    black); NaN and -inf become 0, +inf 255. See :func:`nonfinite_warning` for recording them.
+    Raises ValueError when no value is finite.
+    """
+    array = np.asarray(array)
+    finite = np.isfinite(array) if array.dtype.kind in "fc" else None
+    if finite is not None and not finite.all():
+        if not finite.any():
+            raise ValueError(f"no finite intensity: all {array.size} values are NaN or infinite")
+        lo, hi = np.percentile(array[finite].astype(np.float32), (low, high))
+        scaled = np.clip((np.nan_to_num(array.astype(np.float32), nan=-np.inf) - lo) / max(hi - lo, 1e-6), 0, 1)
+        return np.round(scaled * 255).astype(np.uint8)
     array = array.astype(np.float32)
     lo, hi = np.percentile(array, (low, high))
     return np.round(np.clip((array - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def nonfinite_warning(array: np.ndarray, what: str = "image") -> str | None:
+    """The ``warning`` column for an array with NaN/Inf values (None when all are finite)."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "fc":
+        return None
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if not bad:
+        return None
+    return (f"{what} has {bad} non-finite value(s) (NaN/Inf) of {array.size}: intensities windowed over the finite "
+            "ones, NaN/-inf shown black, +inf white")
+
+
+def file_ids(paths: Sequence[Path]) -> list[str]:
+    """One id per file: its stem, or its whole name where stems clash (``a.png`` and ``a.jpg``).
+
+    Stems are compared ignoring case, so no two ids differ only in case (their record files
+    would be one file on a case-insensitive file system). Raises ValueError if ids still clash.
+    """
+    stems = Counter(p.stem.casefold() for p in paths)
+    ids = [p.name if stems[p.stem.casefold()] > 1 else p.stem for p in paths]
+    check_unique_ids(ids, {i: str(p) for i, p in zip(ids, paths)})
+    return ids
+
+
+def check_unique_ids(ids: Sequence[str], sources: Mapping[str, str] | None = None) -> None:
+    """Raise ValueError naming the ids (and their files, from ``sources``) that occur twice."""
+    counts = Counter(ids)
+    clashing = sorted(i for i, n in counts.items() if n > 1)
+    if clashing:
+        named = ", ".join(f"{i} ({sources[i]})" if sources and i in sources else i for i in clashing[:5])
+        raise ValueError(f"{len(clashing)} sample id(s) occur more than once: {named}; every sample needs its own id")
 
 
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
@@ -82,14 +105,23 @@ def read_image(path: Path) -> np.ndarray:
 class SegmentationDataset(Dataset):
     """Base of all datasets. Subclasses implement ``ids`` and ``load(index)``.
 
-    prompts: built-in prompt-set name or JSON path; top_k: retrieved candidates per class, one
-    int for every class or a mapping {class: k}. A sample that fails to load is returned with its
-    ``error`` set, so the run records it and goes on.
+    prompts: built-in prompt-set name or JSON path; top_k: retrieved candidates per class (>= 1),
+    one int for every class or a mapping {class: k}; max_side: images whose longer side exceeds it
+    are evaluated downscaled to it and their predictions scaled back to full resolution for
+    scoring (null: never; see :mod:`salip_bench.memory`). A sample that fails to load is returned
+    with its ``error`` set, so the run records it and goes on.
+
+    Sample ids are unique by construction: two files never share an id, nor the file names of
+    their records (``col a`` / ``col_a``, see :func:`salip_bench.io.records.safe_name`).
     """
 
-    def __init__(self, prompts: str | None = None, top_k: int | Mapping[str, int] = 1) -> None:
+    def __init__(self, prompts: str | None = None, top_k: int | Mapping[str, int] = 1,
+                 max_side: int | None = None) -> None:
         self.prompts = prompts
         self.top_k = top_k
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64):
+            raise ValueError(f"dataset.max_side={max_side!r}: expected null or an integer >= 64")
+        self.max_side = max_side
         self._ids: list[str] | None = None
 
     @property
@@ -126,5 +158,11 @@ class SegmentationDataset(Dataset):
             if missing:
                 raise ValueError(f"dataset.top_k {dict(self.top_k)} gives no k for class(es) {missing} of prompt "
                                  f"set {self.prompts!r}")
-            return {c: int(self.top_k[c]) for c in classes}
-        return {c: int(self.top_k) for c in classes}
+            top_k = {c: self.top_k[c] for c in classes}
+        else:
+            top_k = {c: self.top_k for c in classes}
+        for name, k in top_k.items():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ValueError(f"dataset.top_k={k!r} for class {name!r}: expected an integer >= 1 "
+                                 "(candidates retrieved per class)")
+        return {c: int(k) for c, k in top_k.items()}

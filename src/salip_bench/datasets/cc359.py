@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from salip_bench.datasets.base import SegmentationDataset, to_rgb_uint8, window_uint8
+from salip_bench.datasets.base import SegmentationDataset, nonfinite_warning, to_rgb_uint8, window_uint8
 from salip_bench.registry import DATASETS
 from salip_bench.types import Sample
 
@@ -72,7 +72,15 @@ class CC359Dataset(SegmentationDataset):
     Volumes are read with nibabel and reoriented to RAS+; ``axis`` 0 / 1 / 2 then gives sagittal /
     coronal / axial slices, shown with superior (axial: anterior) at the top, so a slice's shape
     is the two other dimensions in reverse order. Intensities are windowed per volume to its
-    0.5–99.5th percentiles and given as uint8 RGB; masks are voxels > 0.5.
+    0.5–99.5th percentiles of its finite voxels and given as uint8 RGB; a volume with NaN/Inf
+    voxels gets a ``warning`` column on each of its slices (an all-non-finite one fails); masks are
+    voxels > 0.5.
+
+    Building the dataset reads only the volumes' headers (for the slice counts). A volume whose
+    header cannot be read (corrupt, not NIfTI) becomes one failed sample ``<id>_unreadable``
+    naming the error, and the other volumes are evaluated. Ids (``<id>_slice012``) are unique;
+    volume ids that differ only in characters unsafe in file names (``a b`` / ``a_b``) still get
+    distinct record files (:func:`salip_bench.io.records.safe_name`).
 
     root: dataset folder; image_dir / mask_dir: sub-folders of root (``.`` for root itself);
     image_pattern: glob of the volumes, ``*`` followed by a fixed suffix that is stripped to give
@@ -80,7 +88,7 @@ class CC359Dataset(SegmentationDataset):
     ``[start, stop]`` along the axis, ints as indices and floats as fractions (``[0.1, 0.9]``),
     null for all; skip_empty: leave out slices without brain in the ground truth (this reads every
     mask when the dataset is built); cache_volumes: volumes kept in memory.
-    prompts / top_k: see :class:`~salip_bench.datasets.base.SegmentationDataset`.
+    prompts / top_k / max_side: see :class:`~salip_bench.datasets.base.SegmentationDataset`.
 
     The mri_brain dev set (``mni152_2mm_T1w.nii.gz`` + ``mni152_2mm_brainmask.nii.gz``) loads with
     ``dataset=mni152_demo dataset.root=../shared/data/mri_brain``, i.e. ``image_dir=. mask_dir=.
@@ -91,8 +99,8 @@ class CC359Dataset(SegmentationDataset):
                  image_pattern: str = "*.nii.gz", mask_pattern: str = "{id}_ss.nii.gz", axis: int = 2,
                  slice_range: Sequence[int | float] | None = None, skip_empty: bool = False,
                  cache_volumes: int = 2, prompts: str | None = "brain",
-                 top_k: int | Mapping[str, int] = 1) -> None:
-        super().__init__(prompts, top_k)
+                 top_k: int | Mapping[str, int] = 1, max_side: int | None = None) -> None:
+        super().__init__(prompts, top_k, max_side)
         if axis not in (0, 1, 2):
             raise ValueError(f"dataset cc359: axis must be 0, 1 or 2, got {axis!r}")
         if not image_pattern.startswith("*") or any(c in image_pattern[1:] for c in "*?["):
@@ -103,24 +111,32 @@ class CC359Dataset(SegmentationDataset):
         self.mask_pattern = mask_pattern
         self.axis = axis
         self.cache_volumes = max(1, int(cache_volumes))
-        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, str | None]] = OrderedDict()
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"dataset cc359: image folder {self.image_dir} does not exist")
         suffix = image_pattern[1:]
         self.image_paths = {p.name[: len(p.name) - len(suffix)]: p for p in sorted(self.image_dir.glob(image_pattern))}
         if not self.image_paths:
             raise FileNotFoundError(f"dataset cc359: no volumes matching {image_pattern!r} in {self.image_dir}")
-        # (volume id, slice index) per sample, volume-major so the volume cache is hit in order.
-        self.index: list[tuple[str, int]] = []
+        # (volume id, slice index) per sample, volume-major so the volume cache is hit in order;
+        # slice index None: the volume's header is unreadable, its one sample fails with the reason.
+        self.index: list[tuple[str, int | None]] = []
+        self.unreadable: dict[str, str] = {}
         for volume_id, path in self.image_paths.items():
-            indices = slice_bounds(slice_range, canonical_shape(path)[axis])
+            try:
+                indices = slice_bounds(slice_range, canonical_shape(path)[axis])
+            except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
+                log.warning("dataset cc359: cannot read the header of %s (%s): recorded as failed", path, err)
+                self.unreadable[volume_id] = f"{type(err).__name__}: {err}"
+                self.index.append((volume_id, None))
+                continue
             if skip_empty:
                 indices = self._slices_with_mask(volume_id, indices)
             self.index.extend((volume_id, i) for i in indices)
         if not self.index:
             raise ValueError(f"dataset cc359: no slices selected (axis={axis}, slice_range={slice_range}, "
                              f"skip_empty={skip_empty})")
-        self._ids = [f"{volume_id}_slice{i:03d}" for volume_id, i in self.index]
+        self._ids = [f"{volume_id}_unreadable" if i is None else f"{volume_id}_slice{i:03d}" for volume_id, i in self.index]
 
     @property
     def ids(self) -> list[str]:
@@ -134,13 +150,17 @@ class CC359Dataset(SegmentationDataset):
         if not path.is_file():  # keep the slices: each is then recorded as failed, naming the missing mask
             log.warning("dataset cc359: no mask %s, cannot skip its empty slices", path)
             return list(indices)
-        mask = np.asanyarray(canonical(path).dataobj) > 0.5
+        try:
+            mask = np.asanyarray(canonical(path).dataobj) > 0.5
+        except Exception as err:  # noqa: BLE001 - keep the slices: each then fails naming the mask's error
+            log.warning("dataset cc359: cannot read mask %s (%s), cannot skip its empty slices", path, err)
+            return list(indices)
         other_axes = tuple(a for a in range(3) if a != self.axis)
         has_brain = mask.any(axis=other_axes)
         return [i for i in indices if has_brain[i]]
 
-    def volume(self, volume_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 image, bool mask) of one RAS+ volume, from a small LRU cache."""
+    def volume(self, volume_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
+        """(uint8 image, bool mask, warning or None) of one RAS+ volume, from a small LRU cache."""
         if volume_id in self._cache:
             self._cache.move_to_end(volume_id)
             return self._cache[volume_id]
@@ -153,7 +173,9 @@ class CC359Dataset(SegmentationDataset):
             raise ValueError(f"mask shape {mask.shape} != image shape {image.shape} for volume {volume_id}")
         if image.ndim != 3:
             raise ValueError(f"volume {volume_id} has shape {image.shape}; expected 3 dimensions")
-        entry = (window_uint8(np.asanyarray(image.dataobj)), np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5)
+        voxels = np.asanyarray(image.dataobj)
+        entry = (window_uint8(voxels), np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5,
+                 nonfinite_warning(voxels, f"volume {volume_id}"))
         self._cache[volume_id] = entry
         while len(self._cache) > self.cache_volumes:
             self._cache.popitem(last=False)
@@ -161,8 +183,12 @@ class CC359Dataset(SegmentationDataset):
 
     def load(self, index: int) -> Sample:
         volume_id, slice_index = self.index[index]
-        image, mask = self.volume(volume_id)
+        meta = {"volume": volume_id, "domain": scanner_domain(volume_id), "image_path": str(self.image_paths[volume_id])}
+        if slice_index is None:
+            return Sample(id=self._ids[index], image=None, mask=None, meta=meta,
+                          error=f"unreadable volume {self.image_paths[volume_id]}: {self.unreadable[volume_id]}")
+        image, mask, warning = self.volume(volume_id)
+        if warning:
+            meta["warning"] = warning
         return Sample(id=self._ids[index], image=to_rgb_uint8(display_slice(image, self.axis, slice_index)),
-                      mask=display_slice(mask, self.axis, slice_index),
-                      meta={"volume": volume_id, "domain": scanner_domain(volume_id), "slice": slice_index,
-                            "image_path": str(self.image_paths[volume_id])})
+                      mask=display_slice(mask, self.axis, slice_index), meta={**meta, "slice": slice_index})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,8 @@ from salip_bench.types import Sample
 
 # Names of the HC18 metadata file: as in the dev sets, and as in the official training download.
 PIXEL_SIZE_CSV_NAMES = ("pixel_size_and_HC.csv", "training_set_pixel_size_and_HC.csv", "test_set_pixel_size.csv")
+log = logging.getLogger(__name__)
+
 PIXEL_SIZE_COLUMN = "pixel size(mm)"
 HC_COLUMN = "head circumference (mm)"
 
@@ -50,10 +53,18 @@ def read_pixel_sizes(path: Path) -> dict[str, tuple[float, float | None]]:
     """HC18 metadata: image stem → (pixel size in mm, reference circumference in mm or None)."""
     table = {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        missing = {"filename", PIXEL_SIZE_COLUMN} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"dataset hc18: pixel_size_csv {path} has no column(s) {sorted(missing)}; "
+                             f"found {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
             reference = row.get(HC_COLUMN)
-            table[Path(row["filename"]).stem] = (float(row[PIXEL_SIZE_COLUMN]),
-                                                 float(reference) if reference not in (None, "") else None)
+            try:
+                table[Path(row["filename"]).stem] = (float(row[PIXEL_SIZE_COLUMN]),
+                                                     float(reference) if reference not in (None, "") else None)
+            except (TypeError, ValueError) as err:  # that image's circumference columns become None
+                log.warning("dataset hc18: %s line %d skipped (%s)", path, line, err)
     return table
 
 
@@ -72,7 +83,10 @@ class HC18Dataset(FolderDataset):
     annotation_suffix: an annotation is named ``<image stem><annotation_suffix>`` (such files are
     not listed as images); pixel_size_csv: metadata file relative to root, or null to look for
     the usual names in root and image_dir. Without it the circumference columns are None.
-    prompts / top_k: see :class:`~salip_bench.datasets.base.SegmentationDataset`.
+    prompts / top_k / max_side: see :class:`~salip_bench.datasets.base.SegmentationDataset`. Ids
+    are the images' stems, or their file names where stems differ only in case or suffix
+    (``a.png`` / ``a.PNG``), as in :class:`~salip_bench.datasets.folder.FolderDataset`; the CSV
+    rows are matched by stem. Unparsable CSV rows are skipped with a warning.
 
     Extra result columns: ``hc_pred_mm`` (circumference of the ellipse fitted to the predicted
     mask's largest contour × pixel size), ``hc_ref_mm`` (the CSV's reference) and ``hc_abs_err_mm``;
@@ -81,8 +95,10 @@ class HC18Dataset(FolderDataset):
 
     def __init__(self, root: str, image_dir: str = "training_set", annotation_dir: str = "training_set",
                  annotation_suffix: str = "_Annotation.png", pixel_size_csv: str | None = None,
-                 prompts: str | None = "fetal_head", top_k: int | Mapping[str, int] = 1) -> None:
-        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",), prompts, top_k)
+                 prompts: str | None = "fetal_head", top_k: int | Mapping[str, int] = 1,
+                 max_side: int | None = None) -> None:
+        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",), prompts, top_k,
+                         max_side)
         self.image_paths = [p for p in self.image_paths if not p.name.endswith(annotation_suffix)]
         if not self.image_paths:
             raise FileNotFoundError(f"dataset hc18: no images (other than *{annotation_suffix}) in {self.image_dir}")
@@ -104,7 +120,8 @@ class HC18Dataset(FolderDataset):
         return sample
 
     def extra_metrics(self, sample: Sample, prediction: np.ndarray) -> dict:
-        pixel_size, reference = self.pixel_sizes.get(sample.id, (None, None))
+        stem = Path(sample.meta["image_path"]).stem if "image_path" in sample.meta else sample.id
+        pixel_size, reference = self.pixel_sizes.get(stem, (None, None))
         circumference = ellipse_circumference(prediction)
         predicted = circumference * pixel_size if circumference is not None and pixel_size is not None else None
         error = abs(predicted - reference) if predicted is not None and reference is not None else None

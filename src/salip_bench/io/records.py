@@ -6,9 +6,11 @@ knows exactly what is done. ``results.csv`` and ``summary.json`` are derived fro
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from PIL import Image
 
 from salip_bench.metrics import dice_iou_from_counts
 
-RESULT_COLUMNS = ["id", "status", "dice", "iou", "failure", "domain", "volume", "slice", "n_candidates", "n_kept", "retrieved_classes",
+RESULT_COLUMNS = ["id", "status", "dice", "iou", "failure", "warning", "domain", "volume", "slice", "n_candidates", "n_kept", "retrieved_classes",
                   "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area", "seconds",
                   "sam_encoder_passes", "clip_images_encoded"]
 
@@ -51,8 +53,23 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
+SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# A sample found marked as started but never finished: the process died in it (resume records it so).
+CRASH_FAILURE = "process died while evaluating this sample"
+
+
 def safe_name(sample_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    """The file name (without extension) of a sample's record and mask; one name per id.
+
+    Ids of ASCII letters, digits and ``-_.`` are used as they are. Any other id has those
+    characters replaced by ``_`` and a hash of the id appended, so ids that differ only there
+    (``col a`` / ``col_a``) never share a file. Names never start with ``.`` (hidden files,
+    ``..``) and stay well under file-system name limits.
+    """
+    if sample_id and set(sample_id) <= SAFE_CHARS and not sample_id.startswith(".") and len(sample_id) <= 200:
+        return sample_id
+    cleaned = "".join(c if c in SAFE_CHARS else "_" for c in sample_id)[:200].lstrip(".")
+    return f"{cleaned}-{hashlib.sha1(sample_id.encode()).hexdigest()[:10]}"
 
 
 class RecordStore:
@@ -66,6 +83,38 @@ class RecordStore:
     def record_path(self, sample_id: str) -> Path:
         return self.samples_dir / f"{safe_name(sample_id)}.json"
 
+    def marker_path(self, sample_id: str) -> Path:
+        return self.samples_dir / f"{safe_name(sample_id)}.started"
+
+    def mark_started(self, record: dict) -> None:
+        """Note that ``record['id']`` is being evaluated (``record``: what its failed record would
+        hold); :meth:`write` clears it. One found on resume means the process died in that sample."""
+        marker = {**record, "pid": os.getpid(), "started": time.time()}
+        atomic_write_text(self.marker_path(record["id"]), json.dumps(marker, sort_keys=True))
+
+    def record_crashes(self, ids: list[str]) -> list[str]:
+        """Turn every started-but-unfinished marker of ``ids`` into a failed record naming the crash;
+        returns the ids so recorded. Call only while holding the output_dir's lock."""
+        crashed = []
+        for sample_id in ids:
+            marker_path = self.marker_path(sample_id)
+            if not marker_path.is_file():
+                continue
+            try:
+                marker = json.loads(marker_path.read_text())
+            except (OSError, json.JSONDecodeError):
+                marker = {}
+            if self.read(sample_id) is None:
+                started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.get("started", 0)))
+                record = {k: v for k, v in marker.items() if k not in ("pid", "started")}
+                record.update({"id": sample_id, "status": "failed",
+                               "failure": f"{CRASH_FAILURE} (pid {marker.get('pid')}, started {started}); "
+                                          "delete its record or set resume.retry_crashed=true to try it again"})
+                atomic_write_text(self.record_path(sample_id), json.dumps(record, sort_keys=True, indent=1))
+                crashed.append(sample_id)
+            marker_path.unlink(missing_ok=True)
+        return crashed
+
     def write(self, record: dict, mask: np.ndarray | None) -> None:
         """Mask first, record last: a record on disk means the sample is complete."""
         if mask is not None:
@@ -76,6 +125,7 @@ class RecordStore:
                 Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG")
             _publish(tmp.name, path)
         atomic_write_text(self.record_path(record["id"]), json.dumps(record, sort_keys=True, indent=1))
+        self.marker_path(record["id"]).unlink(missing_ok=True)
 
     def read(self, sample_id: str) -> dict | None:
         path = self.record_path(sample_id)
@@ -98,8 +148,21 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
                if k not in ("fingerprint",)}
         rows.append(row)
     frame = pd.DataFrame(rows)
+    for column in integer_columns(rows):  # failed samples leave gaps: keep counts integer (12, not 12.0)
+        frame[column] = pd.array([row.get(column) for row in rows], dtype="Int64")
     ordered = [c for c in RESULT_COLUMNS if c in frame.columns]
     return frame[ordered + sorted(c for c in frame.columns if c not in ordered)]
+
+
+def integer_columns(rows: list[dict]) -> list[str]:
+    """Columns whose every present value is an int (bools excluded)."""
+    columns: dict[str, bool] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is not None:
+                is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+                columns[key] = columns.get(key, True) and is_int
+    return [c for c, is_int in columns.items() if is_int]
 
 
 def aggregate(records: list[dict]) -> dict:
@@ -140,7 +203,8 @@ def _mean(values: list) -> float | None:
 
 def per_sample_stats(records: list[dict]) -> dict:
     ok = [r for r in records if r["status"] == "ok"]
-    summary: dict = {"n_total": len(records), "n_ok": len(ok), "n_failed": len(records) - len(ok)}
+    summary: dict = {"n_total": len(records), "n_ok": len(ok), "n_failed": len(records) - len(ok),
+                     "n_ok_with_warning": sum(1 for r in ok if r.get("warning"))}
     for metric in ("dice", "iou"):
         values = np.array([r[metric] for r in ok if r.get(metric) is not None], dtype=np.float64)
         summary[f"{metric}_mean"] = float(values.mean()) if values.size else None

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 from salip_bench.models.shared import shared_engine
-from salip_bench.models.weights import (WeightsNotFoundError, cache_dir, file_sha256, how_to_provide, is_offline,
-                                        search_dirs)
+from salip_bench.models.weights import (WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
+                                        how_to_provide, is_offline, search_dirs)
 
 log = logging.getLogger(__name__)
 _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -155,8 +155,9 @@ def build_clip(cfg: dict, weights: str, reuse: bool = False) -> ClipEngine:
         return ClipEngine(model, preprocess, open_clip.get_tokenizer(cfg["arch"]),
                           {"model": cfg["arch"], "weights": "random", "seed": int(cfg.get("random_seed", 0))})
     path = resolve_clip_weights(cfg)
-    model, _, preprocess = open_clip.create_model_and_transforms(cfg["arch"], pretrained=str(path),
-                                                                 force_quick_gelu=cfg.get("quick_gelu", False))
+    with checkpoint_errors(path, "CLIP"):
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg["arch"], pretrained=str(path),
+                                                                     force_quick_gelu=cfg.get("quick_gelu", False))
     log.info("CLIP %s loaded from %s", cfg["arch"], path)
     return ClipEngine(model, preprocess, open_clip.get_tokenizer(cfg["arch"]),
                       {"model": cfg["arch"], "pretrained": cfg["pretrained"], "weights": "pretrained",

@@ -8,9 +8,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
+import re
 import shutil
 import tempfile
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,6 +29,42 @@ RANDOM_WEIGHTS_BANNER = (
 
 class WeightsNotFoundError(RuntimeError):
     """A checkpoint was needed and could not be found or downloaded."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but is not a plain tensor checkpoint (code in its pickle, corrupt)."""
+
+
+def _unreadable_reason(err: BaseException) -> str | None:
+    """Why torch could not read a checkpoint as tensors, in our words (torch's own message
+    suggests unpickling the file with code execution allowed, which we never do)."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:
+            return f"its pickle references the Python object {found.group(1)} (a pickle with code or objects in it)"
+        return "it is not a torch tensor file (its pickle holds data a tensor loader does not accept)"
+    if isinstance(err, EOFError):
+        return "it ends too early (truncated)"
+    if isinstance(err, RuntimeError) and ("PytorchStreamReader" in text or "zip archive" in text):
+        return "it is truncated or corrupt (not a readable torch archive)"
+    return None
+
+
+@contextmanager
+def checkpoint_errors(path: Path | str, what: str) -> Iterator[None]:
+    """Turn torch's errors on reading ``path`` as tensors into one :class:`CheckpointError` line
+    naming the file. Other errors pass through unchanged."""
+    try:
+        yield
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+        reason = _unreadable_reason(err)
+        if reason is None:
+            raise
+        raise CheckpointError(f"{what} checkpoint {path} is not a plain tensor checkpoint: {reason}. salip_bench "
+                              "reads only tensors and plain values from checkpoints and never runs code stored in "
+                              "them; use the official release file, or a state_dict of tensors saved with "
+                              "torch.save(model.state_dict(), path)") from None
 
 
 def cache_root() -> Path:
@@ -96,9 +136,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_state_dict(path: Path) -> dict:
-    """Load tensors only: ``weights_only=True`` never unpickles arbitrary code from a checkpoint."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_state_dict(path: Path, what: str = "SAM") -> dict:
+    """Load tensors only: ``weights_only=True`` never unpickles arbitrary code from a checkpoint.
+
+    Raises :class:`CheckpointError` naming ``path`` for a file that holds anything else.
+    """
+    with checkpoint_errors(path, what):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state

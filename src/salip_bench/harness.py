@@ -41,6 +41,9 @@ def config_fingerprint(cfg: dict) -> str:
     loads a file of its own (the U-Net's checkpoint), that file's contents, so a retrained
     checkpoint at the same path is not mistaken for the old one on resume."""
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    if isinstance(semantic.get("dataset"), dict) and semantic["dataset"].get("max_side", 0) is None:
+        # max_side=null (the default) changes nothing: runs from before the key existed still resume.
+        semantic["dataset"] = {k: v for k, v in semantic["dataset"].items() if k != "max_side"}
     for group, key in (dotted.split(".") for dotted in NON_SEMANTIC_NESTED):
         if isinstance(semantic.get(group), dict):
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}

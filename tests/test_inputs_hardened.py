@@ -185,6 +185,10 @@ def test_cc359_corrupt_header_is_one_failed_sample_among_good_volumes(tmp_path):
     assert failed.image is None and "unreadable volume" in failed.error and "b_corrupt.nii.gz" in failed.error
     assert failed.meta["volume"] == "b_corrupt"
     assert all(dataset[i].error is None for i in range(len(dataset)) if i != 6)
+    # A volume that fails only when its voxels are read keeps its grouping keys in each failed slice.
+    (tmp_path / "Silver-standard" / "c_good_ss.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    truncated = build("cc359", root=str(tmp_path))[7]
+    assert truncated.error and truncated.meta == {**truncated.meta, "volume": "c_good", "slice": 0}
 
 
 def test_top_k_below_one_is_refused_per_class():

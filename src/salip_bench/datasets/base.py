@@ -141,7 +141,12 @@ class SegmentationDataset(Dataset):
                 raise ValueError(f"mask shape {sample.mask.shape} != image shape {sample.image.shape[:2]}")
             return sample
         except Exception as err:  # noqa: BLE001 - any unreadable sample becomes a recorded failure
-            return Sample(id=self.ids[index], image=None, mask=None, error=f"{type(err).__name__}: {err}")
+            return Sample(id=self.ids[index], image=None, mask=None, meta=self.sample_meta(index),
+                          error=f"{type(err).__name__}: {err}")
+
+    def sample_meta(self, index: int) -> dict:
+        """What is known of a sample without reading it (e.g. its volume), kept in its record when it fails."""
+        return {}
 
     def extra_metrics(self, sample: Sample, prediction: np.ndarray) -> dict:
         """Dataset-specific result columns for one sample (e.g. HC18 head circumference); none by default."""

@@ -136,7 +136,8 @@ class CC359Dataset(SegmentationDataset):
         if not self.index:
             raise ValueError(f"dataset cc359: no slices selected (axis={axis}, slice_range={slice_range}, "
                              f"skip_empty={skip_empty})")
-        self._ids = [f"{volume_id}_unreadable" if i is None else f"{volume_id}_slice{i:03d}" for volume_id, i in self.index]
+        self._ids = [f"{volume_id}_unreadable" if i is None else f"{volume_id}_slice{i:03d}"
+                     for volume_id, i in self.index]
 
     @property
     def ids(self) -> list[str]:
@@ -181,9 +182,14 @@ class CC359Dataset(SegmentationDataset):
             self._cache.popitem(last=False)
         return entry
 
-    def load(self, index: int) -> Sample:
+    def sample_meta(self, index: int) -> dict:
         volume_id, slice_index = self.index[index]
         meta = {"volume": volume_id, "domain": scanner_domain(volume_id), "image_path": str(self.image_paths[volume_id])}
+        return meta if slice_index is None else {**meta, "slice": slice_index}
+
+    def load(self, index: int) -> Sample:
+        volume_id, slice_index = self.index[index]
+        meta = {k: v for k, v in self.sample_meta(index).items() if k != "slice"}
         if slice_index is None:
             return Sample(id=self._ids[index], image=None, mask=None, meta=meta,
                           error=f"unreadable volume {self.image_paths[volume_id]}: {self.unreadable[volume_id]}")

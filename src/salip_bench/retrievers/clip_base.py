@@ -12,6 +12,12 @@ from salip_bench.models.clip import ClipEngine
 from salip_bench.types import Candidates, Retrieved
 
 
+def _is_setting(value: object) -> bool:
+    """A scalar, or a list or tuple of scalars: what a visual prompt's parameters look like."""
+    scalar = (bool, int, float, str, type(None))
+    return isinstance(value, scalar) or (isinstance(value, (list, tuple)) and all(isinstance(v, scalar) for v in value))
+
+
 class ClipRetriever:
     """Score each candidate's visual prompt by cosine similarity to each class's text prototype.
 
@@ -40,11 +46,25 @@ class ClipRetriever:
     def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def prompt_signature(self) -> dict:
+        """How a candidate becomes a picture: this retriever's class and its parameters (its public
+        scalar attributes other than batching), the embedding cache's key for the visual prompt."""
+        params = {k: v for k, v in vars(self).items()
+                  if not k.startswith("_") and k not in ("batch_size", "workers", "classes") and _is_setting(v)}
+        return {"kind": f"{type(self).__module__}.{type(self).__qualname__}", **params}
+
     def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
-        """(N, C) cosine similarity of every candidate to every class prototype."""
-        embeddings = self.clip.encode_built(
-            len(candidates), lambda i: self.visual_prompt(image, candidates.masks[i], candidates.boxes[i]),
-            self.batch_size, self.workers)
+        """(N, C) cosine similarity of every candidate to every class prototype; embeddings CLIP made
+        before for this image, prompt and candidate come from its embedding cache."""
+        def build(i: int) -> np.ndarray:
+            return self.visual_prompt(image, candidates.masks[i], candidates.boxes[i])
+
+        cache = getattr(self.clip, "embedding_cache", None)
+        if cache is None:
+            embeddings = self.clip.encode_built(len(candidates), build, self.batch_size, self.workers)
+        else:
+            embeddings = cache.embed(self.clip, self.prompt_signature(), image, candidates.masks, candidates.boxes,
+                                     build, self.batch_size, self.workers)
         with torch.autocast("cpu", enabled=False):  # cosine similarities in float32 under bf16 autocast too
             return (embeddings @ self.prototypes.T).numpy()
 

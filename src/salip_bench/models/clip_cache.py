@@ -1,4 +1,5 @@
-"""CLIP embeddings of visual prompts, remembered so that a trial or job that needs one again encodes nothing.
+"""CLIP embeddings of visual prompts (and of the class sentences), remembered so that a trial or job
+that needs one again encodes nothing.
 
 A filter, top-k or refiner sweep and every tuning trial retrieve among candidates CLIP has already
 embedded for the same image; a released ViT-L/14 costs ~0.8 s a picture on CPU. An embedding
@@ -13,6 +14,7 @@ the others in its batch (tests/test_cache.py checks hits against fresh encodings
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -49,11 +51,21 @@ class ClipEmbeddingCache:
         self.memo_size = memo_size
         self.disk = disk
         self._memo: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._texts: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.encoded = 0
 
     def clear(self) -> None:
         self._memo.clear()
+        self._texts.clear()
+
+    def texts(self, clip: ClipEngine, sentences: list[str]) -> torch.Tensor:
+        """``clip.encode_texts(sentences)``, encoded once per run (memory only): every trial of a tuning
+        builds a retriever whose class prototypes are the same sentences' embeddings."""
+        key = json.dumps(sentences)
+        if key not in self._texts:
+            self._texts[key] = clip.encode_texts(list(sentences))
+        return self._texts[key]
 
     def group_key(self, clip: ClipEngine, prompt: dict, image: np.ndarray) -> str:
         """Key of every embedding of ``image``'s candidates under this CLIP and visual prompt."""

@@ -22,7 +22,8 @@ class ClipRetriever:
     """Score each candidate's visual prompt by cosine similarity to each class's text prototype.
 
     A class's prototype is the mean of its sentences' L2-normalised CLIP text embeddings,
-    re-normalised, computed once when the retriever is built (once per run). For every class the
+    re-normalised, computed when the retriever is built (once per run: retrievers of one run, as
+    in tuning, share the engine's text embeddings). For every class the
     ``top_k[class]`` best candidates are retrieved. batch_size: visual prompts per CLIP forward;
     workers: threads building and preprocessing visual prompts (default: torch's intra-op thread
     count, so a process limited to n threads stays within n; results do not depend on it).
@@ -39,8 +40,10 @@ class ClipRetriever:
         self.top_k = top_k
         self.batch_size = batch_size
         self.workers = workers if workers is not None else torch.get_num_threads()
+        cache = getattr(clip, "embedding_cache", None)  # the same sentences in every trial of a tuning: once
+        encode = clip.encode_texts if cache is None else lambda sentences: cache.texts(clip, sentences)
         self.prototypes = torch.stack([
-            torch.nn.functional.normalize(clip.encode_texts(list(sentences)).mean(dim=0), dim=0)
+            torch.nn.functional.normalize(encode(list(sentences)).mean(dim=0), dim=0)
             for sentences in class_prompts.values()])  # (C, D)
 
     def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:

@@ -44,6 +44,15 @@ def model_config(group: str, name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
 
 
+def clip_overrides(name: str) -> list[str]:
+    """``clip=<name>`` for a conf/clip yaml, else the yaml with that ``arch``, else any open_clip
+    architecture on the ViT-L/14 yaml (benchmarks use random weights: the pretrained tag is unused)."""
+    if (CONF / "clip" / f"{name}.yaml").is_file():
+        return [f"clip={name}"]
+    matches = [p.stem for p in sorted((CONF / "clip").glob("*.yaml")) if OmegaConf.load(p).get("arch") == name]
+    return [f"clip={matches[0]}"] if matches else ["clip=vit_l14_openai", f"clip.arch={name}"]
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as handle:  # Linux: resident pages are the second field
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -113,7 +122,7 @@ def write_json(path: Path, data: dict) -> None:
 def harness_config(args: argparse.Namespace, *overrides: str) -> dict:
     """The smoke experiment on ``--data`` with ``--model``/``--clip`` (random weights), no logger or
     progress bar, plus ``overrides``: the resolved config a benchmark hands to ``harness.run``."""
-    base = ["experiment=smoke", f"model={args.model}", f"clip={args.clip}", "logger=none", "dataset=folder",
+    base = ["experiment=smoke", f"model={args.model}", *clip_overrides(args.clip), "logger=none", "dataset=folder",
             f"dataset.root={args.data}", f"dataset.prompts={args.prompts}",
             f"generator.points_per_side={args.points_per_side}", "trainer.enable_progress_bar=false"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -30,7 +30,7 @@ TABLES = {
     "tab4": ("model", ["sam_vit_b", "sam_vit_l", "sam_vit_h"],
              [f"salip (model={m})" for m in ("sam_vit_b", "sam_vit_l", "sam_vit_h")]),
     "tab5": ("method", ["salip", "sam_clip"], ["salip", "sam_clip"]),
-    "tab6": ("filter", ["area", "none"], ["salip (filter=area)", "salip (filter=none)"]),
+    "tab6": ("filter", ["none", "area"], ["salip (filter=none)", "salip (filter=area)"]),
 }
 # The chest X-ray dev set, with the prompt set and top-k the recipe does not set itself.
 DATA = ["dataset=folder", f"dataset.root={CXR}"]

@@ -103,3 +103,37 @@ def test_tuned_file_errors(tmp_path):
     with pytest.raises(TuningError, match="same folder"):
         run(on_split, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# Thresholds in the range the tiny random SAM's predicted IoUs fall in, two grids, more trials than grids.
+REUSE_SPACE = ["tune.baseline=true", "tune.n_trials=5", "tune.n_images=2", "~tune.space",
+               "+tune.space.generator.pred_iou_thresh=[0.0,0.06]", "+tune.space.generator.points_per_side={choices:[3,4]}",
+               "+tune.space.filter.max_area=[0.5,0.95]", "+tune.space.retriever.name=[crop,box]"]
+
+
+def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_and_grid(tmp_path, monkeypatch):
+    from salip_bench.generators.sam_everything import SamEverythingGenerator
+
+    decodings = []
+    initialize = SamEverythingGenerator.initialize
+    monkeypatch.setattr(SamEverythingGenerator, "initialize",
+                        lambda self, image, *a: decodings.append(self.grid["points_per_side"]) or initialize(self, image, *a))
+    files = {}
+    for reuse in ("false", "true"):
+        out = tmp_path / reuse
+        decodings.clear()
+        tuned = tune(tune_config(out, *REUSE_SPACE, f"tune.reuse={reuse}"), out)
+        files[reuse] = [(out / name).read_text() for name in ("trials.csv", "tuned.yaml")]
+        counts = {side: decodings.count(side) for side in set(decodings)}
+        trials = pd.read_csv(out / "trials.csv")
+        grids = trials["generator.points_per_side"].tolist()
+        assert counts == ({side: 2 * grids.count(side) for side in set(grids)} if reuse == "false"
+                          else {side: 2 for side in set(grids)})  # 2 images
+    assert len(set(grids)) == 2 and trials["n_ok"].tolist() == [2] * 5 and tuned["split"]["n_images"] == 2
+    assert files["true"] == files["false"]
+    for number in range(5):  # the trials' own runs agree too, sample by sample
+        per_image = [pd.read_csv(tmp_path / reuse / "trials" / str(number) / "results.csv") for reuse in ("false", "true")]
+        columns = ["id", "dice", "iou", "n_candidates", "n_kept", "retrieved_scores", "retrieved_boxes"]
+        assert per_image[0][columns].equals(per_image[1][columns]) and per_image[0]["n_candidates"].sum() > 0
+    resumed = tune(tune_config(tmp_path / "true", *REUSE_SPACE), tmp_path / "true")  # all done: nothing re-run
+    assert resumed == tuned and (tmp_path / "true" / "trials.csv").read_text() == files["true"][0]

@@ -75,7 +75,8 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
     # reuse: the jobs of a multirun share one SAM and one CLIP instead of reloading them.
     models = {"sam": Lazy(lambda: sam or build_sam(cfg["model"], cfg["weights"], reuse=True,
                                                    cache=FeatureCache.from_config(cfg.get("cache")))),
-              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True)),
+              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
+                                                      cache=FeatureCache.from_config(cfg.get("cache")))),
               "class_prompts": Lazy(dataset.class_prompts),
               "top_k": Lazy(dataset.top_k_per_class)}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),

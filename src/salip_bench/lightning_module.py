@@ -10,6 +10,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
+from salip_bench.io.content_keys import hashed_once
 from salip_bench.io.records import RecordStore
 from salip_bench.memory import MemoryGuard, downscale, upscale
 from salip_bench.metrics import confusion_counts, dice_iou
@@ -84,7 +85,8 @@ class PredictModule(L.LightningModule):
             refusal = self.memory.refusal(*work.image.shape[:2], self.max_side) if self.memory else None
             if refusal:
                 raise MemoryError(refusal)
-            prediction = self.method(work)
+            with hashed_once():  # the caches and the refiner look this image up several times
+                prediction = self.method(work)
             if prediction.mask.shape != work.image.shape[:2]:
                 raise ValueError(f"prediction shape {prediction.mask.shape} != image {work.image.shape[:2]}")
             prediction = upscale(prediction, sample.image.shape[:2], scale)

@@ -6,8 +6,11 @@ and the area threshold, scored by mean Dice on a small labelled split.
     salip-bench-tune dataset=hc18 dataset.root=/data/HC18 tune.split.root=/data/HC18_tuning output_dir=runs/tune
     salip-bench dataset=hc18 dataset.root=/data/HC18 tuned=runs/tune/tuned.yaml output_dir=runs/hc18_tuned
 
-Each trial is an ordinary evaluation run (``harness.run``) on the first ``tune.n_images`` images of
-``tune.split`` into ``OUT/trials/<n>/``; trial 0 is the configured values (with ``tune.baseline``),
+Each trial is an ordinary evaluation run on the first ``tune.n_images`` images of ``tune.split`` into
+``OUT/trials/<n>/``. With ``tune.reuse`` (the default) the trials are evaluated image by image
+(``tune_trials.run_trials``): each image is encoded, and decoded once per point grid, for all of
+them, and CLIP embeds each visual prompt once; the results are those of one ``harness.run`` per
+trial (``tune.reuse=false``, also used when a trial changes anything but the stage groups); trial 0 is the configured values (with ``tune.baseline``),
 so tuning never picks something that scored worse on the split than not tuning. The best mean Dice
 wins (the earliest trial on a tie); ``OUT/tuned.yaml`` holds its values and ``OUT/trials.csv`` every
 trial. The same ``tune.seed`` draws the same trials (numpy's seeded Generator, never the clock).
@@ -112,6 +115,7 @@ def trial_config(cfg: Mapping, split: dict, params: Mapping[str, Any], out_dir: 
 def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     """Run the search into ``out_dir``; returns what ``tuned.yaml`` holds."""
     from salip_bench.harness import run  # torch and Lightning only once the config is known to be good
+    from salip_bench.tune_trials import run_trials, share_engines
 
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     settings, out_dir = cfg["tune"], Path(out_dir)
@@ -135,13 +139,17 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
 
     n_drawn = settings["n_trials"] - 1 if settings["baseline"] else settings["n_trials"]
     trials = ([baseline] if settings["baseline"] else []) + sample_trials(space, n_drawn, settings["seed"])
-    rows = []
+    trial_dirs = [out_dir / "trials" / str(number) for number in range(len(trials))]
+    configs = [trial_config(cfg, split, params, d) for params, d in zip(trials, trial_dirs)]
     for number, params in enumerate(trials):
-        trial_dir = out_dir / "trials" / str(number)
         log.info("trial %d/%d: %s", number + 1, len(trials), params)
-        summary = run(trial_config(cfg, split, params, trial_dir), trial_dir)
-        rows.append({"trial": number, "dice_mean": summary.get("dice_mean"), "iou_mean": summary.get("iou_mean"),
-                     "n_ok": summary.get("n_ok"), "n_failed": summary.get("n_failed"), **params})
+    if settings.get("reuse", True) and share_engines(configs):
+        summaries = run_trials(configs, trial_dirs)  # image by image: each image and grid decoded once
+    else:  # a trial changes the models or the data: one ordinary run each
+        summaries = [run(c, d) for c, d in zip(configs, trial_dirs)]
+    rows = [{"trial": number, "dice_mean": summary.get("dice_mean"), "iou_mean": summary.get("iou_mean"),
+             "n_ok": summary.get("n_ok"), "n_failed": summary.get("n_failed"), **params}
+            for number, (params, summary) in enumerate(zip(trials, summaries))]
     frame = pd.DataFrame(rows)
     scores = pd.to_numeric(frame["dice_mean"], errors="coerce").fillna(-np.inf)  # all samples failed: worst
     best = int(scores.to_numpy().argmax())  # first maximum: the earliest trial wins a tie

@@ -1,5 +1,5 @@
-"""A bounded on-disk cache of SAM's deterministic, expensive outputs: image embeddings and the
-generator's proposals.
+"""A bounded on-disk cache of the models' deterministic, expensive outputs: SAM's image embeddings,
+the generator's proposals and CLIP's embeddings of visual prompts.
 
 An ablation that changes only later stages (retriever, filter, refiner) then costs no SAM
 encoder or decoder pass in any later run or job on the same images. Keys are content hashes of
@@ -40,18 +40,21 @@ def default_dir() -> Path:
 
 
 class FeatureCache:
-    """SAM embeddings (``embeddings/*.pt``) and generator proposals (``proposals/*.npz``) under ``root``.
+    """SAM embeddings (``embeddings/*.pt``), generator proposals (``proposals/*.npz``) and CLIP
+    embeddings of visual prompts (``clip/*.npz``, see ``models/clip_cache.py``) under ``root``.
 
-    root: the cache directory; embeddings / proposals: whether that kind is read and written;
+    root: the cache directory; embeddings / proposals / clip: whether that kind is read and written;
     max_gb: size bound of the whole directory; beyond it the least recently used files (by
     modification time, refreshed on every hit) are deleted. ``hits`` / ``misses`` count lookups
     per kind in this process.
     """
 
-    def __init__(self, root: Path | str, embeddings: bool = True, proposals: bool = True, max_gb: float = 20.0) -> None:
+    def __init__(self, root: Path | str, embeddings: bool = True, proposals: bool = True, max_gb: float = 20.0,
+                 clip: bool = True) -> None:
         self.root = Path(root).expanduser()
         self.embeddings = embeddings
         self.proposals = proposals
+        self.clip = clip
         self.max_bytes = int(max_gb * 1e9)
         self.hits: Counter[str] = Counter()
         self.misses: Counter[str] = Counter()
@@ -63,7 +66,7 @@ class FeatureCache:
         if not cfg or not cfg.get("enabled", True):
             return None
         return cls(cfg.get("dir") or default_dir(), cfg.get("embeddings", True), cfg.get("proposals", True),
-                   cfg.get("max_gb", 20.0))
+                   cfg.get("max_gb", 20.0), cfg.get("clip", True))
 
     @staticmethod
     def key(*parts: object) -> str:
@@ -102,6 +105,18 @@ class FeatureCache:
                  areas=candidates.areas, predicted_iou=candidates.predicted_iou,
                  stability_score=candidates.stability_score)
         self._write("proposals", key, buffer.getvalue())
+
+    def load_clip_embeddings(self, key: str) -> tuple[list[str], np.ndarray] | None:
+        """The candidate keys and (N, D) float32 embeddings stored under ``key``, or None."""
+        def decode(data: bytes) -> tuple[list[str], np.ndarray]:
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                return [k.decode() for k in arrays["keys"]], arrays["embeddings"]
+        return self._read("clip", key, decode)
+
+    def save_clip_embeddings(self, key: str, keys: list[str], embeddings: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, keys=np.array([k.encode() for k in keys]), embeddings=embeddings.astype(np.float32))
+        self._write("clip", key, buffer.getvalue())
 
     def _read(self, kind: str, key: str, decode: Callable[[bytes], T]) -> T | None:
         path = self.path(kind, key)

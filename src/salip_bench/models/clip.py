@@ -17,23 +17,33 @@ import torch
 from PIL import Image
 from torch import nn
 
+from salip_bench.io.feature_cache import FeatureCache
+from salip_bench.models.clip_cache import ClipEmbeddingCache
 from salip_bench.models.shared import shared_engine
 from salip_bench.models.weights import (WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
                                         how_to_provide, is_offline, search_dirs)
 
 log = logging.getLogger(__name__)
 _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# CPU kernels embed pictures in groups of 4: a picture in a batch's incomplete last group gets other
+# rounding (last bits) than in a full group, so an embedding would depend on how many pictures were
+# batched with it. Measured (tiny and ViT-B-32, batches of 1-48): in forwards of any multiple of 4
+# pictures every picture's embedding is the same bit for bit, wherever it sits.
+PICTURE_GROUP = 4
 
 
 class ClipEngine(nn.Module):
     """A CLIP model with its preprocessing; ``encode_*`` return L2-normalised float32 embeddings."""
 
-    def __init__(self, model: nn.Module, preprocess, tokenizer, identity: dict) -> None:
+    def __init__(self, model: nn.Module, preprocess, tokenizer, identity: dict, model_id: dict | None = None) -> None:
         super().__init__()
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.identity = identity
+        # What the embeddings depend on (weights, architecture), part of every embedding-cache key.
+        self.model_id = model_id or {k: v for k, v in identity.items() if k != "file"}
+        self.embedding_cache = ClipEmbeddingCache()
         self.images_encoded = 0
         self.texts_encoded = 0
 
@@ -42,9 +52,15 @@ class ClipEngine(nn.Module):
         return next(self.model.parameters()).device
 
     def reset(self) -> None:
-        """Zero the work counters, as when just built, for reuse by another run."""
+        """Zero the work counters and forget the remembered embeddings (the disk cache keeps them), as
+        when just built, for reuse by another run."""
         self.images_encoded = 0
         self.texts_encoded = 0
+        self.embedding_cache.clear()
+
+    def use_cache(self, cache: FeatureCache | None) -> None:
+        """Keep visual-prompt embeddings in ``cache`` too (None: in memory only)."""
+        self.embedding_cache.disk = cache
 
     def prepare(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """CLIP's eval transform (resize, centre crop, normalise) of one RGB picture, as a (3, S, S) tensor."""
@@ -64,7 +80,9 @@ class ClipEngine(nn.Module):
         Pictures are built and preprocessed by ``workers`` threads one batch at a time, so at most
         one batch of full-size pictures is alive. Threads pay off because building (NumPy/OpenCV)
         and resizing (PIL) release the GIL: preprocessing, not the CLIP forward, dominates a
-        retriever's time on CPU. Results do not depend on ``workers``.
+        retriever's time on CPU. Results do not depend on ``workers``, nor on which other pictures
+        share a batch (forwards are padded to whole groups of PICTURE_GROUP), so an embedding from
+        the cache is the one a fresh encoding gives.
         """
         out = []
         with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -72,8 +90,13 @@ class ClipEngine(nn.Module):
             for start in range(0, count, batch_size):
                 pictures = parallel_map(lambda i: self.prepare(build(i)), range(start, min(start + batch_size, count)))
                 batch = torch.stack(list(pictures)).to(self.device)
-                out.append(nn.functional.normalize(self.model.encode_image(batch).float(), dim=-1).cpu())
-                self.images_encoded += batch.shape[0]
+                count_real = batch.shape[0]
+                padding = -count_real % PICTURE_GROUP
+                if padding:  # copies of the last picture, thrown away: every picture is in a full group
+                    batch = torch.cat([batch, batch[-1:].expand(padding, *batch.shape[1:])])
+                embedded = self.model.encode_image(batch)[:count_real]
+                out.append(nn.functional.normalize(embedded.float(), dim=-1).cpu())
+                self.images_encoded += count_real
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
 
     @torch.no_grad()
@@ -133,14 +156,28 @@ def resolve_clip_weights(cfg: dict) -> Path:
                                    + how_to_provide(what, file_name, url, "clip.checkpoint")) from err
 
 
-def build_clip(cfg: dict, weights: str, reuse: bool = False) -> ClipEngine:
+def build_clip(cfg: dict, weights: str, reuse: bool = False, cache: FeatureCache | None = None) -> ClipEngine:
     """Build the CLIP described by a ``conf/clip/*.yaml`` entry with ``weights`` 'pretrained' or 'random'.
 
     reuse: take the engine this process built last from the same ``cfg`` and ``weights`` (the
-    previous job of a multirun) instead of loading it again.
+    previous job of a multirun) instead of loading it again; cache: disk cache of its visual-prompt
+    embeddings (None: memory only).
     """
-    if reuse:
-        return shared_engine("clip", [cfg, weights], lambda: build_clip(cfg, weights))
+    engine = (shared_engine("clip", [cfg, weights], lambda: _build_clip(cfg, weights)) if reuse
+              else _build_clip(cfg, weights))
+    engine.use_cache(cache)
+    return engine
+
+
+def _build_clip(cfg: dict, weights: str) -> ClipEngine:
+    engine = _load_clip(cfg, weights)
+    # The config's architecture numbers (the tiny CLIP's widths) and the torch version, besides the weights.
+    engine.model_id = {**engine.model_id, "config": {k: v for k, v in cfg.items() if k != "checkpoint"},
+                       "torch": torch.__version__}
+    return engine
+
+
+def _load_clip(cfg: dict, weights: str) -> ClipEngine:
     if cfg["arch"] == "tiny":
         if weights != "random":
             raise ValueError("clip=tiny has no pretrained weights; use it with weights=random")

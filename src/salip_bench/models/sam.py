@@ -10,7 +10,6 @@ the generator already encoded costs nothing, nor does a later run on the same im
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from functools import partial
@@ -21,6 +20,7 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
+from salip_bench.io.content_keys import image_key
 from salip_bench.io.feature_cache import FeatureCache
 from salip_bench.models.shared import shared_engine
 from salip_bench.models.weights import file_sha256, load_state_dict, resolve_checkpoint
@@ -74,14 +74,6 @@ def _outputs_as_float32(module: nn.Module, inputs: tuple, output: object) -> obj
     if isinstance(output, tuple):
         return tuple(_outputs_as_float32(module, inputs, o) for o in output)
     return output
-
-
-def image_key(image: np.ndarray) -> str:
-    """Content key of an image array (shape, dtype and bytes)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{image.shape}{image.dtype}".encode())
-    digest.update(np.ascontiguousarray(image).data)
-    return digest.hexdigest()
 
 
 class MemoSamPredictor(SamPredictor):

@@ -103,7 +103,7 @@ def build_engine(cfg: dict, key: str):  # noqa: ANN201
             message = str(err).replace("model.checkpoint", f"{key}.checkpoint")
             raise WeightsNotFoundError(f"model@{key}={entry['name']}: {message}") from None
 
-    engine = shared_engine(key, [entry, weights], build)
+    engine = shared_engine("sam" if key == "model" else key, [entry, weights], build)
     if hasattr(engine, "use_cache"):  # SAM v1 keeps embeddings and proposals on disk
         engine.use_cache(FeatureCache.from_config(cfg.get("cache")))
     return engine
@@ -121,8 +121,10 @@ def stage_engines(context: dict[str, Lazy]) -> dict[str, str]:
     return used
 
 
-def engine_report(engines: dict, stages: dict[str, str]) -> tuple[dict, dict]:
+def engine_report(cfg: dict, engines: dict, stages: dict[str, str]) -> tuple[dict, dict]:
     """Per engine (by model name): its registered engine, identity, counters and stages; and stage -> name."""
+    entries = {"sam": cfg.get("model"), "refiner_sam": cfg.get("refiner_model") or cfg.get("model"),
+               "clip": cfg.get("clip")}
     names: dict[int, str] = {}
     report: dict[str, dict] = {}
     for key, engine in engines.items():
@@ -133,7 +135,8 @@ def engine_report(engines: dict, stages: dict[str, str]) -> tuple[dict, dict]:
         names[id(engine)] = name
         counters = engine.counters() if hasattr(engine, "counters") else \
             {k: getattr(engine, k) for k in ("images_encoded", "texts_encoded") if hasattr(engine, k)}
-        report[name] = {"identity": engine.identity, "counters": counters, "stages": []}
+        registered = (entries.get(key) or {}).get("engine", "open_clip" if key == "clip" else "sam")
+        report[name] = {"engine": registered, "identity": engine.identity, "counters": counters, "stages": []}
     by_stage = {stage: names[id(engines[key])] for stage, key in stages.items() if key in engines}
     for stage, name in by_stage.items():
         report[name]["stages"].append(stage)
@@ -260,7 +263,7 @@ def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], finge
                "weights_identity": {k: e.identity for k, e in engines.items()} or previous.get("weights_identity", {}),
                "versions": package_versions(), "config": cfg}
     # Per engine: identity, counters of this invocation and the stages it served; per stage: its engine.
-    summary["engines"], summary["stage_engines"] = engine_report(engines, stages or {}) if engines else (
+    summary["engines"], summary["stage_engines"] = engine_report(cfg, engines, stages or {}) if engines else (
         previous.get("engines", {}), previous.get("stage_engines", {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     if records:

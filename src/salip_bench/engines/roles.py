@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from salip_bench.registry import PluginError
 from salip_bench.types import Candidates
 
 
@@ -61,7 +62,7 @@ ROLE_NAMES = {BoxPromptSegmenter: "box-prompted segmentation (segment_boxes)",
               EverythingGenerator: "point-grid everything generation (everything)"}
 
 
-class MissingRoleError(ValueError):
+class MissingRoleError(PluginError):
     """An engine was given to a stage whose role it does not have."""
 
 

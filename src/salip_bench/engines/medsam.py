@@ -86,10 +86,10 @@ class MedSamEngine(nn.Module):
         ``multimask_output`` the best-scored of SAM's three heads is kept (off MedSAM's recipe)."""
         height, width = image.shape[:2]
         embedding = self.embedding(image)
-        scale = np.array([width, height, width, height]) / self.side
+        frame = np.array([width, height, width, height])
         out = np.zeros((len(boxes), height, width), bool)
         for i, box in enumerate(np.asarray(boxes, np.float64)):
-            box_t = torch.as_tensor(box / scale, dtype=torch.float, device=self.device)[None, None]
+            box_t = torch.as_tensor(box / frame * self.side, dtype=torch.float, device=self.device)[None, None]
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=box_t, masks=None)
             logits, iou = self.sam.mask_decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,

@@ -52,15 +52,26 @@ def test_medsam_refiner_behind_sam_v1_is_its_own_engine(tmp_path):
     assert summary["config"]["refiner_model"]["name"] == "medsam_tiny"
 
 
-def test_multirun_across_sam2_and_sam_v1(tmp_path):
-    """sam2 touches Hydra's global state on import; a multirun over engine families still runs every job."""
+def test_models_recipe_multirun_across_engine_families_renders_a_table_naming_the_engines(tmp_path):
+    """experiment=models with its tiny zoo entries: sam2 touches Hydra's global state on import, yet
+    every job of the multirun runs, and the report's columns say which engines each used.
+    (The BiomedCLIP and SAM 3 entries need the CLIP-family/SAM 3 engines: their own tests.)"""
+    from salip_bench.report import main as report_main
+
     out = tmp_path / "multi"
-    result = run_cli(["-m", *O1[1:], *FAST, "model=sam2_tiny,sam_tiny", "limit=1", f"output_dir={out}"],
-                     tmp_path)
+    zoo = "tiny_sam2,tiny_paper,tiny_medsam_refiner"
+    result = run_cli(["-m", "experiment=models", f"hydra.sweeper.params.+zoo={zoo}", *O1[2:], "logger=none",
+                      "cache.enabled=false", "generator.points_per_side=4", "generator.pred_iou_thresh=0",
+                      "generator.stability_score_thresh=0", "limit=1", f"output_dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    names = [json.loads((out / str(job) / "summary.json").read_text())["stage_engines"]["generator"]
-             for job in range(2)]
-    assert names == ["sam2_tiny", "sam_tiny"]
+    stages = [json.loads((out / str(job) / "summary.json").read_text())["stage_engines"] for job in range(3)]
+    assert [(s["generator"], s["refiner"]) for s in stages] == [("sam2_tiny", "sam2_tiny"), ("sam_tiny", "sam_tiny"),
+                                                                ("sam_tiny", "medsam_tiny")]
+    report_main([str(out), "--out", str(tmp_path / "report")])
+    table = (tmp_path / "report" / "table.md").read_text()
+    for label in ("salip (model=sam2_tiny, refiner_model=sam2_tiny)", "salip (model=sam_tiny, refiner_model=sam_tiny)",
+                  "salip (model=sam_tiny, refiner_model=medsam_tiny)"):
+        assert label in table, table
 
 
 @pytest.mark.slow

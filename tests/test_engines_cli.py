@@ -60,7 +60,7 @@ def test_models_recipe_multirun_across_engine_families_renders_a_table_naming_th
 
     out = tmp_path / "multi"
     zoo = "tiny_sam2,tiny_paper,tiny_medsam_refiner"
-    result = run_cli(["-m", "experiment=models", f"hydra.sweeper.params.+zoo={zoo}", *O1[2:], "logger=none",
+    result = run_cli(["-m", "experiment=models", f"+zoo={zoo}", *O1[2:], "logger=none",
                       "cache.enabled=false", "generator.points_per_side=4", "generator.pred_iou_thresh=0",
                       "generator.stability_score_thresh=0", "limit=1", f"output_dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

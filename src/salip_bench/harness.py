@@ -28,7 +28,7 @@ from salip_bench.tuned import apply_tuned
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything",
+PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything", "sam2",
             "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
 
 

@@ -52,9 +52,9 @@ def yaml_config(group: str, name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_sam():
-    from salip_bench.models.sam import build_sam
+    from salip_bench.engines.sam import build_sam_engine
 
-    return build_sam(yaml_config("model", "sam_tiny"), "random")
+    return build_sam_engine(yaml_config("model", "sam_tiny"), "random")
 
 
 @pytest.fixture(scope="session")

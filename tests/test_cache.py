@@ -13,7 +13,7 @@ from salip_bench.generators.sam_everything import SamEverythingGenerator
 from salip_bench.harness import config_fingerprint, run
 from salip_bench.io.feature_cache import FeatureCache
 from salip_bench.models import shared
-from salip_bench.models.sam import build_sam
+from salip_bench.engines.sam import build_sam_engine as build_sam
 from salip_bench.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved
 

@@ -129,3 +129,45 @@ def test_reverse_blur_blurs_once_per_image(tiny_clip, cxr_sample, monkeypatch):
                                  class_prompts={"lung": ["a dark lung field"]}, top_k={"lung": 1})
     retriever.scores(cxr_sample.image, candidates_from(cxr_sample))
     assert len(blurs) == 1 and retriever._blurred is None  # once for three candidates, not kept past the image
+
+
+def engine_test_entries() -> list[tuple[str, str, str]]:
+    """(engine, config group, tiny yaml) for every registered engine: its ``*tiny*`` yaml in conf/model or conf/clip."""
+    from salip_bench.registry import ENGINES
+
+    found = {}
+    for group in ("model", "clip"):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            engine = yaml_config(group, path.stem).get("engine")
+            if engine is not None and "tiny" in path.stem:
+                found.setdefault(engine, (group, path.stem))
+    return [(name, *found.get(name, ("-", "-"))) for name in ENGINES.names()]
+
+
+def test_every_model_yaml_names_a_registered_engine():
+    from salip_bench.registry import ENGINES
+
+    for group in ("model", "clip"):
+        for path in sorted((CONF / group).glob("*.yaml")):
+            engine = yaml_config(group, path.stem).get("engine")
+            assert engine in ENGINES.names() or (group == "clip" and engine is None), f"{path}: engine {engine!r}"
+
+
+@pytest.mark.parametrize("engine,group,name", engine_test_entries(), ids=[e[0] for e in engine_test_entries()])
+def test_engine_builds_from_its_tiny_yaml_and_serves_its_roles(engine, group, name, cxr_sample):
+    from salip_bench.engines.roles import BoxPromptSegmenter, Engine, EverythingGenerator
+    from salip_bench.registry import ENGINES
+
+    assert name != "-", f"engine {engine!r} has no tiny yaml in conf/model or conf/clip"
+    built = ENGINES.get(engine)(yaml_config(group, name), "random", None)
+    assert isinstance(built, Engine) and built.identity["weights"] == "random"
+    image = cxr_sample.image
+    if isinstance(built, EverythingGenerator):
+        candidates = built.everything(image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        assert isinstance(candidates, Candidates) and len(candidates) > 0 and candidates.masks.shape[1:] == image.shape[:2]
+    if isinstance(built, BoxPromptSegmenter):
+        masks = built.segment_boxes(image, np.array([[50, 60, 300, 400]], np.float32), False)
+        assert masks.shape == (1, *image.shape[:2]) and masks.dtype == bool
+    assert all(isinstance(v, int) for v in built.counters().values())
+    built.reset()
+    assert not any(built.counters().values())

@@ -24,15 +24,16 @@ from salip_bench.lightning_module import PredictModule, RecordWriter
 from salip_bench.memory import MemoryGuard
 from salip_bench.metrics import EMPTY_MASK_CONVENTION
 from salip_bench.models.clip import build_clip
-from salip_bench.models.sam import build_sam
-from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER, file_sha256
-from salip_bench.registry import DATASETS, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy, PluginError
+from salip_bench.models.shared import shared_engine
+from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError, file_sha256
+from salip_bench.registry import (DATASETS, ENGINES, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy,
+                                  PluginError)
 from salip_bench.tuned import apply_tuned
 from salip_bench.validation import ConfigError, resume_settings, validate
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything",
+PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything", "sam2",
             "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
 
 
@@ -66,15 +67,26 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  # noqa: ANN001
+def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None) -> dict[str, Lazy]:  # noqa: ANN001
     """Everything a method or stage plugin may ask for by parameter name, built on first use
-    (``sam`` / ``clip``: already-built engines to use instead, e.g. in tests).
+    (``sam`` / ``clip`` / ``refiner_sam``: already-built engines to use instead, e.g. in tests).
 
-    Order matters only for error order: SAM (and so a missing checkpoint) comes first.
+    ``sam`` is the engine of ``cfg["model"]``; ``refiner_sam`` that of ``cfg["refiner_model"]``
+    (``model@refiner_model=NAME``) or, when that is unset or the same entry, the very same object,
+    so the refiner reuses the generator's embeddings exactly when the two share an engine. The
+    refiner stage receives ``refiner_sam`` as its ``sam``. Order matters only for error order: SAM
+    (and so a missing checkpoint) comes first.
     """
-    # reuse: the jobs of a multirun share one SAM and one CLIP instead of reloading them.
-    models = {"sam": Lazy(lambda: sam or build_sam(cfg["model"], cfg["weights"], reuse=True,
-                                                   cache=FeatureCache.from_config(cfg.get("cache")))),
+    def refiner_engine():  # noqa: ANN202
+        if refiner_sam is not None:
+            return refiner_sam
+        if not cfg.get("refiner_model") or cfg["refiner_model"] == cfg["model"]:
+            return models["sam"]()
+        return build_engine(cfg, "refiner_model")
+
+    # reuse: the jobs of a multirun share each engine and CLIP instead of reloading them.
+    models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
+              "refiner_sam": Lazy(refiner_engine),
               "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
                                                       cache=FeatureCache.from_config(cfg.get("cache")))),
               "class_prompts": Lazy(dataset.class_prompts),
@@ -82,8 +94,62 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
               "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
               "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),
-              "refiner": Lazy(lambda: REFINERS.build(cfg["refiner"], **models))}
+              "refiner": Lazy(lambda: REFINERS.build(cfg["refiner"], **{**models, "sam": models["refiner_sam"]}))}
     return {**stages, **models}
+
+
+def build_engine(cfg: dict, key: str):  # noqa: ANN201
+    """The engine of the model entry ``cfg[key]`` (``model`` or ``refiner_model``), through the
+    ``ENGINES`` registry; the previous multirun job's engine when it came from the same entry."""
+    entry, weights = cfg[key], cfg["weights"]
+
+    def build():  # noqa: ANN202
+        try:
+            return ENGINES.get(entry.get("engine", "sam"))(entry, weights, None)
+        except WeightsNotFoundError as err:
+            if key == "model":
+                raise
+            message = str(err).replace("model.checkpoint", f"{key}.checkpoint")
+            raise WeightsNotFoundError(f"model@{key}={entry['name']}: {message}") from None
+
+    engine = shared_engine("sam" if key == "model" else key, [entry, weights], build)
+    if hasattr(engine, "use_cache"):  # SAM v1 keeps embeddings and proposals on disk
+        engine.use_cache(FeatureCache.from_config(cfg.get("cache")))
+    return engine
+
+
+STAGE_ENGINES = {"generator": "sam", "retriever": "clip", "refiner": "refiner_sam"}  # stage -> context key
+
+
+def stage_engines(context: dict[str, Lazy]) -> dict[str, str]:
+    """Which context engine each built stage used (``method`` for one the method itself asked for)."""
+    used = {stage: key for stage, key in STAGE_ENGINES.items() if context[stage].built}
+    for key in ("sam", "clip"):
+        if context[key].built and key not in used.values():
+            used.setdefault("method", key)
+    return used
+
+
+def engine_report(cfg: dict, engines: dict, stages: dict[str, str]) -> tuple[dict, dict]:
+    """Per engine (by model name): its registered engine, identity, counters and stages; and stage -> name."""
+    entries = {"sam": cfg.get("model"), "refiner_sam": cfg.get("refiner_model") or cfg.get("model"),
+               "clip": cfg.get("clip")}
+    names: dict[int, str] = {}
+    report: dict[str, dict] = {}
+    for key, engine in engines.items():
+        if id(engine) in names:
+            continue
+        name = str(engine.identity.get("model", key))
+        name = name if name not in report else f"{name}@{key}"
+        names[id(engine)] = name
+        counters = engine.counters() if hasattr(engine, "counters") else \
+            {k: getattr(engine, k) for k in ("images_encoded", "texts_encoded") if hasattr(engine, k)}
+        registered = (entries.get(key) or {}).get("engine", "open_clip" if key == "clip" else "sam")
+        report[name] = {"engine": registered, "identity": engine.identity, "counters": counters, "stages": []}
+    by_stage = {stage: names[id(engines[key])] for stage, key in stages.items() if key in engines}
+    for stage, name in by_stage.items():
+        report[name]["stages"].append(stage)
+    return report, by_stage
 
 
 def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
@@ -135,7 +201,8 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
 
     context = build_context(cfg, dataset)
     method = METHODS.build(cfg["method"], **context)
-    engines = {k: context[k]() for k in ("sam", "clip") if context[k].built}
+    engines = {k: context[k]() for k in ("sam", "refiner_sam", "clip") if context[k].built}
+    stages = stage_engines(context)
     if cfg["weights"] == "random":
         log.warning(RANDOM_WEIGHTS_BANNER)
     texts_encoded = getattr(engines.get("clip"), "texts_encoded", 0)
@@ -154,7 +221,8 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
         texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
     finally:  # a failed or interrupted run still leaves tables of everything finished
         # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
-        summary = finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded) if trainer.is_global_zero else {}
+        summary = finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded,
+                           stages) if trainer.is_global_zero else {}
     if trainer.world_size > 1:
         log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
     if logger is not None and trainer.is_global_zero:
@@ -227,8 +295,10 @@ def overrides() -> list[str]:
 
 
 def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
-             engines: dict, texts_encoded: int | None) -> dict:
-    """(Re)write results.csv and summary.json from the records on disk; unchanged files are left alone."""
+             engines: dict, texts_encoded: int | None, stages: dict[str, str] | None = None) -> dict:
+    """(Re)write results.csv and summary.json from the records on disk; unchanged files are left alone.
+
+    stages: which ``engines`` key each stage used (:func:`stage_engines`), for the per-engine report."""
     records = store.read_all(ids)
     summary_path = out_dir / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -243,6 +313,9 @@ def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], finge
                "weights": cfg["weights"],
                "weights_identity": {k: e.identity for k, e in engines.items()} or previous.get("weights_identity", {}),
                "versions": package_versions(), "config": cfg}
+    # Per engine: identity, counters of this invocation and the stages it served; per stage: its engine.
+    summary["engines"], summary["stage_engines"] = engine_report(cfg, engines, stages or {}) if engines else (
+        previous.get("engines", {}), previous.get("stage_engines", {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     if records:
         write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))

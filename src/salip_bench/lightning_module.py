@@ -31,8 +31,10 @@ class WorkCounters:
         self.engines = engines
 
     def snapshot(self) -> dict[str, int]:
-        sam, clip = self.engines.get("sam"), self.engines.get("clip")
-        return {"sam_encoder_passes": getattr(sam, "encoder_passes", 0),
+        clip = self.engines.get("clip")
+        # Every SAM-family engine once (the refiner's may be the generator's very object).
+        sams = {id(e): e for k, e in self.engines.items() if k != "clip"}.values()
+        return {"sam_encoder_passes": sum(getattr(e, "encoder_passes", 0) for e in sams),
                 "clip_images_encoded": getattr(clip, "images_encoded", 0)}
 
 

@@ -173,7 +173,9 @@ def _label(method: str, settings: dict[str, str], keys: list[str]) -> str:
     if not keys:
         return method
     shown = _short_keys(keys)
-    parts = [f"{shown[k]}={settings.get(k, '-')}" for k in keys]
+    # A run without model@refiner_model refines with its model's engine: the label names it.
+    defaults = {"refiner_model.name": settings.get("model.name", "-")}
+    parts = [f"{shown[k]}={settings.get(k, defaults.get(k, '-'))}" for k in keys]
     return f"{method} ({', '.join(parts)})"
 
 

@@ -20,6 +20,7 @@ from segment_anything.utils.amg import (batch_iterator, batched_mask_to_box, cal
                                        uncrop_boxes_xyxy)
 from torchvision.ops.boxes import batched_nms, box_area
 
+from salip_bench.engines.roles import EverythingGenerator, require_role
 from salip_bench.models.sam import SamEngine, image_key
 from salip_bench.models.sam_decoder import decode_points_iou_first
 from salip_bench.registry import GENERATORS
@@ -213,7 +214,7 @@ class SamEverythingGenerator:
     and its cache (if any) keeps the proposals on disk, keyed by image, model and every setting.
     """
 
-    def __init__(self, sam: SamEngine, points_per_side: int = 32, points_per_batch: int = 64,
+    def __init__(self, sam: SamEngine | EverythingGenerator, points_per_side: int = 32, points_per_batch: int = 64,
                  pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
                  stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
                  crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
@@ -226,6 +227,9 @@ class SamEverythingGenerator:
             crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
             crop_n_points_downscale_factor=crop_n_points_downscale_factor,
             min_mask_region_area=min_mask_region_area)
+        if not isinstance(sam, SamEngine):  # another engine (SAM 2.1): its own everything mode
+            require_role(sam, EverythingGenerator, "generator sam_everything", "model")
+            return
         self.amg = _FastAutomaticMaskGenerator(sam.sam, **self.settings)
         self.amg.predictor = sam.predictor  # share the memoised embeddings with the refiner
 
@@ -276,6 +280,8 @@ class SamEverythingGenerator:
             decoded: supplies this image's :meth:`initialize` result when one may be shared (tuning);
                 only called on a cache miss. Default: ``self.initialize(image)``.
         """
+        if not isinstance(self.sam, SamEngine):  # another SAM family: its own everything mode
+            return self.sam.everything(image, **self.settings)
         decode = decoded or (lambda: self.initialize(image))
         cache = self.sam.cache if self.sam.cache is not None and self.sam.cache.proposals else None
         if cache is None:

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from salip_bench.models.sam import SamEngine
-from salip_bench.registry import METHODS
+from salip_bench.registry import METHODS, PluginError
 from salip_bench.types import Prediction, Sample
 
 
@@ -18,6 +18,9 @@ class UnpromptedSamMethod:
     """
 
     def __init__(self, sam: SamEngine, multimask_output: bool = False) -> None:
+        if not isinstance(sam, SamEngine):  # SAM 2.1 / MedSAM engines offer box prompts, not this
+            raise PluginError(f"method unprompted_sam runs SAM v1 only (model=sam_vit_b|l|h|sam_tiny), "
+                              f"not {sam.identity.get('model')!r}")
         self.sam = sam
         self.multimask_output = multimask_output
 

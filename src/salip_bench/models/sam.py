@@ -166,25 +166,27 @@ class SamEngine(nn.Module):
         self.predictor.forget()
 
 
-def build_sam(cfg: dict, weights: str, cache: FeatureCache | None = None, reuse: bool = False) -> SamEngine:
+def build_sam(cfg: dict, weights: str, cache: FeatureCache | None = None, reuse: bool = False,
+              engine_class: type[SamEngine] = SamEngine) -> SamEngine:
     """Build the SAM described by a ``conf/model/*.yaml`` entry with ``weights`` 'pretrained' or 'random'.
 
     cache: disk cache of embeddings and proposals (None: none); reuse: take the engine this process
     built last from the same ``cfg`` and ``weights`` (the previous job of a multirun) instead of
-    loading it again.
+    loading it again; engine_class: ``SamEngine`` or a subclass (``engines/sam.py`` adds the roles).
     """
-    engine = (shared_engine("sam", [cfg, weights], lambda: _build_sam(cfg, weights)) if reuse
-              else _build_sam(cfg, weights))
+    engine = (shared_engine("sam", [cfg, weights], lambda: _build_sam(cfg, weights, engine_class)) if reuse
+              else _build_sam(cfg, weights, engine_class))
     engine.use_cache(cache)
     return engine
 
 
-def _build_sam(cfg: dict, weights: str) -> SamEngine:
+def _build_sam(cfg: dict, weights: str, engine_class: type[SamEngine] = SamEngine) -> SamEngine:
     arch = {k: cfg[k] for k in ARCH_KEYS}
     if weights == "random":
         torch.manual_seed(int(cfg.get("random_seed", 0)))
         sam = build_sam_model(**arch)
-        return SamEngine(sam, {"model": cfg["name"], "weights": "random", "seed": int(cfg.get("random_seed", 0))}, arch)
+        return engine_class(sam, {"model": cfg["name"], "weights": "random", "seed": int(cfg.get("random_seed", 0))},
+                            arch)
     if weights != "pretrained":
         raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
     path = resolve_checkpoint(f"SAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"), cfg.get("checkpoint"),
@@ -192,5 +194,5 @@ def _build_sam(cfg: dict, weights: str) -> SamEngine:
     sam = build_sam_model(**arch)
     sam.load_state_dict(load_state_dict(path))
     log.info("SAM %s loaded from %s", cfg["name"], path)
-    return SamEngine(sam, {"model": cfg["name"], "weights": "pretrained", "file": str(path),
-                           "sha256": file_sha256(path)}, arch)
+    return engine_class(sam, {"model": cfg["name"], "weights": "pretrained", "file": str(path),
+                              "sha256": file_sha256(path)}, arch)

@@ -4,34 +4,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip_bench.models.sam import SamEngine
+from salip_bench.engines.roles import BoxPromptSegmenter, require_role
 from salip_bench.registry import REFINERS
 from salip_bench.types import Retrieved
 
 
 @REFINERS.register("sam_box")
 class SamBoxRefiner:
-    """One single-mask SAM prediction per retrieved box, OR-ed together.
+    """One single-mask box-prompted prediction per retrieved box, OR-ed together.
 
-    multimask_output: ask SAM for three masks per box and keep the one with the best predicted IoU
-    (the paper uses a single mask, ``False``). ``sam`` is injected; its predictor already holds the
-    embedding the generator computed for this image, so no encoder pass is spent here.
+    multimask_output: ask for three masks per box and keep the one with the best predicted IoU
+    (the paper uses a single mask, ``False``). ``sam`` is injected: any engine with the box role
+    (SAM v1, SAM 2.1, MedSAM; ``model@refiner_model=NAME`` picks one for this stage). When it is the
+    generator's engine, it already holds this image's embedding, so no encoder pass is spent here.
     """
 
-    def __init__(self, sam: SamEngine, multimask_output: bool = False) -> None:
+    def __init__(self, sam: BoxPromptSegmenter, multimask_output: bool = False) -> None:
+        require_role(sam, BoxPromptSegmenter, "refiner sam_box", "model@refiner_model")
         self.sam = sam
         self.multimask_output = multimask_output
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, retrieved: Retrieved) -> np.ndarray:
-        height, width = image.shape[:2]
-        union = np.zeros((height, width), bool)
         if len(retrieved.candidates) == 0:
-            return union
-        predictor = self.sam.predictor
-        predictor.set_image(image)  # memo hit when the generator encoded this image
-        for box in retrieved.candidates.boxes:
-            masks, scores, _ = predictor.predict(box=np.asarray(box, np.float32),
-                                                 multimask_output=self.multimask_output)
-            union |= masks[int(np.argmax(scores))]
-        return union
+            return np.zeros(image.shape[:2], bool)
+        boxes = np.asarray(retrieved.candidates.boxes, np.float32)
+        return self.sam.segment_boxes(image, boxes, self.multimask_output).any(axis=0)

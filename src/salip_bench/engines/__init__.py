@@ -1,0 +1,7 @@
+"""Engines: the models behind the stages, one file per engine, each registered in ``ENGINES``.
+
+An engine owns its weights, its memo of image features and its work counters, and offers one or
+more roles (``engines/roles.py``); stage plugins call only those role methods. This layer imports
+nothing above it (no stage, method or harness module).
+"""
+from salip_bench.engines import medsam, sam, sam2  # noqa: F401

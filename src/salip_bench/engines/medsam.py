@@ -1,0 +1,127 @@
+"""Engine ``medsam``: MedSAM (Ma et al. 2024), SAM ViT-B fine-tuned on medical images, box prompts only.
+
+MedSAM was trained with its own preprocessing, not ``SamPredictor``'s: the image is resized to the
+encoder's square input *without* keeping the aspect ratio (bicubic with anti-aliasing, back to
+uint8), min–max scaled to [0, 1] with no pixel mean/std, the box scaled into that square frame;
+the decoder's single low-resolution mask is turned into a probability, upsampled bilinearly to the
+image and thresholded at 0.5. This engine follows that published inference recipe
+(``MedSAM_Inference.py`` of bowang-lab/MedSAM; tests/test_engines_medsam.py reproduces it).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from skimage.transform import resize
+from torch import nn
+
+from salip_bench.io.feature_cache import FeatureCache
+from salip_bench.models.sam import ARCH_KEYS, build_sam_model, image_key
+from salip_bench.models.weights import WeightsNotFoundError, file_sha256, load_state_dict, resolve_checkpoint
+from salip_bench.registry import ENGINES
+
+log = logging.getLogger(__name__)
+WHERE_TO_GET = "MedSAM's checkpoint is linked from the README of github.com/bowang-lab/MedSAM (Google Drive)."
+
+
+def medsam_input(image: np.ndarray, side: int) -> np.ndarray:
+    """MedSAM's network input from an (H, W, 3) uint8 image: (side, side, 3) float64 in [0, 1].
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        side: the encoder's square input side (1024 for the released model).
+    """
+    resized = resize(image, (side, side), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    low, high = resized.min(), resized.max()
+    return (resized - low) / np.clip(high - low, a_min=1e-8, a_max=None)
+
+
+class MedSamEngine(nn.Module):
+    """MedSAM's box-prompted segmentation with its own preprocessing, and a count of encoder passes.
+
+    sam: the SAM ViT-B architecture holding MedSAM's weights; identity: where they come from;
+    memo_size: image embeddings kept in memory (one per image: all its boxes share it).
+    """
+
+    def __init__(self, sam: Sam, identity: dict, memo_size: int = 4) -> None:
+        super().__init__()
+        self.sam = sam.eval()
+        self.identity = identity
+        self.side = sam.image_encoder.img_size
+        self.encoder_passes = 0
+        self.memo_size = memo_size
+        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.sam.parameters()).device
+
+    def counters(self) -> dict[str, int]:
+        return {"encoder_passes": self.encoder_passes}
+
+    def reset(self) -> None:
+        """Zero the counters and drop memoised embeddings (a multirun's next job reuses the engine)."""
+        self.encoder_passes = 0
+        self._memo.clear()
+
+    def embedding(self, image: np.ndarray) -> torch.Tensor:
+        """The image encoder's output for ``image`` (memoised by image content)."""
+        key = image_key(image)
+        if key not in self._memo:
+            pixels = torch.tensor(medsam_input(image, self.side)).float().permute(2, 0, 1)[None].to(self.device)
+            self._memo[key] = self.sam.image_encoder(pixels)
+            self.encoder_passes += 1
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        self._memo.move_to_end(key)
+        return self._memo[key]
+
+    @torch.no_grad()
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+        """One mask per XYXY box, (K, H, W) bool. MedSAM was trained for one mask per box; with
+        ``multimask_output`` the best-scored of SAM's three heads is kept (off MedSAM's recipe)."""
+        height, width = image.shape[:2]
+        embedding = self.embedding(image)
+        frame = np.array([width, height, width, height])
+        out = np.zeros((len(boxes), height, width), bool)
+        for i, box in enumerate(np.asarray(boxes, np.float64)):
+            box_t = torch.as_tensor(box / frame * self.side, dtype=torch.float, device=self.device)[None, None]
+            sparse, dense = self.sam.prompt_encoder(points=None, boxes=box_t, masks=None)
+            logits, iou = self.sam.mask_decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                multimask_output=multimask_output)
+            best = int(iou[0].argmax()) if multimask_output else 0
+            probability = F.interpolate(torch.sigmoid(logits[:, best:best + 1]), size=(height, width),
+                                        mode="bilinear", align_corners=False)
+            out[i] = probability[0, 0].cpu().numpy() > 0.5
+        return out
+
+
+@ENGINES.register("medsam")
+def build_medsam_engine(cfg: dict, weights: str, cache: FeatureCache | None = None) -> MedSamEngine:
+    """MedSAM from a ``conf/model/medsam_*.yaml`` entry (``weights``: 'pretrained' | 'random').
+
+    cache: unused (MedSAM's embeddings are memoised in memory only).
+    """
+    arch = {k: cfg[k] for k in ARCH_KEYS}
+    seed = int(cfg.get("random_seed", 0))
+    if weights == "random":
+        torch.manual_seed(seed)
+        return MedSamEngine(build_sam_model(**arch), {"model": cfg["name"], "engine": "medsam", "weights": "random",
+                                                       "seed": seed})
+    if weights != "pretrained":
+        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
+    try:
+        path = resolve_checkpoint(f"MedSAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"),
+                                  cfg.get("checkpoint"), "model.checkpoint")
+    except WeightsNotFoundError as err:
+        raise WeightsNotFoundError(f"{err} {WHERE_TO_GET}") from None
+    sam = build_sam_model(**arch)
+    sam.load_state_dict(load_state_dict(path))
+    log.info("MedSAM %s loaded from %s", cfg["name"], path)
+    return MedSamEngine(sam, {"model": cfg["name"], "engine": "medsam", "weights": "pretrained", "file": str(path),
+                              "sha256": file_sha256(path)})

@@ -1,0 +1,81 @@
+"""What a stage may ask of an engine: one small protocol per role, duck-typed.
+
+A stage plugin calls only these methods, so any engine with the role can serve it: the
+``sam_box`` refiner works with SAM v1, SAM 2.1 or MedSAM alike. An engine that lacks a role a
+stage needs is refused with :func:`require_role`, naming the config key that picked the engine.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from salip_bench.registry import PluginError
+from salip_bench.types import Candidates
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine has: where its weights come from, the work it did, and a reset."""
+
+    identity: dict
+
+    def counters(self) -> dict[str, int]:
+        """Work done since the last reset, e.g. ``{"encoder_passes": n}``."""
+
+    def reset(self) -> None:
+        """Zero the counters and drop per-image memos (a multirun's next job reuses the engine)."""
+
+
+@runtime_checkable
+class BoxPromptSegmenter(Protocol):
+    """Box-prompted segmentation: one mask per box."""
+
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+        """Masks for ``boxes``.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: (K, 4) XYXY in pixel coordinates of ``image`` (inclusive corners, as a tight box
+                of a mask is).
+            multimask_output: ask for several masks per box and keep the best-scored one.
+
+        Returns:
+            (K, H, W) bool.
+        """
+
+
+@runtime_checkable
+class EverythingGenerator(Protocol):
+    """Point-grid ("segment everything") mask generation with SAM's automatic-mask-generator knobs."""
+
+    def everything(self, image: np.ndarray, **settings: object) -> Candidates:
+        """Part masks of ``image`` (H, W, 3 uint8) from a regular point grid.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            settings: ``points_per_side``, ``pred_iou_thresh``, ... as in ``conf/generator/sam_everything.yaml``.
+        """
+
+
+ROLE_NAMES = {BoxPromptSegmenter: "box-prompted segmentation (segment_boxes)",
+              EverythingGenerator: "point-grid everything generation (everything)"}
+
+
+class MissingRoleError(PluginError):
+    """An engine was given to a stage whose role it does not have."""
+
+
+def require_role(engine: object, role: type, stage: str, config_key: str) -> None:
+    """Raise a one-line :class:`MissingRoleError` unless ``engine`` has ``role``.
+
+    Args:
+        engine: the engine handed to the stage.
+        role: one of this module's protocols.
+        stage: the stage's name for the message (e.g. ``generator sam_everything``).
+        config_key: the key that chose the engine (e.g. ``model``, ``model@refiner_model``).
+    """
+    if not isinstance(engine, role):
+        name = getattr(engine, "identity", {}).get("model", type(engine).__name__)
+        raise MissingRoleError(f"{stage} needs {ROLE_NAMES.get(role, role.__name__)}, which engine {name!r} "
+                               f"(chosen by {config_key}=) does not have; choose another {config_key}=")

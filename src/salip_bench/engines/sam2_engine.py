@@ -1,0 +1,129 @@
+"""The SAM 2.1 engine: the official predictor and automatic mask generator, embeddings memoised.
+
+Imported only when a ``sam2`` engine is built (``engines/sam2.py``): importing ``sam2`` costs
+time and touches Hydra's global state, which :func:`import_leaving_hydra_alone` puts back.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
+from salip_bench.models.sam import image_key
+from salip_bench.types import Candidates
+
+SAM2ImagePredictor = import_leaving_hydra_alone("sam2.sam2_image_predictor").SAM2ImagePredictor
+SAM2AutomaticMaskGenerator = import_leaving_hydra_alone("sam2.automatic_mask_generator").SAM2AutomaticMaskGenerator
+
+
+@contextmanager
+def root_info_muted():  # noqa: ANN201
+    """Upstream logs every embedding at INFO on the root logger (ours prints INFO): mute it meanwhile."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
+    """Sides of the three feature maps the SAM 2 heads read (strides 4, 8, 16).
+
+    Upstream's predictor hard-codes them for 1024 px input; a smaller model (``sam2_tiny``) needs
+    its own.
+    """
+    return [(image_size // stride, image_size // stride) for stride in (4, 8, 16)]
+
+
+class MemoSam2Predictor(SAM2ImagePredictor):
+    """``SAM2ImagePredictor`` whose ``set_image`` takes an image's features from a shared memo
+    when it has seen the image: the automatic mask generator and the box refiner of one run then
+    encode each image once. Everything else is upstream's.
+
+    memo: image key -> (original size, features), shared by every predictor of one engine;
+    memo_size: entries kept.
+    """
+
+    def __init__(self, sam_model: nn.Module, memo: OrderedDict, memo_size: int = 8, **kwargs: object) -> None:
+        super().__init__(sam_model, **kwargs)
+        self._bb_feat_sizes = backbone_feature_sizes(sam_model.image_size)
+        self.memo = memo
+        self.memo_size = memo_size
+
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray) -> None:
+        key = image_key(image)
+        if key not in self.memo:
+            with root_info_muted():
+                super().set_image(image)
+            self.memo[key] = (self._orig_hw, self._features)
+            while len(self.memo) > self.memo_size:
+                self.memo.popitem(last=False)
+        self.memo.move_to_end(key)
+        self.reset_predictor()
+        self._orig_hw, self._features = self.memo[key]
+        self._is_image_set = True
+
+
+class Sam2Engine(nn.Module):
+    """SAM 2.1 with the box-prompted and the everything role, and a count of encoder passes.
+
+    model: a ``SAM2Base``; identity: where its weights come from (reported in run summaries).
+    """
+
+    def __init__(self, model: nn.Module, identity: dict) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.identity = identity
+        self.encoder_passes = 0
+        self._memo: OrderedDict = OrderedDict()
+        self.predictor = MemoSam2Predictor(self.model, self._memo)
+        self.model.image_encoder.register_forward_hook(self._count_pass)
+
+    def _count_pass(self, *_: object) -> None:
+        self.encoder_passes += 1
+
+    def counters(self) -> dict[str, int]:
+        return {"encoder_passes": self.encoder_passes}
+
+    def reset(self) -> None:
+        """Zero the counters and drop memoised features (a multirun's next job reuses the engine)."""
+        self.encoder_passes = 0
+        self._memo.clear()
+        self.predictor.reset_predictor()
+
+    @torch.no_grad()
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+        """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool."""
+        self.predictor.set_image(image)
+        out = np.zeros((len(boxes), *image.shape[:2]), bool)
+        for i, box in enumerate(boxes):
+            masks, scores, _ = self.predictor.predict(box=np.asarray(box, np.float32),
+                                                      multimask_output=multimask_output)
+            out[i] = masks[int(np.argmax(scores))] > 0
+        return out
+
+    @torch.no_grad()
+    def everything(self, image: np.ndarray, **settings: object) -> Candidates:
+        """Upstream ``SAM2AutomaticMaskGenerator(**settings).generate(image)`` as :class:`Candidates`
+        (its masks, boxes and order; boxes XYXY with inclusive corners)."""
+        generator = SAM2AutomaticMaskGenerator(self.model, output_mode="binary_mask", **settings)
+        # Same post-processing settings as upstream gave its predictor (min_mask_region_area), plus
+        # our feature sizes and the engine's memo: the refiner's boxes then need no encoder pass.
+        transforms = generator.predictor._transforms
+        generator.predictor = MemoSam2Predictor(self.model, self._memo, max_hole_area=transforms.max_hole_area,
+                                                max_sprinkle_area=transforms.max_sprinkle_area)
+        records = generator.generate(image)
+        if not records:
+            return Candidates.empty(*image.shape[:2])
+        masks = np.stack([r["segmentation"] for r in records]).astype(bool)
+        xywh = np.array([r["bbox"] for r in records], np.float32)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        return Candidates(masks=masks, boxes=boxes, areas=np.array([r["area"] for r in records], np.int64),
+                          predicted_iou=np.array([r["predicted_iou"] for r in records], np.float32),
+                          stability_score=np.array([r["stability_score"] for r in records], np.float32))

@@ -145,11 +145,12 @@ def validate(cfg: DictConfig | Mapping) -> dict:
                 if key in section:
                     _check(f"{group}.{key}", section[key], check)
     _check_filter(cfg.get("filter"))
-    for group in ("model", "clip", "method"):
+    for group in ("model", "refiner_model", "clip", "method"):
         section = cfg.get(group)
         if isinstance(section, Mapping) and "checkpoint" in section:
             _existing_file(f"{group}.checkpoint", section["checkpoint"], "the path of an existing checkpoint file")
-    _existing_file("tuned", cfg.get("tuned"), "a tuned.yaml written by salip-bench-tune")
+    if not isinstance(cfg.get("tuned"), Mapping):  # a mapping: apply_tuned has read the file already
+        _existing_file("tuned", cfg.get("tuned"), "a tuned.yaml written by salip-bench-tune")
     if isinstance(cfg.get("dataset"), Mapping):
         check_dataset(cfg["dataset"])
     return cfg

@@ -11,14 +11,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
 from salip_bench.io.records import RecordStore
-from salip_bench.metrics import confusion_counts, dice_iou
+from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, confusion_counts, dice_iou
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
 
 
 # Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries.
-RECORDED_META = ("volume", "domain", "slice", "image_path")
+RECORDED_META = ("volume", "domain", "slice", "image_path", "spacing")
 
 
 class WorkCounters:
@@ -39,13 +39,16 @@ class PredictModule(L.LightningModule):
     method: any callable Sample → Prediction; engines: the nn.Modules the method uses (registered
     here so the Trainer moves them to the accelerator); fail_fast: re-raise a sample's error
     instead of recording it; fingerprint: the configuration hash stored with each record;
-    extra_metrics: dataset-specific columns from (sample, predicted mask), e.g. HC18's circumference.
+    extra_metrics: dataset-specific columns from (sample, predicted mask), e.g. HC18's circumference;
+    nsd_tolerance: NSD tolerance in the units of the sample's ``meta["spacing"]`` (mm where known).
     """
 
     def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
                  fail_fast: bool, fingerprint: str,
-                 extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None) -> None:
+                 extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None,
+                 nsd_tolerance: float = NSD_TOLERANCE_MM) -> None:
         super().__init__()
+        self.nsd_tolerance = nsd_tolerance
         self.extra_metrics = extra_metrics
         self.method = method
         self.engines = nn.ModuleDict(engines)
@@ -84,6 +87,9 @@ class PredictModule(L.LightningModule):
         if sample.mask is not None:
             record["dice"], record["iou"] = dice_iou(prediction.mask, sample.mask)
             record.update(confusion_counts(prediction.mask, sample.mask))
+            record.update(boundary_metrics(prediction.mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance))
+        if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)
+            record["boxes"] = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
         if self.extra_metrics is not None:
             record.update(self.extra_metrics(sample, prediction.mask))
         record.update({k: after[k] - before[k] for k in after})

@@ -87,6 +87,9 @@ class SegmentationDataset(Dataset):
     ``error`` set, so the run records it and goes on.
     """
 
+    labelled: bool = True  # False: samples have no ground truth (they are predicted, not scored)
+    spacing_unit: str = "pixel"  # unit of meta["spacing"] and so of NSD tolerance and HD95: "mm" or "pixel"
+
     def __init__(self, prompts: str | None = None, top_k: int | Mapping[str, int] = 1) -> None:
         self.prompts = prompts
         self.top_k = top_k

@@ -249,7 +249,7 @@ def add_volume_scores(summary: dict, volumes: dict[str, dict]) -> None:
     for metric in ("nsd_3d", "hd95_3d"):
         values = [v[metric] for v in scored if v.get(metric) is not None]
         summary[f"{metric}_mean"] = sum(values) / len(values) if values else None
-        summary[f"{metric}_n_undefined"] = len(scored) - len(values)
+        summary[f"{metric}_n_undefined"] = sum(1 for v in scored if metric in v and v[metric] is None)
     for domain, stats in (summary.get("per_domain") or {}).items():
         for metric in ("nsd_3d", "hd95_3d"):
             values = [v[metric] for v in scored if v.get("domain") == domain and v.get(metric) is not None]

@@ -162,5 +162,6 @@ def per_sample_stats(records: list[dict]) -> dict:
         summary[f"{metric}_std"] = float(values.std()) if values.size else None
         summary[f"{metric}_median"] = float(np.median(values)) if values.size else None
         if metric in ("nsd", "hd95"):
-            summary[f"{metric}_n_undefined"] = len(labelled) - int(values.size)
+            # Recorded as None (HD95 with one empty mask); records from before NSD/HD95 lack the key.
+            summary[f"{metric}_n_undefined"] = sum(1 for r in labelled if metric in r and r[metric] is None)
     return summary

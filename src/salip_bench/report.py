@@ -66,11 +66,11 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        """The registered dataset name; for the generic ``folder`` dataset the root's folder name,
-        since "folder" alone would not tell two datasets apart."""
+        """The registered dataset name; for the generic ``folder`` and ``volumes`` datasets the root's
+        folder name, since "folder" alone would not tell two datasets apart."""
         name = self.summary.get("dataset") or "?"
         root = self.summary.get("dataset_root")
-        return Path(str(root)).name if name == "folder" and root else str(name)
+        return Path(str(root)).name if name in ("folder", "volumes") and root else str(name)
 
     @property
     def scored(self) -> bool:

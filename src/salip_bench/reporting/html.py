@@ -19,6 +19,7 @@ figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ccc; }
 .note { color: #555; font-size: 0.9em; }
 .unscored { color: #a40; }
+.wide { overflow-x: auto; }
 """
 
 
@@ -82,7 +83,8 @@ def write_html(path: Path, table: tuple[list[str], list[list[str]]] | None, note
         unscored: (label, run) of runs on unlabelled images.
     """
     body = ["<h1>salip-bench report</h1>", "<h2>Scores</h2>"]
-    body.append(table_html(*table, css_class="scores") if table else "<p>No run has scores.</p>")
+    body.append(f'<div class="wide">{table_html(*table, css_class="scores")}</div>' if table
+                else "<p>No run has scores.</p>")
     body.append(markdown_html("\n".join(notes)))
     if unscored:
         body.append("<h2>Unscored runs (unlabelled images)</h2>")

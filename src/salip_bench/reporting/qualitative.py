@@ -196,7 +196,8 @@ def write_figures(runs: list, labels: list[str], references: dict[str, int], out
     for run, label in zip(runs, labels):
         path, note = run_grid(run, label, out_dir)
         if path is not None:
-            figures.append((f"{label} on {run.dataset}: best / median / worst by Dice", path))
+            what = "best / median / worst by Dice" if not scored(run.results).empty else "unlabelled: predictions only"
+            figures.append((f"{label} on {run.dataset}: {what}", path))
         if note:
             notes.append(note)
     for dataset, reference in references.items():

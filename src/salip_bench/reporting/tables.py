@@ -178,7 +178,7 @@ def run_notes(runs: list, labels: list[str], references: dict[str, int]) -> list
         summary = run.summary
         failed = f", {summary.get('n_failed')} failed" if summary.get("n_failed") else ""
         unlabelled = f", {summary.get('n_unlabelled')} unlabelled" if summary.get("n_unlabelled") else ""
-        unit = summary.get("spacing_unit")
+        unit = {"pixel": "pixels"}.get(summary.get("spacing_unit"), summary.get("spacing_unit"))
         units = f"; NSD at {summary.get('nsd_tolerance', 2.0):g} {unit}, HD95 in {unit}" if unit else ""
         status = "" if run.scored else " — UNSCORED (unlabelled images: predictions only)"
         notes.append(f"- {label} on {run.dataset}: {run.path} ({summary.get('n_ok')}/{summary.get('n_total')} ok"

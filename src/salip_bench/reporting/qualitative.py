@@ -116,6 +116,22 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "run"
 
 
+def unused(path: Path) -> Path:
+    """``path``, or ``<stem>_2.png``, ... if an earlier figure of this report took it (two runs
+    with one label on one dataset); stale files of an earlier report are overwritten."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    taken = _TAKEN.setdefault(path.parent, set())
+    candidate, n = path, 1
+    while candidate in taken:
+        n += 1
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}")
+    taken.add(candidate)
+    return candidate
+
+
+_TAKEN: dict[Path, set[Path]] = {}
+
+
 def run_grid(run, label: str, out_dir: Path) -> tuple[Path | None, str | None]:  # noqa: ANN001
     """Best / median / worst of one run (the first three images for an unlabelled run) as one PNG.
     Returns (path, None) or (None, why it was skipped)."""
@@ -139,8 +155,7 @@ def run_grid(run, label: str, out_dir: Path) -> tuple[Path | None, str | None]: 
                    float(dice[sample_id]) if sample_id in dice.index else None)
     figure.suptitle(f"{label} — {run.dataset} ({run.roi})", fontsize=9)
     figure.tight_layout()
-    path = out_dir / f"{slug(run.dataset)}__{slug(label)}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = unused(out_dir / f"{slug(run.dataset)}__{slug(label)}.png")
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path, None
@@ -174,8 +189,7 @@ def side_by_side(runs: list, labels: list[str], reference: int, out_dir: Path) -
     figure.suptitle(f"{dataset}: every method on the same images (cases by {labels[runs.index(ref_run)]})",
                     fontsize=9)
     figure.tight_layout()
-    path = out_dir / f"{slug(dataset)}__side_by_side.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = unused(out_dir / f"{slug(dataset)}__side_by_side.png")
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path, None
@@ -193,6 +207,7 @@ def write_figures(runs: list, labels: list[str], references: dict[str, int], out
     """
     figures: list[tuple[str, Path]] = []
     notes: list[str] = []
+    _TAKEN.pop(out_dir, None)  # a new report into this folder
     for run, label in zip(runs, labels):
         path, note = run_grid(run, label, out_dir)
         if path is not None:

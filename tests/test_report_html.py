@@ -169,8 +169,8 @@ def test_report_html_is_self_contained_with_every_figure(report_dir: Path):
         assert src.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
             assert image.size[0] > 100
-    assert page.tables >= 4  # scores, unscored runs, HC18, failures
-    for heading in ("Scores", "Unscored runs (unlabelled images)", "Dice per image", "Qualitative results",
+    assert page.tables >= 5  # scores, statistics, unscored runs, HC18, failures
+    for heading in ("Scores", "Statistics", "Unscored runs (unlabelled images)", "Dice per image", "Qualitative results",
                     "Head circumference (HC18)", "Failure attribution"):
         assert heading in page.headings
     assert "unlabelled: predictions only" in text and "skipped" not in text

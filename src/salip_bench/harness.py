@@ -108,7 +108,10 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     identity = {k: e.identity for k, e in engines.items()}
     logger = make_wandb_logger(cfg["logger"], out_dir, {**cfg, "weights_identity": identity},
                                tags=[cfg["method"]["name"], f"weights={cfg['weights']}"])
-    writer = RecordWriter(store, cfg["save_masks"], cfg["logger"].get("overlays", 0) if logger else 0)
+    overlays = cfg["logger"].get("overlays", 0) if logger else 0
+    # With masks on disk the overlays are read back after the run (every rank's share); only
+    # without them does the writer keep its own first samples in memory.
+    writer = RecordWriter(store, cfg["save_masks"], 0 if cfg["save_masks"] else overlays)
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
     check_launchable(trainer)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
@@ -124,7 +127,7 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
         log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
     if logger is not None and trainer.is_global_zero:
         # The first overlays of the whole run (every DDP rank's share), read back from disk.
-        kept = first_overlays(dataset, ids, store, writer.overlays) if cfg["save_masks"] else writer.kept
+        kept = first_overlays(dataset, ids, store, overlays) if cfg["save_masks"] else writer.kept
         log_run(logger, summary, results_frame(store.read_all(ids)), kept)
     return summary
 

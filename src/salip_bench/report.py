@@ -32,7 +32,7 @@ from salip_bench.reporting.figures import plot_dice
 from salip_bench.reporting.html import write_html
 from salip_bench.reporting.qualitative import write_figures
 from salip_bench.reporting.tables import (ROW_KEYS, TABLE_LEGEND, add_paired_tests, reference_runs, run_notes,
-                                          table_entries, table_markdown, table_rows, wide_table)
+                                          stats_rows, table_entries, table_markdown, table_rows, wide_table)
 
 # Config keys that do not tell methods apart: the dataset is the table's rows, the rest change no
 # prediction (the same keys the harness keeps out of its resume fingerprint).
@@ -232,10 +232,10 @@ def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float
         (out / "hc.md").write_text(hc_markdown(hc))
     plot_dice([r for r in runs if r.scored], [lb for r, lb in zip(runs, labels) if r.scored], out / "dice.png")
     figures, figure_notes = write_figures(runs, labels, references, out / "figures")
-    write_html(out / "report.html", table_rows(wide, methods) if len(wide) else None,
-               [TABLE_LEGEND, *run_notes(runs, labels, references)], out / "dice.png", figures, figure_notes,
-               failures_markdown(failures, runs, labels, tau, delta), hc, [(lb, r) for r, lb in zip(runs, labels)
-                                                                           if not r.scored])
+    tables = [table_rows(wide, methods), stats_rows(wide, methods)] if len(wide) else []
+    write_html(out / "report.html", tables, [TABLE_LEGEND, *run_notes(runs, labels, references)], out / "dice.png",
+               figures, figure_notes, failures_markdown(failures, runs, labels, tau, delta), hc,
+               [(lb, r) for r, lb in zip(runs, labels) if not r.scored])
     return table
 
 

@@ -66,14 +66,14 @@ def markdown_html(text: str) -> str:
     return "\n".join(parts)
 
 
-def write_html(path: Path, table: tuple[list[str], list[list[str]]] | None, notes: list[str], dice_png: Path,
+def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], notes: list[str], dice_png: Path,
                figures: list[tuple[str, Path]], figure_notes: list[str], failures_md: str, hc: pd.DataFrame,
                unscored: list[tuple[str, object]]) -> None:
     """Write the page.
 
     Args:
         path: ``REP/report.html``.
-        table: header and rows of the main table (None when no run is scored).
+        tables: header and rows of the main table and of the statistics (none when no run is scored).
         notes: the table's legend and one line per run.
         dice_png: the per-image Dice plot.
         figures: (caption, PNG) of the qualitative figures.
@@ -83,8 +83,12 @@ def write_html(path: Path, table: tuple[list[str], list[list[str]]] | None, note
         unscored: (label, run) of runs on unlabelled images.
     """
     body = ["<h1>salip-bench report</h1>", "<h2>Scores</h2>"]
-    body.append(f'<div class="wide">{table_html(*table, css_class="scores")}</div>' if table
-                else "<p>No run has scores.</p>")
+    if tables:
+        body.append(f'<div class="wide">{table_html(*tables[0], css_class="scores")}</div>')
+        for extra in tables[1:]:
+            body += ["<h2>Statistics</h2>", f'<div class="wide">{table_html(*extra, css_class="stats")}</div>']
+    else:
+        body.append("<p>No run has scores.</p>")
     body.append(markdown_html("\n".join(notes)))
     if unscored:
         body.append("<h2>Unscored runs (unlabelled images)</h2>")

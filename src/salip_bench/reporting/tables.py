@@ -142,24 +142,43 @@ def wide_table(entries: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
 
 
 def table_rows(wide: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the main table (markdown and HTML)."""
-    header = ["ROI", "Dataset", "Domain"]
-    for m in methods:
-        header += [f"{m} DSC", f"{m} mIoU", f"{m} DSC median", f"{m} NSD", f"{m} HD95", f"{m} p vs ref (Holm), n"]
+    """Header and cells of the main table, the paper's shape (markdown and HTML): per method DSC
+    (mean±std [95 % CI]) and mIoU."""
+    header = ["ROI", "Dataset", "Domain"] + [f"{m} {name}" for m in methods for name in ("DSC", "mIoU")]
     rows = []
     for record in wide.to_dict("records"):
-        domain = record["domain"] + (" (3D)" if record["level"] == "volume" else "")
-        cells = [record["roi"], record["dataset"], domain]
+        cells = [record["roi"], record["dataset"], _domain(record)]
         for m in methods:
+            cells += [ci_cell(record[f"{m} DSC mean"], record[f"{m} DSC std"], record[f"{m} DSC ci_low"],
+                              record[f"{m} DSC ci_high"]), _cell(record[f"{m} mIoU mean"], record[f"{m} mIoU std"])]
+        rows.append(cells)
+    return header, rows
+
+
+def stats_rows(wide: pd.DataFrame, methods: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The statistics in long form, one line per row × method: n, DSC with CI and median, NSD, HD95
+    (with the undefined count) and the paired test against the reference."""
+    header = ["Dataset", "Domain", "Method", "n", "DSC [95% CI]", "DSC median", "NSD", "HD95",
+              "p vs reference (Holm), n paired"]
+    rows = []
+    for record in wide.to_dict("records"):
+        for m in methods:
+            n = record.get(f"{m} n_scored")
+            if n is None or pd.isna(n):
+                continue
             undefined = record.get(f"{m} HD95 n_undefined")
             hd95 = _cell(record[f"{m} HD95 mean"], record[f"{m} HD95 std"], 2)
             if undefined and not pd.isna(undefined):
-                hd95 += f" ({int(undefined)} undef.)"
-            cells += [ci_cell(record[f"{m} DSC mean"], record[f"{m} DSC std"], record[f"{m} DSC ci_low"], record[f"{m} DSC ci_high"]),
-                      _cell(record[f"{m} mIoU mean"], record[f"{m} mIoU std"]), _cell(record[f"{m} DSC median"]),
-                      _cell(record[f"{m} NSD mean"], record[f"{m} NSD std"]), hd95, _test_cell(record, m)]
-        rows.append(cells)
+                hd95 += f" ({int(undefined)} undefined)"
+            rows.append([record["dataset"], _domain(record), m, str(int(n)),
+                         ci_cell(record[f"{m} DSC mean"], None, record[f"{m} DSC ci_low"], record[f"{m} DSC ci_high"]),
+                         _cell(record[f"{m} DSC median"]), _cell(record[f"{m} NSD mean"], record[f"{m} NSD std"]),
+                         hd95, _test_cell(record, m)])
     return header, rows
+
+
+def _domain(record: dict) -> str:
+    return record["domain"] + (" (3D)" if record["level"] == "volume" else "")
 
 
 def _test_cell(record: dict, method: str) -> str:
@@ -198,4 +217,7 @@ TABLE_LEGEND = ("DSC: mean±std over images [seeded percentile bootstrap 95% CI 
 def table_markdown(wide: pd.DataFrame, methods: list[str], runs: list, labels: list[str],
                    references: dict[str, int]) -> str:
     header, rows = table_rows(wide, methods) if len(wide) else (["ROI", "Dataset", "Domain"], [])
-    return markdown_table(header, rows) + "\n".join(["", TABLE_LEGEND, *run_notes(runs, labels, references)]) + "\n"
+    text = markdown_table(header, rows)
+    if len(wide):
+        text += "\n## Statistics\n\n" + markdown_table(*stats_rows(wide, methods))
+    return text + "\n".join(["", TABLE_LEGEND, *run_notes(runs, labels, references)]) + "\n"

@@ -39,7 +39,8 @@ def test_ddp_predict_runs_each_sample_once_and_summarises_once(tmp_path):
     finished = {p.name: p.read_text() for p in (out / "samples").glob("*.json")}
     assert len(finished) == 2
 
-    result = run_cli(ARGS + DDP + [f"output_dir={out}", "limit=5"], tmp_path, timeout=300)  # W&B offline
+    result = run_cli(ARGS + DDP + [f"output_dir={out}", "limit=5", "logger.overlays=3"], tmp_path,
+                     timeout=300)  # W&B offline
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     assert log.count("5 samples, 2 already done, 3 to run") == 2  # both ranks agree on the pending set
@@ -58,6 +59,8 @@ def test_ddp_predict_runs_each_sample_once_and_summarises_once(tmp_path):
         assert summary["work"][counter] == sum(r[counter] for r in records)
     assert summary["work"]["sam_encoder_passes"] == 5
     assert len(list((out / "wandb").glob("offline-run-*"))) == 1  # no W&B run from rank 1
+    # The first 3 samples of the whole run, though rank 0 predicted only 2 (and none of the first 2).
+    assert len(list((out / "wandb").glob("offline-run-*/files/media/images/*.png"))) == 3
 
 
 def test_ddp_inside_a_local_multirun_is_refused():

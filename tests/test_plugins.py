@@ -20,7 +20,9 @@ DATASET_ROOTS = {"folder": {"root": str(CXR), "prompts": "lungs"},
                  "cxr": {"root": str(CXR), "image_dir": "images"},
                  "hc18": {"root": str(HC18), "image_dir": "images", "annotation_dir": "annotations"},
                  "cc359": {"root": str(MRI), "image_dir": ".", "mask_dir": ".", "image_pattern": "*_T1w.nii.gz",
-                           "mask_pattern": "{id}_brainmask.nii.gz", "slice_range": [40, 42]}}
+                           "mask_pattern": "{id}_brainmask.nii.gz", "slice_range": [40, 42]},
+                 "volumes": {"root": str(MRI), "image_pattern": "*_T1w.nii.gz", "mask_pattern": "{id}_brainmask.nii.gz",
+                             "slice_range": [40, 42], "prompts": "brain"}}
 METHOD_OVERRIDES = {"unet": ["method.checkpoint=${oc.env:SALIP_TEST_UNET_CKPT}"]}
 
 

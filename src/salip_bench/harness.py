@@ -21,8 +21,10 @@ from salip_bench.io.records import CRASH_FAILURE, RecordStore, aggregate, result
 from salip_bench.io.run_lock import RunLock
 from salip_bench.io.wandb_log import log_run, make_wandb_logger
 from salip_bench.lightning_module import PredictModule, RecordWriter
+from salip_bench.datasets.nifti import is_volume_dataset, write_volumes
+from salip_bench.io.overlays import first_overlays
 from salip_bench.memory import MemoryGuard
-from salip_bench.metrics import EMPTY_MASK_CONVENTION
+from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION, NSD_TOLERANCE_MM
 from salip_bench.models.clip import build_clip
 from salip_bench.models.shared import shared_engine
 from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError, file_sha256
@@ -164,6 +166,7 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     out_dir = Path(out_dir)
     L.seed_everything(cfg["seed"], verbose=False)
     dataset = build_dataset(cfg["dataset"])
+    refuse_unlabelled(cfg["method"]["name"], dataset)
     ids = dataset.ids[: cfg["limit"]] if cfg.get("limit") else dataset.ids
     if rank_zero_only.rank != 0:  # the ranks Lightning or the cluster started: rank 0 holds the lock
         return _run(cfg, out_dir, dataset, ids)
@@ -196,7 +199,7 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
     pending = pending_indices(store, ids, fingerprint, resume)
     log.info("%d samples, %d already done, %d to run -> %s", len(ids), len(ids) - len(pending), len(pending), out_dir)
     if not pending:  # no Trainer: under SLURM/torchrun the rank comes from the environment
-        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None) \
+        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None, dataset=dataset) \
             if rank_zero_only.rank == 0 else {}
 
     context = build_context(cfg, dataset)
@@ -209,25 +212,42 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
     identity = {k: e.identity for k, e in engines.items()}
     logger = make_wandb_logger(cfg["logger"], out_dir, {**cfg, "weights_identity": identity},
                                tags=[cfg["method"]["name"], f"weights={cfg['weights']}"])
-    writer = RecordWriter(store, cfg["save_masks"], cfg["logger"].get("overlays", 0) if logger else 0)
+    overlays = cfg["logger"].get("overlays", 0) if logger else 0
+    # With masks on disk the overlays are read back after the run (every rank's share); only
+    # without them does the writer keep its own first samples in memory.
+    writer = RecordWriter(store, cfg["save_masks"], 0 if cfg["save_masks"] else overlays)
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
     check_launchable(trainer)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
     memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if context["generator"].built else None)
-    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics,
+    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics, nsd_tolerance(cfg),
                            max_side=cfg["dataset"].get("max_side"), memory=memory)
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
         texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
     finally:  # a failed or interrupted run still leaves tables of everything finished
         # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
-        summary = finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded,
-                           stages) if trainer.is_global_zero else {}
+        summary = (finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded, stages, dataset)
+                   if trainer.is_global_zero else {})
     if trainer.world_size > 1:
         log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
     if logger is not None and trainer.is_global_zero:
-        log_run(logger, summary, results_frame(store.read_all(ids)), writer.kept)
+        # The first overlays of the whole run (every DDP rank's share), read back from disk.
+        kept = first_overlays(dataset, ids, store, overlays) if cfg["save_masks"] else writer.kept
+        log_run(logger, summary, results_frame(store.read_all(ids)), kept)
     return summary
+
+
+def nsd_tolerance(cfg: dict) -> float:
+    return float((cfg.get("metrics") or {}).get("nsd_tolerance_mm", NSD_TOLERANCE_MM))
+
+
+def refuse_unlabelled(method_name: str, dataset) -> None:  # noqa: ANN001
+    """Methods that read the ground truth (``needs_ground_truth``) cannot run on unlabelled data."""
+    method_class = METHODS.get(method_name)
+    if getattr(method_class, "needs_ground_truth", False) and not getattr(dataset, "labelled", True):
+        raise ConfigError(f"method={method_name} prompts with the ground truth, but this dataset has no masks "
+                         "(mask_dir / mask_pattern is null); use a zero-shot method such as method=salip")
 
 
 def sum_after_all_ranks(trainer: L.Trainer, count: int) -> int:
@@ -295,21 +315,28 @@ def overrides() -> list[str]:
 
 
 def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
-             engines: dict, texts_encoded: int | None, stages: dict[str, str] | None = None) -> dict:
-    """(Re)write results.csv and summary.json from the records on disk; unchanged files are left alone.
+             engines: dict, texts_encoded: int | None, stages: dict[str, str] | None = None,
+             dataset=None) -> dict:  # noqa: ANN001
+    """(Re)write results.csv and summary.json from the records on disk (and, for a volume dataset,
+    ``volumes/<id>.nii.gz`` with per-volume 3D NSD / HD95); unchanged files are left alone.
 
     stages: which ``engines`` key each stage used (:func:`stage_engines`), for the per-engine report."""
     records = store.read_all(ids)
+    aggregated = aggregate(records)
+    if dataset is not None and is_volume_dataset(dataset) and cfg["save_masks"]:
+        add_volume_scores(aggregated, write_volumes(dataset, out_dir, records, nsd_tolerance(cfg)))
     summary_path = out_dir / "summary.json"
     previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     work = {"sam_encoder_passes": sum(r.get("sam_encoder_passes", 0) for r in records),
             "clip_images_encoded": sum(r.get("clip_images_encoded", 0) for r in records),
             "clip_texts_encoded": texts_encoded if texts_encoded is not None
             else previous.get("work", {}).get("clip_texts_encoded", 0)}
-    summary = {**aggregate(records), "dataset": cfg["dataset"]["name"], "method": cfg["method"]["name"],
+    summary = {**aggregated, "dataset": cfg["dataset"]["name"], "method": cfg["method"]["name"],
                "dataset_root": cfg["dataset"].get("root"), "roi": cfg["dataset"].get("prompts"),
                "overrides": overrides(),
-               "empty_mask_convention": EMPTY_MASK_CONVENTION, "fingerprint": fingerprint, "work": work,
+               "empty_mask_convention": EMPTY_MASK_CONVENTION, "boundary_conventions": BOUNDARY_CONVENTIONS,
+               "nsd_tolerance": nsd_tolerance(cfg), "spacing_unit": getattr(dataset, "spacing_unit", None),
+               "spacing_source": spacing_source(dataset), "fingerprint": fingerprint, "work": work,
                "weights": cfg["weights"],
                "weights_identity": {k: e.identity for k, e in engines.items()} or previous.get("weights_identity", {}),
                "versions": package_versions(), "config": cfg}
@@ -320,6 +347,36 @@ def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], finge
     if records:
         write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))
     write_if_changed(summary_path, json.dumps(summary, indent=2, sort_keys=True, default=str))
-    log.info("dice_mean=%s iou_mean=%s n_ok=%d n_failed=%d", summary["dice_mean"], summary["iou_mean"],
-             summary["n_ok"], summary["n_failed"])
+    log.info("dice_mean=%s iou_mean=%s nsd_mean=%s hd95_mean=%s n_ok=%d n_failed=%d n_unlabelled=%d",
+             summary["dice_mean"], summary["iou_mean"], summary["nsd_mean"], summary["hd95_mean"], summary["n_ok"],
+             summary["n_failed"], summary["n_unlabelled"])
     return summary
+
+
+def spacing_source(dataset) -> str | None:  # noqa: ANN001
+    """Where NSD's tolerance and HD95 get their unit, in words for summary.json."""
+    if dataset is None:
+        return None
+    if getattr(dataset, "spacing_unit", "pixel") == "pixel":
+        return "no pixel size known: 1 pixel = 1 unit (NSD tolerance and HD95 in pixels)"
+    if is_volume_dataset(dataset):
+        return "NIfTI voxel sizes (mm)"
+    if getattr(dataset, "pixel_size_csv", None):
+        return f"pixel sizes (mm) from {dataset.pixel_size_csv}"
+    return "dataset.spacing (mm)"
+
+
+def add_volume_scores(summary: dict, volumes: dict[str, dict]) -> None:
+    """Merge the NIfTI writer's per-volume NSD / HD95 (mm) and output paths into the summary."""
+    per_volume = summary.setdefault("per_volume", {})
+    for volume_id, entry in volumes.items():
+        per_volume.setdefault(volume_id, {}).update(entry)
+    scored = [v for v in per_volume.values() if v.get("dice_3d") is not None]
+    for metric in ("nsd_3d", "hd95_3d"):
+        values = [v[metric] for v in scored if v.get(metric) is not None]
+        summary[f"{metric}_mean"] = sum(values) / len(values) if values else None
+        summary[f"{metric}_n_undefined"] = sum(1 for v in scored if metric in v and v[metric] is None)
+    for domain, stats in (summary.get("per_domain") or {}).items():
+        for metric in ("nsd_3d", "hd95_3d"):
+            values = [v[metric] for v in scored if v.get("domain") == domain and v.get(metric) is not None]
+            stats[f"{metric}_mean"] = sum(values) / len(values) if values else None

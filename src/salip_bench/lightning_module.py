@@ -13,15 +13,16 @@ from torch import nn
 from salip_bench.io.content_keys import hashed_once
 from salip_bench.io.records import RecordStore
 from salip_bench.memory import MemoryGuard, downscale, upscale
-from salip_bench.metrics import confusion_counts, dice_iou
+from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, confusion_counts, dice_iou
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
 
 
-# Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries, and
-# the dataset's warning about the input (e.g. NaN voxels normalised away).
-RECORDED_META = ("volume", "domain", "slice", "image_path", "warning")
+# Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries, the
+# pixel spacing of the boundary metrics, and the dataset's warning about the input (e.g. NaN voxels
+# normalised away).
+RECORDED_META = ("volume", "domain", "slice", "image_path", "spacing", "warning")
 
 
 class WorkCounters:
@@ -45,6 +46,7 @@ class PredictModule(L.LightningModule):
     here so the Trainer moves them to the accelerator); fail_fast: re-raise a sample's error
     instead of recording it; fingerprint: the configuration hash stored with each record;
     extra_metrics: dataset-specific columns from (sample, predicted mask), e.g. HC18's circumference;
+    nsd_tolerance: NSD tolerance in the units of the sample's ``meta["spacing"]`` (mm where known);
     max_side: evaluate images with a longer side above it downscaled, scored at full size;
     memory: per-sample memory estimate check (None: none). See :mod:`salip_bench.memory`.
     """
@@ -52,8 +54,10 @@ class PredictModule(L.LightningModule):
     def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
                  fail_fast: bool, fingerprint: str,
                  extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None,
-                 max_side: int | None = None, memory: MemoryGuard | None = None) -> None:
+                 nsd_tolerance: float = NSD_TOLERANCE_MM, max_side: int | None = None,
+                 memory: MemoryGuard | None = None) -> None:
         super().__init__()
+        self.nsd_tolerance = nsd_tolerance
         self.max_side = max_side
         self.memory = memory
         self.extra_metrics = extra_metrics
@@ -107,6 +111,9 @@ class PredictModule(L.LightningModule):
         if sample.mask is not None:
             record["dice"], record["iou"] = dice_iou(prediction.mask, sample.mask)
             record.update(confusion_counts(prediction.mask, sample.mask))
+            record.update(boundary_metrics(prediction.mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance))
+        if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)
+            record["boxes"] = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
         if self.extra_metrics is not None:
             record.update(self.extra_metrics(sample, prediction.mask))
         record.update({k: after[k] - before[k] for k in after})

@@ -1,15 +1,29 @@
-"""Per-image Dice and IoU with torchmetrics, under one convention for empty masks.
+"""Per-image Dice and IoU with torchmetrics, boundary metrics (NSD, HD95) with MONAI, under one
+convention per metric for empty masks.
 
-Convention (also in summary.json): when the ground truth and the prediction are both empty the
-sample scores Dice = IoU = 1 (nothing to find, nothing found); when exactly one is empty, 0.
+Conventions (also in summary.json, following Metrics Reloaded, Maier-Hein et al. 2024):
+- Dice / IoU: ground truth and prediction both empty → 1 (nothing to find, nothing found);
+  exactly one empty → 0.
+- NSD: both empty → 1; exactly one empty → 0 (no boundary lies within tolerance of the other).
+- HD95: both empty → 0; exactly one empty → undefined (None): there is no distance to a boundary
+  that does not exist. Such samples are counted (``hd95_n_undefined``) and listed, never dropped.
 """
 from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_f1_score, binary_jaccard_index
 
 EMPTY_MASK_CONVENTION = "both GT and prediction empty: dice = iou = 1; exactly one empty: dice = iou = 0"
+BOUNDARY_CONVENTIONS = {
+    "nsd": "both GT and prediction empty: nsd = 1; exactly one empty: nsd = 0",
+    "hd95": "both GT and prediction empty: hd95 = 0; exactly one empty: hd95 undefined (empty cell), "
+            "counted as hd95_n_undefined",
+}
+NSD_TOLERANCE_MM = 2.0
 
 
 def confusion_counts(prediction: np.ndarray, target: np.ndarray) -> dict[str, int]:
@@ -33,6 +47,31 @@ def dice_iou(prediction: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     dice = binary_f1_score(preds, target_t, zero_division=1.0, validate_args=False)
     iou = binary_jaccard_index(preds, target_t, zero_division=1.0, validate_args=False)
     return float(dice), float(iou)
+
+
+def boundary_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None,
+                     tolerance: float = NSD_TOLERANCE_MM) -> dict[str, float | None]:
+    """Normalised surface Dice at ``tolerance`` and the 95th-percentile Hausdorff distance of two
+    bool masks (2D or 3D), through MONAI, in the units of ``spacing`` (one entry per axis; None: 1).
+
+    Empty masks follow :data:`BOUNDARY_CONVENTIONS`; MONAI is asked only when both masks are non-empty.
+    """
+    prediction, target = np.asarray(prediction, bool), np.asarray(target, bool)
+    pred_empty, target_empty = not prediction.any(), not target.any()
+    if pred_empty and target_empty:
+        return {"nsd": 1.0, "hd95": 0.0}
+    if pred_empty or target_empty:
+        return {"nsd": 0.0, "hd95": None}
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    spacing = [float(s) for s in spacing] if spacing is not None else [1.0] * prediction.ndim
+    pred_t = torch.from_numpy(np.ascontiguousarray(prediction))[None, None].float()
+    target_t = torch.from_numpy(np.ascontiguousarray(target))[None, None].float()
+    with warnings.catch_warnings():  # MONAI's deprecation notice of an argument it passes itself
+        warnings.simplefilter("ignore", FutureWarning)
+        nsd = compute_surface_dice(pred_t, target_t, [float(tolerance)], include_background=True, spacing=spacing)
+        hd95 = compute_hausdorff_distance(pred_t, target_t, include_background=True, percentile=95, spacing=spacing)
+    return {"nsd": float(nsd.item()), "hd95": float(hd95.item())}
 
 
 def greedy_oracle(masks: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:

@@ -3,26 +3,36 @@
 Reads every ``summary.json`` (and its ``results.csv``) below the given run directories (a single run
 or a Hydra multirun) and writes to ``--out``:
 
-- ``table.md`` / ``table.csv``: rows ROI / dataset / domain, columns method × (DSC, mIoU);
+- ``table.md`` / ``table.csv``: rows ROI / dataset / domain, columns method × (DSC with its seeded
+  bootstrap 95 % CI and median, mIoU, NSD, HD95) and the paired Wilcoxon test of each method against
+  the reference method (``--reference``, default the first SaLIP run) on per-image Dice, Holm-corrected;
 - ``dice.png``: the per-image Dice distribution of each method on each dataset;
 - ``failures.md`` / ``failures.csv``: for runs that recorded ``oracle_dice`` and ``retrieved_dice``,
-  which stage lost each sample (generator, retriever, refinement).
+  which stage lost each sample (generator, retriever, refinement);
+- ``hc.md`` / ``hc.csv``: HC18 head-circumference absolute difference (mm), where recorded;
+- ``figures/*.png``: best / median / worst image of each run and all methods side by side;
+- ``report.html``: all of it on one self-contained page (images embedded).
 
-Only json/pandas/matplotlib are imported: the harness pulls in torch, which a report does not need.
+Runs on unlabelled images (no Dice) are listed as unscored, with their figures but no scores.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from salip_bench.config_keys import NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED, SEMANTIC_NESTED
+from salip_bench.reporting.clinical import hc_markdown, hc_table
+from salip_bench.reporting.failures import CATEGORIES, attribute_failures, failure_table, failures_markdown  # noqa: F401
+from salip_bench.reporting.figures import plot_dice
+from salip_bench.reporting.html import write_html
+from salip_bench.reporting.qualitative import write_figures
+from salip_bench.reporting.tables import (ROW_KEYS, TABLE_LEGEND, add_paired_tests, reference_runs, run_notes,
+                                          stats_rows, table_entries, table_markdown, table_rows, wide_table)
 
 # Config keys that do not tell methods apart: the dataset is the table's rows, the rest change no
 # prediction (the same keys the harness keeps out of its resume fingerprint).
@@ -31,8 +41,6 @@ IGNORED_KEYS = ("dataset", "hydra", *NON_SEMANTIC_KEYS)
 # set, candidates retrieved per class): they tell runs apart like method settings (paper Tab. 2 compares
 # prompt sets on one dataset), but only where they differ on one dataset, not between datasets.
 DATASET_SETTINGS = ("dataset.prompts", "dataset.top_k")
-ROW_KEYS = ["roi", "dataset", "domain", "level"]
-CATEGORIES = ["generator_miss", "retriever_miss", "refinement_loss", "ok", "failed", "unscored"]
 
 
 class ReportError(Exception):
@@ -58,11 +66,18 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        """The registered dataset name; for the generic ``folder`` dataset the root's folder name,
-        since "folder" alone would not tell two datasets apart."""
+        """The registered dataset name; for the generic ``folder`` and ``volumes`` datasets the root's
+        folder name, since "folder" alone would not tell two datasets apart."""
         name = self.summary.get("dataset") or "?"
         root = self.summary.get("dataset_root")
-        return Path(str(root)).name if name == "folder" and root else str(name)
+        return Path(str(root)).name if name in ("folder", "volumes") and root else str(name)
+
+    @property
+    def scored(self) -> bool:
+        """False for a run on unlabelled images: it has predictions but no Dice to report."""
+        summary = self.summary
+        return not (summary.get("dice_mean") is None and summary.get("dice_3d_mean") is None
+                    and (summary.get("n_unlabelled") or 0) > 0)
 
     @property
     def settings(self) -> dict[str, str]:
@@ -193,197 +208,36 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
     return shown
 
 
-def table_entries(runs: list[Run], labels: list[str]) -> pd.DataFrame:
-    """Long form of the table: one row per run × domain, with mean/std of DSC and mIoU.
-
-    Datasets of volumes (``per_volume`` in the summary) are scored by 3D Dice per volume, as the
-    paper does; 2D datasets by per-image Dice. ``level`` says which.
-    """
-    entries = []
-    for run, label in zip(runs, labels):
-        summary = run.summary
-        volumes = list((summary.get("per_volume") or {}).values())
-        domains = summary.get("per_domain") or {}
-        scopes = [(str(d), stats, [v for v in volumes if v.get("domain") == d]) for d, stats in domains.items()]
-        if len(domains) != 1:  # one domain: its row already is the whole dataset
-            scopes.append(("all", summary, volumes))
-        for domain, stats, scope_volumes in scopes:
-            entry = {"roi": run.roi, "dataset": run.dataset, "domain": domain, "method": label,
-                     "n_ok": stats.get("n_ok"), "n_failed": stats.get("n_failed"), "n_total": stats.get("n_total")}
-            if volumes:
-                entry["level"] = "volume"
-                for metric, key in (("dsc", "dice_3d"), ("miou", "iou_3d")):
-                    values = [v[key] for v in scope_volumes if v.get(key) is not None]
-                    entry[f"{metric}_mean"] = float(np.mean(values)) if values else None
-                    entry[f"{metric}_std"] = float(np.std(values)) if values else None
-            else:
-                entry["level"] = "image"
-                for metric, key in (("dsc", "dice"), ("miou", "iou")):
-                    entry[f"{metric}_mean"] = stats.get(f"{key}_mean")
-                    entry[f"{metric}_std"] = stats.get(f"{key}_std")
-            entries.append(entry)
-    return pd.DataFrame(entries)
-
-
-def _row_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """ROI, dataset, then domains alphabetically with the whole-dataset row last."""
-    order = frame.assign(_all=frame["domain"] == "all")
-    return order.sort_values(["roi", "dataset", "_all", "domain", "level"], kind="stable").drop(columns="_all")
-
-
-def wide_table(entries: pd.DataFrame, methods: list[str]) -> pd.DataFrame:
-    """The Table 1 shape with numbers: per method ``DSC mean``, ``DSC std``, ``mIoU mean``, ...."""
-    rows = _row_order(entries[ROW_KEYS].drop_duplicates())
-    indexed = entries.set_index(ROW_KEYS + ["method"])
-    for method in methods:
-        for metric, name in (("dsc", "DSC"), ("miou", "mIoU")):
-            for stat in ("mean", "std"):
-                rows[f"{method} {name} {stat}"] = [indexed[f"{metric}_{stat}"].get((*key, method))
-                                                   for key in rows[ROW_KEYS].itertuples(index=False)]
-        rows[f"{method} n_failed"] = [indexed["n_failed"].get((*key, method))
-                                      for key in rows[ROW_KEYS].itertuples(index=False)]
-    return rows.reset_index(drop=True)
-
-
-def _cell(mean: float | None, std: float | None) -> str:
-    if mean is None or pd.isna(mean):
-        return "–"
-    return f"{mean:.3f}" if std is None or pd.isna(std) else f"{mean:.3f}±{std:.3f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
-
-
-def table_markdown(wide: pd.DataFrame, methods: list[str], runs: list[Run], labels: list[str]) -> str:
-    header = ["ROI", "Dataset", "Domain"] + [f"{m} {name}" for m in methods for name in ("DSC", "mIoU")]
-    rows = []
-    for record in wide.to_dict("records"):
-        domain = record["domain"] + (" (3D)" if record["level"] == "volume" else "")
-        cells = [_cell(record[f"{m} {name} mean"], record[f"{m} {name} std"]) for m in methods for name in ("DSC", "mIoU")]
-        rows.append([record["roi"], record["dataset"], domain] + cells)
-    notes = ["", "DSC / mIoU: mean±std over images; rows marked (3D) over volumes (3D Dice of the stacked slices). "
-             "Failed samples are left out of the means."]
-    for run, label in zip(runs, labels):
-        summary = run.summary
-        failed = f", {summary.get('n_failed')} failed" if summary.get("n_failed") else ""
-        notes.append(f"- {label} on {run.dataset}: {run.path} ({summary.get('n_ok')}/{summary.get('n_total')} ok{failed})")
-    return markdown_table(header, rows) + "\n".join(notes) + "\n"
-
-
-def attribute_failures(results: pd.DataFrame, tau: float, delta: float) -> pd.Series:
-    """The stage that lost each sample: ``generator_miss`` (no kept candidates reach ``tau``),
-    ``retriever_miss`` (they do, the retrieved ones do not), ``refinement_loss`` (refinement cost
-    more than ``delta`` Dice), ``ok``, ``failed`` (the sample raised) or ``unscored`` (no stage scores)."""
-    failed = results["status"].astype(str) != "ok"
-    oracle, retrieved, final = (pd.to_numeric(results[c], errors="coerce")
-                                for c in ("oracle_dice", "retrieved_dice", "dice"))
-    conditions = [failed, oracle.isna() | retrieved.isna() | final.isna(), oracle < tau, retrieved < tau,
-                  final < retrieved - delta]
-    choices = ["failed", "unscored", "generator_miss", "retriever_miss", "refinement_loss"]  # first true wins
-    return pd.Series(np.select(conditions, choices, default="ok"), index=results.index)
-
-
-def failure_table(runs: list[Run], labels: list[str], tau: float, delta: float) -> pd.DataFrame:
-    """Per run (dataset × method) the count of each category and the mean Dice after each stage."""
-    rows = []
-    for run, label in zip(runs, labels):
-        results = run.results
-        if results is None or not {"oracle_dice", "retrieved_dice"} <= set(results.columns):
-            continue
-        categories = attribute_failures(results, tau, delta)
-        scored = results[~categories.isin(["failed", "unscored"])]
-        row = {"roi": run.roi, "dataset": run.dataset, "method": label, "n": len(results)}
-        row.update({c: int((categories == c).sum()) for c in CATEGORIES})
-        for column in ("oracle_dice", "retrieved_dice", "dice"):
-            values = pd.to_numeric(scored[column], errors="coerce")
-            row[f"{column}_mean"] = float(values.mean()) if len(values) else None
-        rows.append(row)
-    columns = ["roi", "dataset", "method", "n", *CATEGORIES, "oracle_dice_mean", "retrieved_dice_mean", "dice_mean"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def failures_markdown(table: pd.DataFrame, runs: list[Run], labels: list[str], tau: float, delta: float) -> str:
-    text = [f"# Failure attribution (τ = {tau}, δ = {delta})", "",
-            "generator miss: oracle Dice < τ · retriever miss: oracle ≥ τ, retrieved < τ · refinement loss: "
-            "retrieved ≥ τ, final < retrieved − δ · failed: the sample raised · unscored: no stage scores", ""]
-    if table.empty:
-        text.append("No run recorded oracle_dice and retrieved_dice (only SaLIP-like methods do).")
-    else:
-        shown = [c for c in CATEGORIES if c != "unscored" or table[c].any()]
-        header = ["ROI", "Dataset", "Method", "n", *(c.replace("_", " ") for c in shown),
-                  "oracle / retrieved / final Dice"]
-        rows = []
-        for record in table.sort_values(["roi", "dataset"], kind="stable").to_dict("records"):
-            counts = [f"{record[c]} ({100 * record[c] / record['n']:.0f}%)" if record["n"] else "0" for c in shown]
-            dice = " / ".join(_cell(record[f"{c}_mean"], None) for c in ("oracle_dice", "retrieved_dice", "dice"))
-            rows.append([record["roi"], record["dataset"], record["method"], str(record["n"]), *counts, dice])
-        text.append(markdown_table(header, rows).rstrip("\n"))
-    attributed = set(zip(table["roi"], table["dataset"], table["method"]))
-    skipped = [f"- {label} on {run.dataset} ({run.path})" for run, label in zip(runs, labels)
-               if (run.roi, run.dataset, label) not in attributed]
-    if skipped:
-        text += ["", "Not attributable (no results.csv with oracle_dice and retrieved_dice):", *skipped]
-    return "\n".join(text) + "\n"
-
-
-def plot_dice(runs: list[Run], labels: list[str], path: Path) -> None:
-    """Per dataset one panel; per method a box plot of per-image Dice with the images as points."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # a report is written headless (batch jobs, CI): never open a window
-    import matplotlib.pyplot as plt
-
-    panels: dict[tuple[str, str], list[tuple[str, np.ndarray, int]]] = {}
-    for run, label in zip(runs, labels):
-        results = run.results
-        if results is None or "dice" not in results.columns:
-            values, n_failed = np.array([]), int(run.summary.get("n_failed") or 0)
-        else:
-            ok = results["status"].astype(str) == "ok"
-            values = pd.to_numeric(results.loc[ok, "dice"], errors="coerce").dropna().to_numpy()
-            n_failed = int((~ok).sum())
-        panels.setdefault((run.roi, run.dataset), []).append((label, values, n_failed))
-    methods = list(dict.fromkeys(labels))
-    n_methods = max(len(series) for series in panels.values())
-    figure, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 1.6 * n_methods + 2), 3.6 * len(panels)),
-                                squeeze=False)
-    rng = np.random.default_rng(0)  # fixed jitter: the same runs give the same picture
-    for axis, ((roi, dataset), series) in zip(axes[:, 0], sorted(panels.items())):
-        data = [values for _, values, _ in series]
-        positions = np.arange(1, len(series) + 1)
-        if any(len(v) for v in data):
-            axis.boxplot([v if len(v) else [np.nan] for v in data], positions=positions, widths=0.5, showfliers=False)
-        for position, values, (label, _, _) in zip(positions, data, series):
-            colour = f"C{methods.index(label) % 10}"  # one colour per method across panels
-            axis.scatter(position + rng.uniform(-0.15, 0.15, len(values)), values, s=8, alpha=0.5, color=colour)
-        axis.set_xticks(positions, [textwrap.fill(label, 30) + f"\nn={len(v)}" + (f", {nf} failed" if nf else "")
-                                    for label, v, nf in series], fontsize=8)
-        axis.set_ylim(-0.02, 1.02)
-        axis.set_ylabel("Dice per image")
-        axis.set_title(f"{dataset} ({roi})")
-        axis.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float = 0.05) -> str:
+def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float = 0.05,
+                 reference: str | None = None, seed: int = 0) -> str:
     """Write all report files to ``out``; returns the markdown table."""
     runs = find_runs(run_dirs)
     labels = method_labels(runs)
-    methods = list(dict.fromkeys(labels))
-    entries = table_entries(runs, labels)
-    wide = wide_table(entries, methods)
+    methods = list(dict.fromkeys(label for run, label in zip(runs, labels) if run.scored))
+    try:
+        references = reference_runs(runs, labels, reference)
+    except ValueError as err:
+        raise ReportError(str(err)) from err
+    entries = table_entries(runs, labels, seed)
+    wide = wide_table(add_paired_tests(entries, runs, labels, references), methods) if len(entries) \
+        else pd.DataFrame(columns=ROW_KEYS)
     out.mkdir(parents=True, exist_ok=True)
-    table = table_markdown(wide, methods, runs, labels)
+    table = table_markdown(wide, methods, runs, labels, references)
     (out / "table.md").write_text(table)
     wide.to_csv(out / "table.csv", index=False)
     failures = failure_table(runs, labels, tau, delta)
     failures.to_csv(out / "failures.csv", index=False)
     (out / "failures.md").write_text(failures_markdown(failures, runs, labels, tau, delta))
-    plot_dice(runs, labels, out / "dice.png")
+    hc = hc_table(runs, labels)
+    if len(hc):
+        hc.to_csv(out / "hc.csv", index=False)
+        (out / "hc.md").write_text(hc_markdown(hc))
+    plot_dice([r for r in runs if r.scored], [lb for r, lb in zip(runs, labels) if r.scored], out / "dice.png")
+    figures, figure_notes = write_figures(runs, labels, references, out / "figures")
+    tables = [table_rows(wide, methods), stats_rows(wide, methods)] if len(wide) else []
+    write_html(out / "report.html", tables, [TABLE_LEGEND, *run_notes(runs, labels, references)], out / "dice.png",
+               figures, figure_notes, failures_markdown(failures, runs, labels, tau, delta), hc,
+               [(lb, r) for r, lb in zip(runs, labels) if not r.scored])
     return table
 
 
@@ -395,11 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tau", type=float, default=0.5, help="Dice a stage must reach to count as a hit (0.5)")
     parser.add_argument("--delta", type=float, default=0.05,
                         help="Dice lost in refinement that counts as a refinement loss (0.05)")
+    parser.add_argument("--reference", metavar="NAME", default=None,
+                        help="method (or method label) the paired tests compare against (default: the first salip run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (0)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.tau <= 1.0 or args.delta < 0.0:
         parser.error("--tau must lie in [0, 1] and --delta be >= 0")
     try:
-        table = write_report(args.run_dirs, args.out, args.tau, args.delta)
+        table = write_report(args.run_dirs, args.out, args.tau, args.delta, args.reference, args.seed)
     except ReportError as err:
         parser.error(str(err))
     sys.stdout.write(table)

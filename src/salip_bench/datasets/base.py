@@ -115,6 +115,9 @@ class SegmentationDataset(Dataset):
     their records (``col a`` / ``col_a``, see :func:`salip_bench.io.records.safe_name`).
     """
 
+    labelled: bool = True  # False: samples have no ground truth (they are predicted, not scored)
+    spacing_unit: str = "pixel"  # unit of meta["spacing"] and so of NSD tolerance and HD95: "mm" or "pixel"
+
     def __init__(self, prompts: str | None = None, top_k: int | Mapping[str, int] = 1,
                  max_side: int | None = None) -> None:
         self.prompts = prompts

@@ -41,6 +41,23 @@ def canonical_shape(path: Path) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def canonical_zooms(path: Path) -> tuple[float, ...]:
+    """Voxel sizes (mm) along the axes of :func:`canonical`, from the header alone."""
+    image = nib.load(str(path))
+    ornt = nib.orientations.io_orientation(image.affine)
+    zooms = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(ornt):
+        zooms[int(target_axis)] = float(image.header.get_zooms()[source_axis])
+    return tuple(zooms)
+
+
+def slice_spacing(zooms: Sequence[float], axis: int) -> list[float]:
+    """(row, column) pixel size of a :func:`display_slice` along ``axis`` of a volume with ``zooms``:
+    rows run along the later remaining axis, columns along the earlier (the slice is transposed)."""
+    first, second = (a for a in range(3) if a != axis)
+    return [float(zooms[second]), float(zooms[first])]
+
+
 def display_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice ``index`` along ``axis`` of a RAS+ volume, turned so that superior (or, for axial
     slices, anterior) is at the top: the two remaining axes, transposed and flipped vertically."""
@@ -197,4 +214,11 @@ class CC359Dataset(SegmentationDataset):
         if warning:
             meta["warning"] = warning
         return Sample(id=self._ids[index], image=to_rgb_uint8(display_slice(image, self.axis, slice_index)),
-                      mask=display_slice(mask, self.axis, slice_index), meta={**meta, "slice": slice_index})
+                      mask=display_slice(mask, self.axis, slice_index),
+                      meta={**meta, "slice": slice_index, "spacing": self.spacing_of(volume_id)})
+
+    spacing_unit = "mm"
+
+    def spacing_of(self, volume_id: str) -> list[float]:
+        """(row, column) voxel size in mm of this volume's slices, for the boundary metrics."""
+        return slice_spacing(canonical_zooms(self.image_paths[volume_id]), self.axis)

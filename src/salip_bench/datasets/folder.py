@@ -1,7 +1,7 @@
 """Dataset ``folder``: 2D images and masks in two folders, paired by a file-name rule."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from salip_bench.datasets.base import (SegmentationDataset, file_ids, nonfinite_warning, read_image, to_binary_mask,
@@ -21,22 +21,28 @@ class FolderDataset(SegmentationDataset):
     suffixes: image extensions to list. Images are read as RGB uint8 and masks as bool; an image
     whose mask is missing or of another size is recorded as a failed sample. Files are listed,
     not opened, when the dataset is built: an unreadable one is a failed sample of its own.
+    ``mask_dir=null``: unlabelled images, predicted and recorded without scores.
 
     A sample's id is its image's stem, or its whole file name where two images share a stem
     (ignoring case): ``a.png`` and ``a.jpg`` are the samples ``a.png`` and ``a.jpg`` (both paired
     with the mask of stem ``a``), so neither result is lost.
+    spacing: pixel size in mm, one number or ``[row, column]``, for the boundary metrics (NSD, HD95);
+    null: 1 pixel = 1 unit, and the summary says the distances are in pixels.
     prompts / top_k / max_side: see :class:`SegmentationDataset`.
     """
 
-    def __init__(self, root: str, image_dir: str = "images", mask_dir: str = "masks",
+    def __init__(self, root: str, image_dir: str = "images", mask_dir: str | None = "masks",
                  mask_pattern: str = "{stem}_mask.png", suffixes: list[str] | tuple[str, ...] = IMAGE_SUFFIXES,
                  prompts: str | None = None, top_k: int | Mapping[str, int] = 1,
-                 max_side: int | None = None) -> None:
+                 max_side: int | None = None, spacing: float | Sequence[float] | None = None) -> None:
         super().__init__(prompts, top_k, max_side)
         self.root = Path(root).expanduser()
         self.image_dir = self.root / image_dir
-        self.mask_dir = self.root / mask_dir
+        self.mask_dir = self.root / mask_dir if mask_dir is not None else None
+        self.labelled = mask_dir is not None
         self.mask_pattern = mask_pattern
+        self.pixel_spacing = pixel_spacing(spacing)
+        self.spacing_unit = "pixel" if spacing is None else "mm"
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"dataset folder: image folder {self.image_dir} does not exist")
         wanted = {s.lower() for s in suffixes}
@@ -51,18 +57,34 @@ class FolderDataset(SegmentationDataset):
             self._ids, self._ids_of = file_ids(self.image_paths), self.image_paths
         return self._ids
 
-    def mask_path(self, image_path: Path) -> Path:
+    def mask_path(self, image_path: Path) -> Path | None:
+        if self.mask_dir is None:
+            return None
         return self.mask_dir / self.mask_pattern.format(stem=image_path.stem, name=image_path.name)
+
+    def spacing_of(self, sample_id: str) -> list[float]:
+        """(row, column) pixel size of one image for the boundary metrics."""
+        return list(self.pixel_spacing)
 
     def load(self, index: int) -> Sample:
         image_path = self.image_paths[index]
         mask_path = self.mask_path(image_path)
-        if not mask_path.is_file():
+        if mask_path is not None and not mask_path.is_file():
             raise FileNotFoundError(f"no mask {mask_path} for image {image_path.name}")
         raw = read_image(image_path)
-        meta = {"image_path": str(image_path)}
+        meta = {"image_path": str(image_path), "spacing": self.spacing_of(self.ids[index])}
         warning = nonfinite_warning(raw)
         if warning:
             meta["warning"] = warning
-        mask = to_binary_mask(read_image(mask_path))
+        mask = to_binary_mask(read_image(mask_path)) if mask_path is not None else None
         return Sample(id=self.ids[index], image=to_rgb_uint8(raw), mask=mask, meta=meta)
+
+
+def pixel_spacing(spacing: float | Sequence[float] | None) -> tuple[float, float]:
+    """``spacing`` key → (row, column) size; None → (1, 1)."""
+    if spacing is None:
+        return (1.0, 1.0)
+    values = [float(spacing)] * 2 if isinstance(spacing, (int, float)) else [float(v) for v in spacing]
+    if len(values) != 2 or not all(v > 0 for v in values):
+        raise ValueError(f"dataset spacing must be a positive number or [row, column], got {spacing!r}")
+    return (values[0], values[1])

@@ -19,9 +19,11 @@ from PIL import Image
 
 from salip_bench.metrics import dice_iou_from_counts
 
-RESULT_COLUMNS = ["id", "status", "dice", "iou", "failure", "warning", "domain", "volume", "slice", "n_candidates", "n_kept", "retrieved_classes",
+RESULT_COLUMNS = ["id", "status", "dice", "iou", "nsd", "hd95", "failure", "warning", "domain", "volume", "slice", "n_candidates", "n_kept", "retrieved_classes",
                   "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area", "seconds",
                   "sam_encoder_passes", "clip_images_encoded"]
+# Scores against the ground truth: always columns of results.csv, empty for unlabelled images.
+SCORE_COLUMNS = ("dice", "iou", "nsd", "hd95")
 
 
 _UMASK = os.umask(0)
@@ -148,6 +150,9 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
                if k not in ("fingerprint",)}
         rows.append(row)
     frame = pd.DataFrame(rows)
+    for column in SCORE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = None
     for column in integer_columns(rows):  # failed samples leave gaps: keep counts integer (12, not 12.0)
         frame[column] = pd.array([row.get(column) for row in rows], dtype="Int64")
     ordered = [c for c in RESULT_COLUMNS if c in frame.columns]
@@ -201,13 +206,25 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def is_labelled(record: dict) -> bool:
+    """Whether the sample had a ground truth (``gt_area`` is recorded for every ok sample that had one)."""
+    return record.get("gt_area") is not None or record.get("dice") is not None
+
+
 def per_sample_stats(records: list[dict]) -> dict:
+    """Counts and mean/std/median of each score over the ok samples where it is defined;
+    ``n_unlabelled`` ok samples had no ground truth, ``<metric>_n_undefined`` labelled ones no value
+    (HD95 with exactly one empty mask): both are counted, not dropped silently."""
     ok = [r for r in records if r["status"] == "ok"]
+    labelled = [r for r in ok if is_labelled(r)]
     summary: dict = {"n_total": len(records), "n_ok": len(ok), "n_failed": len(records) - len(ok),
-                     "n_ok_with_warning": sum(1 for r in ok if r.get("warning"))}
-    for metric in ("dice", "iou"):
-        values = np.array([r[metric] for r in ok if r.get(metric) is not None], dtype=np.float64)
+                     "n_unlabelled": len(ok) - len(labelled), "n_ok_with_warning": sum(1 for r in ok if r.get("warning"))}
+    for metric in SCORE_COLUMNS:
+        values = np.array([r[metric] for r in labelled if r.get(metric) is not None], dtype=np.float64)
         summary[f"{metric}_mean"] = float(values.mean()) if values.size else None
         summary[f"{metric}_std"] = float(values.std()) if values.size else None
         summary[f"{metric}_median"] = float(np.median(values)) if values.size else None
+        if metric in ("nsd", "hd95"):
+            # Recorded as None (HD95 with one empty mask); records from before NSD/HD95 lack the key.
+            summary[f"{metric}_n_undefined"] = sum(1 for r in labelled if metric in r and r[metric] is None)
     return summary

@@ -42,9 +42,24 @@ def overlay_image(sample: Sample, prediction: Prediction, record: dict, max_side
     boxes = [{"position": {"minX": float(b[0]) / step, "minY": float(b[1]) / step,
                            "maxX": float(b[2]) / step, "maxY": float(b[3]) / step},
               "domain": "pixel", "class_id": 1, "box_caption": "retrieved"} for b in prediction.boxes]
-    caption = f"{sample.id} dice={record.get('dice', float('nan')):.3f}"
+    dice = record.get("dice")
+    caption = f"{sample.id} dice={dice:.3f}" if dice is not None else f"{sample.id} (unlabelled)"
     return wandb.Image(small, masks=masks, boxes={"retrieved": {"box_data": boxes, "class_labels": {1: "retrieved"}}}
                        if boxes else None, caption=caption)
+
+
+def typed_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The per-image table with numbers as numbers (so the W&B UI can sort and plot them): columns
+    that are numeric once empty cells are NaN become float/int, the rest text ("" for empty)."""
+    typed = {}
+    for column in frame.columns:
+        values = frame[column]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if values.dtype != bool and numeric.notna().sum() == values.notna().sum():
+            typed[column] = numeric
+        else:
+            typed[column] = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    return pd.DataFrame(typed, index=frame.index)
 
 
 def log_run(logger: WandbLogger, summary: dict, frame: pd.DataFrame,
@@ -54,7 +69,7 @@ def log_run(logger: WandbLogger, summary: dict, frame: pd.DataFrame,
     metrics.update({f"work/{k}": v for k, v in summary.get("work", {}).items()})
     logger.log_metrics(metrics)
     logger.experiment.summary.update(metrics)
-    logger.log_table(key="per_image", dataframe=frame.astype(str))
+    logger.log_table(key="per_image", dataframe=typed_table(frame))
     if kept:
         logger.experiment.log({"overlays": [overlay_image(s, p, r) for s, p, r in kept]})
     logger.experiment.finish()

@@ -26,6 +26,8 @@ class GtSamMethod:
     as in :class:`~salip_bench.refiners.sam_box.SamBoxRefiner`. ``sam`` is injected.
     """
 
+    needs_ground_truth = True  # refused on unlabelled datasets before any model is built
+
     def __init__(self, sam: SamEngine, min_component_area: int = 16, multimask_output: bool = False) -> None:
         self.refiner = SamBoxRefiner(sam, multimask_output)
         self.min_component_area = min_component_area

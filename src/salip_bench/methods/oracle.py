@@ -31,6 +31,8 @@ class OracleMethod(SalipMethod):
     candidates as the dataset's top-k allows in total. ``generator``, ``filter``, ``refiner`` and
     ``top_k`` are injected."""
 
+    needs_ground_truth = True  # refused on unlabelled datasets before any model is built
+
     def __init__(self, generator: Generate, filter: Filter, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:
         super().__init__(generator, filter, None, refiner, top_k)  # type: ignore[arg-type]

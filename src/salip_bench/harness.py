@@ -22,8 +22,9 @@ from salip_bench.lightning_module import PredictModule, RecordWriter
 from salip_bench.metrics import EMPTY_MASK_CONVENTION
 from salip_bench.models.clip import build_clip
 from salip_bench.models.sam import build_sam
+from salip_bench.models.shared import shared_engine
 from salip_bench.models.weights import RANDOM_WEIGHTS_BANNER, file_sha256
-from salip_bench.registry import DATASETS, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy
+from salip_bench.registry import DATASETS, ENGINES, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy
 from salip_bench.tuned import apply_tuned
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
     Order matters only for error order: SAM (and so a missing checkpoint) comes first.
     """
     # reuse: the jobs of a multirun share one SAM and one CLIP instead of reloading them.
-    models = {"sam": Lazy(lambda: sam or build_sam(cfg["model"], cfg["weights"], reuse=True,
-                                                   cache=FeatureCache.from_config(cfg.get("cache")))),
+    models = {"sam": Lazy(lambda: sam or build_model_engine(cfg["model"], cfg["weights"],
+                                                            FeatureCache.from_config(cfg.get("cache")))),
               "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True)),
               "class_prompts": Lazy(dataset.class_prompts),
               "top_k": Lazy(dataset.top_k_per_class)}
@@ -76,6 +77,15 @@ def build_context(cfg: dict, dataset, sam=None, clip=None) -> dict[str, Lazy]:  
               "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),
               "refiner": Lazy(lambda: REFINERS.build(cfg["refiner"], **models))}
     return {**stages, **models}
+
+
+def build_model_engine(cfg: dict, weights: str, cache: FeatureCache | None):  # noqa: ANN201
+    """The engine of a ``conf/model/*.yaml`` entry (its ``engine`` key; SAM v1 when absent), reused by
+    the jobs of a multirun."""
+    engine = cfg.get("engine", "sam")
+    if engine == "sam":
+        return build_sam(cfg, weights, reuse=True, cache=cache)
+    return shared_engine("sam", [cfg, weights], lambda: ENGINES.get(engine)(cfg, weights, cache))
 
 
 def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:

@@ -24,6 +24,14 @@ TINY_VIT_L14 = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "
                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
+def child_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's finished children (user + system)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def hf_snapshot(hub_cache: Path, repo: str, files: dict[str, Path | bytes]) -> Path:
     """Write ``files`` into the Hugging Face cache layout models--ORG--NAME/snapshots/REV/ with refs/main."""
     revision = "0123456789abcdef0123456789abcdef01234567"
@@ -191,3 +199,27 @@ def test_open_clip_engine_behaviour_unchanged_for_tiny(tiny_clip):
     model, preprocess, tokenizer = build_tiny_clip(**yaml_config("clip", "tiny")["tiny"])
     for got, want in zip(embeddings(tiny_clip), embeddings(model.eval(), preprocess, tokenizer)):
         torch.testing.assert_close(got, want)
+
+
+def test_missing_biomedclip_offline_exits_fast_from_the_command_line(tmp_path, tiny_sam):
+    """SAM's weights present (tiny, in our cache), BiomedCLIP's not: the run stops naming the hub repo."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CXR, REPO
+
+    checkpoints = tmp_path / "cache" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(tiny_sam.sam.state_dict(), checkpoints / "sam_tiny.pth")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty_hub"),
+           "SALIP_BENCH_CACHE": str(tmp_path / "cache")}
+    start = child_cpu_seconds()
+    result = subprocess.run([str(Path(sys.executable).parent / "salip-bench"), "model=sam_tiny", "clip=biomedclip",
+                             "dataset=folder", f"dataset.root={CXR}", "dataset.prompts=lungs", "logger=none",
+                             "cache.enabled=false", f"output_dir={tmp_path / 'o'}"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # within a minute of the process's own time: wall time on a shared, loaded machine says little
+    assert result.returncode != 0 and child_cpu_seconds() - start < 60
+    for needle in (BIOMEDCLIP, "clip.local_dir", "huggingface-cli download"):
+        assert needle in result.stderr + result.stdout, needle

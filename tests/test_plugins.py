@@ -6,7 +6,7 @@ import pytest
 
 from conftest import CONF, CXR, HC18, MRI, SMOKE, compose_config, yaml_config
 from salip_bench.harness import build_context
-from salip_bench.registry import REGISTRIES, RETRIEVERS, PluginError, load_plugins
+from salip_bench.registry import ENGINES, REGISTRIES, RETRIEVERS, PluginError, load_plugins
 from salip_bench.retrievers.visual_prompts import blurred_background, masked_crop
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 
@@ -23,7 +23,10 @@ DATASET_ROOTS = {"folder": {"root": str(CXR), "prompts": "lungs"},
                            "mask_pattern": "{id}_brainmask.nii.gz", "slice_range": [40, 42]},
                  "volumes": {"root": str(MRI), "image_pattern": "*_T1w.nii.gz", "mask_pattern": "{id}_brainmask.nii.gz",
                              "slice_range": [40, 42], "prompts": "brain"}}
-METHOD_OVERRIDES = {"unet": ["method.checkpoint=${oc.env:SALIP_TEST_UNET_CKPT}"]}
+METHOD_OVERRIDES = {"unet": ["method.checkpoint=${oc.env:SALIP_TEST_UNET_CKPT}"],
+                    "sam3_text": ["model=sam3_tiny", "method.min_score=0.0"]}
+# Methods that bring their own engine (built from model=...) instead of the SAM v1 fixture.
+OWN_ENGINE_METHODS = {"sam3_text"}
 
 
 def candidates_from(sample: Sample) -> Candidates:
@@ -81,7 +84,8 @@ def test_plugin_builds_from_its_yaml_and_runs(kind, name, tiny_sam, tiny_clip, c
         full = compose_config(SMOKE + [f"method={name}", "dataset=folder", f"dataset.root={CXR}",
                                        "dataset.prompts=lungs", "dataset.top_k=2", *METHOD_OVERRIDES.get(name, [])])
         dataset = REGISTRIES["dataset"].build(full["dataset"])
-        prediction = registry.build(full["method"], **build_context(full, dataset, tiny_sam, tiny_clip))(cxr_sample)
+        sam = None if name in OWN_ENGINE_METHODS else tiny_sam
+        prediction = registry.build(full["method"], **build_context(full, dataset, sam, tiny_clip))(cxr_sample)
         assert isinstance(prediction, Prediction) and prediction.mask.shape == image.shape[:2]
     else:
         pytest.fail(f"no runner for plugin kind {kind}")
@@ -152,24 +156,37 @@ def test_every_model_yaml_names_a_registered_engine():
     for group in ("model", "clip"):
         for path in sorted((CONF / group).glob("*.yaml")):
             engine = yaml_config(group, path.stem).get("engine")
-            assert engine in ENGINES.names() or (group == "clip" and engine is None), f"{path}: engine {engine!r}"
+            assert engine in ENGINES.names(), f"{path}: engine {engine!r}"
 
 
 @pytest.mark.parametrize("engine,group,name", engine_test_entries(), ids=[e[0] for e in engine_test_entries()])
 def test_engine_builds_from_its_tiny_yaml_and_serves_its_roles(engine, group, name, cxr_sample):
-    from salip_bench.engines.roles import BoxPromptSegmenter, Engine, EverythingGenerator
+    from salip_bench.engines.roles import (BoxPromptSegmenter, Engine, EverythingGenerator, ImageTextEmbedder,
+                                           TextPromptSegmenter)
     from salip_bench.registry import ENGINES
 
     assert name != "-", f"engine {engine!r} has no tiny yaml in conf/model or conf/clip"
     built = ENGINES.get(engine)(yaml_config(group, name), "random", None)
     assert isinstance(built, Engine) and built.identity["weights"] == "random"
     image = cxr_sample.image
-    if isinstance(built, EverythingGenerator):
+    roles = [r for r in (EverythingGenerator, BoxPromptSegmenter, ImageTextEmbedder, TextPromptSegmenter)
+             if isinstance(built, r)]
+    assert roles, f"engine {engine} has none of the roles this test knows"
+    if EverythingGenerator in roles:
         candidates = built.everything(image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
         assert isinstance(candidates, Candidates) and len(candidates) > 0 and candidates.masks.shape[1:] == image.shape[:2]
-    if isinstance(built, BoxPromptSegmenter):
+    if BoxPromptSegmenter in roles:
         masks = built.segment_boxes(image, np.array([[50, 60, 300, 400]], np.float32), False)
         assert masks.shape == (1, *image.shape[:2]) and masks.dtype == bool
+    if ImageTextEmbedder in roles:
+        images, texts = built.encode_images([image, image[:40]]), built.encode_texts(["a lung", "the fetal head"])
+        assert images.shape == (2, built.embed_dim) and texts.shape == (2, built.embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(images.numpy(), axis=1), 1.0, atol=1e-5)
+        assert built.counters() == {"images_encoded": 2, "texts_encoded": 2}
+    if TextPromptSegmenter in roles:
+        masks, scores, boxes = built.segment_text(image, "lungs", min_score=0.0, max_instances=2)
+        assert masks.shape == (2, *image.shape[:2]) and scores.shape == (2,) and boxes.shape == (2, 4)
+        assert built.counters()["encoder_passes"] == 1
     assert all(isinstance(v, int) for v in built.counters().values())
     built.reset()
     assert not any(built.counters().values())

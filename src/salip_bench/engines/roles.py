@@ -6,9 +6,12 @@ stage needs is refused with :func:`require_role`, naming the config key that pic
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
+from PIL import Image
 
 from salip_bench.registry import PluginError
 from salip_bench.types import Candidates
@@ -58,8 +61,42 @@ class EverythingGenerator(Protocol):
         """
 
 
+@runtime_checkable
+class ImageTextEmbedder(Engine, Protocol):
+    """Image/text embedding (the retrievers' CLIP): L2-normalised float32 rows on CPU."""
+
+    images_encoded: int
+    texts_encoded: int
+
+    @property
+    def embed_dim(self) -> int: ...
+
+    def encode_images(self, images: Sequence[np.ndarray | Image.Image], batch_size: int = 32,
+                      workers: int = 1) -> torch.Tensor: ...
+
+    def encode_built(self, count: int, build: Callable[[int], np.ndarray | Image.Image], batch_size: int = 32,
+                     workers: int = 1) -> torch.Tensor: ...
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TextPromptSegmenter(Engine, Protocol):
+    """Text-prompted instance segmentation (SAM 3's concept prompts)."""
+
+    def segment_text(self, image: np.ndarray, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every instance of the concept ``text`` in ``image`` ((H, W, 3) uint8).
+
+        Returns masks (N, H, W) bool, scores (N,) float32 and boxes (N, 4) float32 XYXY pixels,
+        best score first.
+        """
+        ...
+
+
 ROLE_NAMES = {BoxPromptSegmenter: "box-prompted segmentation (segment_boxes)",
-              EverythingGenerator: "point-grid everything generation (everything)"}
+              EverythingGenerator: "point-grid everything generation (everything)",
+              ImageTextEmbedder: "image/text embedding (encode_images, encode_texts)",
+              TextPromptSegmenter: "text-prompted segmentation (segment_text)"}
 
 
 class MissingRoleError(PluginError):

@@ -1,0 +1,211 @@
+"""Engine ``sam3``: SAM 3 (Meta's ``sam3`` wheel) as a text-prompted instance segmenter.
+
+SAM 3 finds every instance of a short noun phrase ("lungs", "fetal head"). The image backbone runs
+once per image (memoised, so several class prompts on one image cost one pass); each prompt then
+runs the text encoder, the fusion encoder/decoder and the mask head. Instances are thresholded on
+SAM 3's score (query probability × presence probability, as upstream's ``Sam3Processor``) and only
+the best ``max_instances`` are upsampled to image size.
+
+Weights (``weights=pretrained``): explicit ``model.checkpoint`` → the Hugging Face cache of the gated
+repo ``facebook/sam3`` (``sam3.pt``) → our checkpoint cache → a hub download (needs the licence
+accepted and ``huggingface-cli login``). ``weights=random`` builds the configured sizes untrained.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from salip_bench.engines.sam3_build import build_sam3_image
+from salip_bench.models.weights import WeightsNotFoundError, cache_dir, file_sha256, is_offline, load_state_dict
+from salip_bench.registry import ENGINES
+
+log = logging.getLogger(__name__)
+
+
+def licence_advice(repo: str, file_name: str) -> str:
+    return (f"SAM 3 is gated: accept the SAM License at https://huggingface.co/{repo}, run `huggingface-cli login`, "
+            f"then `huggingface-cli download {repo} {file_name}` (fills the Hugging Face cache) on a machine with "
+            f"internet, or pass model.checkpoint=/path/to/{file_name} (or copy it to {cache_dir() / file_name}). "
+            f"For an offline smoke run use model=sam3_tiny weights=random (its numbers are meaningless).")
+
+
+def resolve_sam3_weights(cfg: dict) -> Path:
+    """Explicit ``model.checkpoint`` → HF cache of ``model.hub_repo`` → our cache → hub download."""
+    repo, file_name = cfg["hub_repo"], cfg["checkpoint_file"]
+    if cfg.get("checkpoint"):
+        path = Path(cfg["checkpoint"]).expanduser()
+        if path.is_file():
+            return path
+        raise WeightsNotFoundError(f"SAM 3 checkpoint {path} (model.checkpoint) does not exist; "
+                                   + licence_advice(repo, file_name))
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, file_name)
+    if isinstance(cached, str):
+        return Path(cached)
+    if (cache_dir() / file_name).is_file():
+        return cache_dir() / file_name
+    if is_offline():
+        raise WeightsNotFoundError(f"SAM 3 checkpoint {file_name} of hub repo {repo} is not in the Hugging Face "
+                                   f"cache nor {cache_dir()} and offline mode is set (model.checkpoint not given); "
+                                   + licence_advice(repo, file_name))
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo, file_name))
+    except Exception as err:  # noqa: BLE001 - gated-repo, network and missing-file errors have many types
+        raise WeightsNotFoundError(f"SAM 3 checkpoint {file_name} of hub repo {repo} could not be downloaded "
+                                   f"({type(err).__name__}: {err}); " + licence_advice(repo, file_name)) from err
+
+
+def load_sam3_checkpoint(model: nn.Module, path: Path) -> None:
+    """Upstream's layout (``model`` dict with ``detector.*`` image-model keys, ``tracker.*`` video keys):
+    the detector keys must cover the image model exactly — a partial load is an error, never random."""
+    state = load_state_dict(path)
+    if isinstance(state.get("model"), dict):
+        state = state["model"]
+    detector = {k.removeprefix("detector."): v for k, v in state.items() if k.startswith("detector.")}
+    missing, unexpected = model.load_state_dict(detector, strict=False)
+    if missing or unexpected:
+        raise WeightsNotFoundError(f"SAM 3 checkpoint {path} does not fit model.arch: {len(missing)} missing keys "
+                                   f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+
+
+@contextlib.contextmanager
+def pinning_is_a_no_op_without_cuda() -> Iterator[None]:
+    """Upstream's geometry encoder pins a 4-element tensor before copying it to the input's device,
+    which raises on a machine without CUDA; there, pinning is only a transfer hint, so within this
+    context it returns the tensor itself (same values)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original = torch.Tensor.pin_memory
+    torch.Tensor.pin_memory = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.pin_memory = original  # type: ignore[method-assign]
+
+
+class Sam3Engine(nn.Module):
+    """SAM 3's image model with upstream's preprocessing; role ``segment_text``.
+
+    Counters: ``encoder_passes`` (image backbone runs), ``text_prompts`` (prompts decoded).
+    """
+
+    def __init__(self, model: nn.Module, image_size: int, identity: dict) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.image_size = image_size
+        self.identity = identity
+        self._processor = None
+        self._memo: tuple[str, dict] | None = None
+        self.encoder_passes = 0
+        self.text_prompts = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def counters(self) -> dict[str, int]:
+        return {"encoder_passes": self.encoder_passes, "text_prompts": self.text_prompts}
+
+    def reset(self) -> None:
+        """Zero the counters and forget the memoised image, as when just built."""
+        self.encoder_passes = self.text_prompts = 0
+        self._memo = None
+
+    def processor(self):  # noqa: ANN201 - sam3's Sam3Processor, imported lazily
+        """Upstream's processor (its transform and find-stage inputs) on the model's current device."""
+        if self._processor is None or self._processor.device != self.device:
+            from sam3.model.sam3_image_processor import Sam3Processor
+
+            self._processor = Sam3Processor(self.model, resolution=self.image_size, device=self.device)
+        return self._processor
+
+    def image_state(self, image: np.ndarray) -> dict:
+        """The backbone features of ``image`` ((H, W, 3) uint8), computed once per distinct image."""
+        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest() + str(image.shape)
+        if self._memo is None or self._memo[0] != key:
+            self._memo = None  # free the previous image's features first
+            state = self.processor().set_image(Image.fromarray(np.ascontiguousarray(image)))
+            self.encoder_passes += 1
+            self._memo = (key, state)
+        return self._memo[1]
+
+    @torch.inference_mode()
+    def segment_text(self, image: np.ndarray, text: str, min_score: float = 0.5,
+                     max_instances: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every instance of the concept ``text`` in ``image``, best score first.
+
+        Args:
+            image: (H, W, 3) uint8.
+            text: the noun phrase.
+            min_score: keep instances scoring above this (upstream's default confidence threshold: 0.5).
+            max_instances: keep at most this many (the best); None keeps all.
+
+        Returns:
+            masks (N, H, W) bool, scores (N,) float32, boxes (N, 4) float32 XYXY pixels.
+        """
+        from sam3.model import box_ops
+        from sam3.model.data_misc import interpolate
+
+        processor = self.processor()
+        state = self.image_state(image)
+        processor.reset_all_prompts(state)
+        state["backbone_out"].update(self.model.backbone.forward_text([text], device=self.device))
+        with pinning_is_a_no_op_without_cuda():
+            outputs = self.model.forward_grounding(backbone_out=state["backbone_out"],
+                                                   find_input=processor.find_stage,
+                                                   geometric_prompt=self.model._get_dummy_prompt(), find_target=None)
+        self.text_prompts += 1
+        presence = outputs["presence_logit_dec"].sigmoid().unsqueeze(1)
+        probs = (outputs["pred_logits"].sigmoid() * presence).squeeze(-1)[0]  # (Q,)
+        keep = torch.nonzero(probs > min_score).flatten()
+        keep = keep[torch.argsort(probs[keep], descending=True, stable=True)][:max_instances]
+        height, width = image.shape[:2]
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=probs.device)
+        boxes = box_ops.box_cxcywh_to_xyxy(outputs["pred_boxes"][0, keep]) * scale
+        logits = outputs["pred_masks"][0, keep].unsqueeze(1)
+        masks = (interpolate(logits, (height, width), mode="bilinear", align_corners=False).sigmoid() > 0.5)[:, 0] \
+            if len(keep) else torch.zeros((0, height, width), dtype=torch.bool)
+        return (masks.cpu().numpy(), probs[keep].float().cpu().numpy(),
+                boxes.float().cpu().numpy().reshape(-1, 4))
+
+
+@ENGINES.register("sam3")
+def build_sam3_engine(cfg: dict, weights: str, cache: object = None) -> Sam3Engine:
+    """Build SAM 3 from a ``conf/model/sam3*.yaml`` entry.
+
+    Args:
+        cfg: the model group entry: ``arch`` (sizes, see :func:`build_sam3_image`), ``hub_repo``,
+            ``checkpoint_file``, ``checkpoint`` (explicit path), ``random_seed``, ``pretrained_allowed``
+            (false for the tiny variant).
+        weights: ``pretrained`` (resolved by :func:`resolve_sam3_weights`) or ``random``.
+        cache: unused (the backbone features are memoised per image in memory only).
+    """
+    import open_clip
+
+    seed = int(cfg.get("random_seed", 0))
+    if weights == "pretrained" and not cfg.get("pretrained_allowed", True):
+        raise ValueError(f"model={cfg['name']} has no released weights; use it with weights=random")
+    path = resolve_sam3_weights(cfg) if weights == "pretrained" else None  # fail before the slow build
+    torch.manual_seed(seed)
+    # SAM 3's tokenizer is CLIP's BPE; the sam3 wheel does not ship the file its builder points at.
+    model = build_sam3_image(cfg["arch"], open_clip.tokenizer.default_bpe())
+    identity = {"engine": "sam3", "model": cfg["name"], "weights": weights}
+    if path is None:
+        identity["seed"] = seed
+    else:
+        load_sam3_checkpoint(model, path)
+        log.info("SAM 3 loaded from %s", path)
+        identity.update(file=str(path), sha256=file_sha256(path), hub_repo=cfg["hub_repo"])
+    return Sam3Engine(model, int(cfg["arch"]["image_size"]), identity)

@@ -177,22 +177,24 @@ class CC359Dataset(SegmentationDataset):
         has_brain = mask.any(axis=other_axes)
         return [i for i in indices if has_brain[i]]
 
-    def volume(self, volume_id: str) -> tuple[np.ndarray, np.ndarray, str | None]:
-        """(uint8 image, bool mask, warning or None) of one RAS+ volume, from a small LRU cache."""
+    def volume(self, volume_id: str) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+        """(uint8 image, bool mask or None for unlabelled data, warning or None) of one RAS+ volume,
+        from a small LRU cache."""
         if volume_id in self._cache:
             self._cache.move_to_end(volume_id)
             return self._cache[volume_id]
         mask_path = self.mask_path(volume_id)
-        if not mask_path.is_file():
+        if mask_path is not None and not mask_path.is_file():
             raise FileNotFoundError(f"no mask {mask_path} for volume {volume_id}")
         image = canonical(self.image_paths[volume_id])
-        mask = canonical(mask_path)
-        if image.shape[:3] != mask.shape[:3]:
+        mask = canonical(mask_path) if mask_path is not None else None
+        if mask is not None and image.shape[:3] != mask.shape[:3]:
             raise ValueError(f"mask shape {mask.shape} != image shape {image.shape} for volume {volume_id}")
         if image.ndim != 3:
             raise ValueError(f"volume {volume_id} has shape {image.shape}; expected 3 dimensions")
         voxels = np.asanyarray(image.dataobj)
-        entry = (window_uint8(voxels), np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5,
+        entry = (window_uint8(voxels),
+                 np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5 if mask is not None else None,
                  nonfinite_warning(voxels, f"volume {volume_id}"))
         self._cache[volume_id] = entry
         while len(self._cache) > self.cache_volumes:
@@ -214,7 +216,7 @@ class CC359Dataset(SegmentationDataset):
         if warning:
             meta["warning"] = warning
         return Sample(id=self._ids[index], image=to_rgb_uint8(display_slice(image, self.axis, slice_index)),
-                      mask=display_slice(mask, self.axis, slice_index),
+                      mask=display_slice(mask, self.axis, slice_index) if mask is not None else None,
                       meta={**meta, "slice": slice_index, "spacing": self.spacing_of(volume_id)})
 
     spacing_unit = "mm"

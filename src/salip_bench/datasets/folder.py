@@ -62,7 +62,7 @@ class FolderDataset(SegmentationDataset):
             return None
         return self.mask_dir / self.mask_pattern.format(stem=image_path.stem, name=image_path.name)
 
-    def spacing_of(self, sample_id: str) -> list[float]:
+    def spacing_of(self, image_path: Path) -> list[float]:
         """(row, column) pixel size of one image for the boundary metrics."""
         return list(self.pixel_spacing)
 
@@ -72,7 +72,7 @@ class FolderDataset(SegmentationDataset):
         if mask_path is not None and not mask_path.is_file():
             raise FileNotFoundError(f"no mask {mask_path} for image {image_path.name}")
         raw = read_image(image_path)
-        meta = {"image_path": str(image_path), "spacing": self.spacing_of(self.ids[index])}
+        meta = {"image_path": str(image_path), "spacing": self.spacing_of(image_path)}
         warning = nonfinite_warning(raw)
         if warning:
             meta["warning"] = warning

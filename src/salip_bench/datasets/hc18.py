@@ -106,13 +106,14 @@ class HC18Dataset(FolderDataset):
         self.pixel_sizes = read_pixel_sizes(self.pixel_size_csv) if self.pixel_size_csv else {}
         self.spacing_unit = "mm" if self.pixel_sizes else "pixel"
 
-    def spacing_of(self, sample_id: str) -> list[float]:
-        """The CSV's (isotropic) pixel size in mm; without a CSV 1 pixel = 1 unit (``spacing_unit``)."""
+    def spacing_of(self, image_path: Path) -> list[float]:
+        """The CSV's (isotropic) pixel size in mm, by image stem as the CSV names it; without a CSV
+        1 pixel = 1 unit (``spacing_unit``)."""
         if not self.pixel_sizes:
             return [1.0, 1.0]
-        if sample_id not in self.pixel_sizes:
-            raise ValueError(f"dataset hc18: {self.pixel_size_csv} has no pixel size for {sample_id}")
-        return [self.pixel_sizes[sample_id][0]] * 2
+        if image_path.stem not in self.pixel_sizes:
+            raise ValueError(f"dataset hc18: {self.pixel_size_csv} has no pixel size for {image_path.name}")
+        return [self.pixel_sizes[image_path.stem][0]] * 2
 
     def _find_csv(self, pixel_size_csv: str | None) -> Path | None:
         if pixel_size_csv:

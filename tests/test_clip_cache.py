@@ -133,3 +133,11 @@ def test_autocast_dtype_is_part_of_the_key(image):
     plain = clip.embedding_cache.group_key(clip, {"kind": "x"}, image)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert clip.embedding_cache.group_key(clip, {"kind": "x"}, image) != plain
+
+
+def test_a_candidate_listed_twice_is_encoded_once(image, candidates):
+    clip = clip_with()
+    twice = candidates.select(np.array([1, 0, 1, 2]))
+    scores = []
+    assert encoded(clip, lambda: scores.append(retriever(clip).scores(image, twice))) == 3
+    np.testing.assert_array_equal(scores[0], fresh_scores("crop", image, twice))

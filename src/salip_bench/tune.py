@@ -10,9 +10,9 @@ Each trial is an ordinary evaluation run on the first ``tune.n_images`` images o
 ``OUT/trials/<n>/``. With ``tune.reuse`` (the default) the trials are evaluated image by image
 (``tune_trials.run_trials``): each image is encoded, and decoded once per point grid, for all of
 them, and CLIP embeds each visual prompt once; the results are those of one ``harness.run`` per
-trial (``tune.reuse=false``, also used when a trial changes anything but the stage groups); trial 0 is the configured values (with ``tune.baseline``),
-so tuning never picks something that scored worse on the split than not tuning. The best mean Dice
-wins (the earliest trial on a tie); ``OUT/tuned.yaml`` holds its values and ``OUT/trials.csv`` every
+trial (``tune.reuse=false``, also used when a trial changes anything but the stage groups).
+Trial 0 is the configured values (with ``tune.baseline``), so tuning never picks something that
+scored worse on the split than not tuning. The best mean Dice wins (the earliest trial on a tie); ``OUT/tuned.yaml`` holds its values and ``OUT/trials.csv`` every
 trial. The same ``tune.seed`` draws the same trials (numpy's seeded Generator, never the clock).
 
 Why a stage of its own rather than a Hydra sweeper (``-m`` with the basic or the Optuna sweeper):

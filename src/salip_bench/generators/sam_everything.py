@@ -90,7 +90,8 @@ class _FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
         the masks above ``min_pred_iou_thresh`` (<= 0: all of them)."""
         orig_size = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(orig_size, self.crop_n_layers, self.crop_overlap_ratio)
-        crops = [self._decode_crop(image, box, layer, min_pred_iou_thresh) for box, layer in zip(crop_boxes, layer_idxs)]
+        crops = [self._decode_crop(image, box, layer, min_pred_iou_thresh)
+                 for box, layer in zip(crop_boxes, layer_idxs)]
         return DecodedGrid(orig_size, min_pred_iou_thresh, crops)
 
     def apply(self, decoded: DecodedGrid) -> Candidates:
@@ -147,7 +148,8 @@ class _FastAutomaticMaskGenerator(SamAutomaticMaskGenerator):
                                                             labels[:, None], min_pred_iou_thresh)
             low_res, iou_preds = low_res.flatten(0, 1), iou_preds.flatten(0, 1)
             if min_pred_iou_thresh > 0.0:  # masks no threshold of this grid's users can pass: dropped now
-                low_res, iou_preds = low_res[iou_preds > min_pred_iou_thresh], iou_preds[iou_preds > min_pred_iou_thresh]
+                passing = iou_preds > min_pred_iou_thresh
+                low_res, iou_preds = low_res[passing], iou_preds[passing]
             batches.append((low_res, iou_preds))
         crop = DecodedCrop(list(crop_box), predictor.input_size, predictor.original_size, batches)
         predictor.reset_image()

@@ -88,7 +88,11 @@ class ClipEmbeddingCache:
         if entries is None:
             entries = self._load(group)
         keys = [candidate_key(mask, box) for mask, box in zip(masks, boxes)]
-        missing = list({key: i for i, key in reversed(list(enumerate(keys))) if key not in entries}.values())[::-1]
+        missing, seen = [], set()  # first occurrences of the keys not embedded yet
+        for i, key in enumerate(keys):
+            if key not in entries and key not in seen:
+                seen.add(key)
+                missing.append(i)
         if missing:
             encoded = clip.encode_built(len(missing), lambda j: build(missing[j]), batch_size, workers)
             entries.update({keys[i]: row for i, row in zip(missing, encoded)})

@@ -38,6 +38,7 @@ CASES = {  # name: (overrides, substrings of the error line)
     "prompts_file_missing": (FOLDER + ["dataset.prompts=/no/such/prompts.json"],
                              ["dataset.prompts=/no/such/prompts.json", "does not exist"]),
     "prompts_not_json": (FOLDER + ["dataset.prompts={bad_json}"], ["dataset.prompts=", "not valid JSON"]),
+    "prompts_unset": (["dataset=folder", f"dataset.root={CXR}"], ["dataset.prompts is required"]),
     "root_missing": (["dataset=folder", "dataset.root=/no/such/root", "dataset.prompts=lungs"],
                      ["dataset.root=/no/such/root", "does not exist"]),
     "image_folder_empty": (["dataset=folder", "dataset.root={empty}", "dataset.prompts=lungs"],

@@ -95,6 +95,9 @@ PLUGIN_KEYS["dataset"]["cc359"].update(axis=((lambda v: v in (0, 1, 2) and not i
 RUN_KEYS = {"limit": _optional(_int_at_least(1)), "num_workers": _int_at_least(0), "seed": _int_at_least(0),
             "fail_fast": _bool(), "save_masks": _bool(), "memory_limit_gb": _optional(_positive()),
             "weights": ((lambda v: v in ("pretrained", "random")), "pretrained or random")}
+# Built-in methods that retrieve with the organ's sentences: dataset.prompts must be set for them
+# (the others, e.g. the U-Net, never read it; a set prompts value is checked whatever the method).
+PROMPTED_METHODS = ("salip", "sam_clip", "sam3_text")  # methods that read dataset.prompts
 # Folders of a dataset, relative to its root ("." for the root itself).
 DATASET_DIRS = ("image_dir", "mask_dir", "annotation_dir")
 
@@ -149,10 +152,11 @@ def validate(cfg: DictConfig | Mapping) -> dict:
         section = cfg.get(group)
         if isinstance(section, Mapping) and "checkpoint" in section:
             _existing_file(f"{group}.checkpoint", section["checkpoint"], "the path of an existing checkpoint file")
-    if not isinstance(cfg.get("tuned"), Mapping):  # a mapping: apply_tuned has read the file already
-        _existing_file("tuned", cfg.get("tuned"), "a tuned.yaml written by salip-bench-tune")
+    if isinstance(cfg.get("tuned"), str):  # once applied, it is the dict of what was applied
+        _existing_file("tuned", cfg["tuned"], "a tuned.yaml written by salip-bench-tune")
     if isinstance(cfg.get("dataset"), Mapping):
-        check_dataset(cfg["dataset"])
+        method = cfg.get("method") if isinstance(cfg.get("method"), Mapping) else {}
+        check_dataset(cfg["dataset"], needs_prompts=method.get("name") in PROMPTED_METHODS)
     return cfg
 
 
@@ -167,8 +171,11 @@ def _check_filter(section: Any) -> None:
                _number_in(0.0, 1.0, low_open=True) if unit == "fraction" else _positive())
 
 
-def check_dataset(dataset: Mapping) -> None:
-    """Folders exist, the image folder lists images, prompts parse, top_k >= 1 for every class."""
+def check_dataset(dataset: Mapping, needs_prompts: bool = True) -> None:
+    """Folders exist, the image folder lists images, prompts parse, top_k >= 1 for every class.
+
+    needs_prompts: a missing (``???``/null) ``prompts`` is an error; else only a set one is checked.
+    """
     root = dataset.get("root")
     if root == MISSING or root in (None, ""):
         raise ConfigError(f"dataset.root is required (it is {root}): expected the dataset's folder")
@@ -184,7 +191,7 @@ def check_dataset(dataset: Mapping) -> None:
         _existing_file("dataset.pixel_size_csv", str(root_path / str(dataset["pixel_size_csv"])),
                        "a CSV file inside dataset.root")
     _check_lists_images(dataset, root_path)
-    if "prompts" in dataset:
+    if "prompts" in dataset and (needs_prompts or dataset["prompts"] not in (None, "", MISSING)):
         try:
             classes = list(load_class_prompts(dataset["prompts"]))
         except ValueError as err:

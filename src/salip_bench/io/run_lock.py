@@ -88,7 +88,7 @@ class RunLock:
                 holder = self.holder()
                 if holder is None:
                     continue  # released meanwhile
-                if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                if all(holder.get(k) == me[k] for k in ("host", "pid", "process_start")):
                     self.held = False  # ours already (a nested run in this process): leave it to the outer one
                     return
                 if not self.is_stale(holder):

@@ -26,6 +26,7 @@ def ok_rows_and_summary(out, n):  # noqa: ANN001, ANN201
     return frame, json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow  # the recipe test below covers both engine layouts in the default suite
 def test_sam2_in_every_sam_stage_shares_one_embedding_per_image(tmp_path):
     out = tmp_path / "O1"
     result = run_cli(O1 + FAST + ["limit=2", f"output_dir={out}"], tmp_path)
@@ -39,6 +40,7 @@ def test_sam2_in_every_sam_stage_shares_one_embedding_per_image(tmp_path):
     assert "For numpy array image" not in result.stdout + result.stderr  # sam2's per-image INFO lines muted
 
 
+@pytest.mark.slow
 def test_medsam_refiner_behind_sam_v1_is_its_own_engine(tmp_path):
     out = tmp_path / "O2"
     result = run_cli(O2 + FAST + ["limit=2", f"output_dir={out}"], tmp_path)
@@ -64,9 +66,17 @@ def test_models_recipe_multirun_across_engine_families_renders_a_table_naming_th
                       "cache.enabled=false", "generator.points_per_side=4", "generator.pred_iou_thresh=0",
                       "generator.stability_score_thresh=0", "limit=1", f"output_dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    stages = [json.loads((out / str(job) / "summary.json").read_text())["stage_engines"] for job in range(3)]
+    summaries = [json.loads((out / str(job) / "summary.json").read_text()) for job in range(3)]
+    stages = [summary["stage_engines"] for summary in summaries]
     assert [(s["generator"], s["refiner"]) for s in stages] == [("sam2_tiny", "sam2_tiny"), ("sam_tiny", "sam_tiny"),
                                                                 ("sam_tiny", "medsam_tiny")]
+    sam2, medsam = summaries[0]["engines"], summaries[2]["engines"]
+    assert sam2["sam2_tiny"]["engine"] == "sam2" and sam2["sam2_tiny"]["identity"] == {
+        "model": "sam2_tiny", "engine": "sam2", "weights": "random", "seed": 0}
+    assert sam2["sam2_tiny"]["counters"] == {"encoder_passes": 1}  # generator and refiner: one pass
+    assert medsam["medsam_tiny"]["counters"] == medsam["sam_tiny"]["counters"] == {"encoder_passes": 1}
+    assert summaries[2]["work"]["sam_encoder_passes"] == 2 and medsam["medsam_tiny"]["engine"] == "medsam"
+    assert all(summary["n_ok"] == 1 and summary["n_failed"] == 0 for summary in summaries)
     report_main([str(out), "--out", str(tmp_path / "report")])
     table = (tmp_path / "report" / "table.md").read_text()
     for label in ("salip (model=sam2_tiny, refiner_model=sam2_tiny)", "salip (model=sam_tiny, refiner_model=sam_tiny)",

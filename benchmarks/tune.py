@@ -30,10 +30,7 @@ Prints, per path: wall seconds, grid decodings and decoder prompt batches, SAM e
 CLIP images encoded; whether trials.csv and tuned.yaml are identical; JSON; last line
 ``tuning speed-up: N.NNx`` (target >= 5).
 
-On the shared 2-core machine (load 8-13), defaults: today 650-700 s, image by image 104-179 s
-(20 vs 2 grid decodings, trials.csv and tuned.yaml identical): 6.26x and 3.92x in two runs.
-
-  .venv/bin/python benchmarks/tune.py                         # 1 image, 20 trials: ~10 min on 2 busy cores
+  .venv/bin/python benchmarks/tune.py                         # 1 image, 20 trials (the default search space)
   .venv/bin/python benchmarks/tune.py --images 2 --trials 10 --grids 4,8
 """
 from __future__ import annotations
@@ -52,6 +49,7 @@ from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_jso
 from salip_bench import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
 from salip_bench.generators import sam_everything
 from salip_bench.models.clip import build_clip
+from salip_bench.engines.sam import SamV1Engine
 from salip_bench.models.sam import SamEngine, build_sam
 from salip_bench.tune import tune
 
@@ -149,7 +147,7 @@ def main() -> None:
         root = Path(tmp)
         first = tune_config(args, root / "warm-up", root / "cache-warm-up", True)
         start = time.perf_counter()  # the engines, loaded once as a multirun's first job would; not timed below
-        calibrate(build_sam(first["model"], first["weights"], reuse=True))
+        calibrate(build_sam(first["model"], first["weights"], reuse=True, engine_class=SamV1Engine))
         build_clip(first["clip"], first["weights"], reuse=True)
         load_seconds = time.perf_counter() - start
         warm = tune_config(args, root / "warm-up", root / "cache-warm-up", True)

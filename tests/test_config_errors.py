@@ -5,11 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CONF, CXR, REPO, SMOKE
+from conftest import CONF, CXR, HC18_TRAIN, REPO, SMOKE
 from salip_bench.validation import ConfigError, validate
 from test_cli import run_cli
 
@@ -63,6 +64,19 @@ def test_bad_setting_is_one_line_exit_2(case, tmp_path):
     line = error_line(result)
     assert all(text in line for text in expected), line
     assert not (tmp_path / "OUT" / "samples").exists() and not (tmp_path / "OUT" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("tune.split.root=/no/such/split", ["tune.split.root=/no/such/split", "does not exist"]),
+    ("dataset.top_k=0", ["dataset.top_k=0", "expected an integer >= 1"]),
+])
+def test_bad_tuning_setting_is_one_line_exit_2(override, expected, tmp_path):
+    tune_cli = str(Path(sys.executable).with_name("salip-bench-tune"))
+    result = subprocess.run([tune_cli, *SMOKE, *FOLDER, f"tune.split.root={HC18_TRAIN}", override,
+                             f"output_dir={tmp_path / 'OUT'}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    line = error_line(result)
+    assert all(text in line for text in expected), line
+    assert not (tmp_path / "OUT" / "trials").exists()
 
 
 def test_config_is_checked_without_importing_torch():

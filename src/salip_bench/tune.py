@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf
 from salip_bench.models.weights import WeightsNotFoundError
 from salip_bench.registry import DATASETS, PluginError
 from salip_bench.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
+from salip_bench.validation import ConfigError, check_dataset, validate
 
 log = logging.getLogger("salip_bench")
 
@@ -169,11 +170,27 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     return tuned
 
 
+def check_tune_config(cfg: DictConfig | Mapping) -> None:
+    """The evaluation settings as ``salip-bench`` checks them, and ``tune.split`` as a dataset.
+
+    Raises:
+        ConfigError: the first bad setting, in one line (the split's keys named ``tune.split.*``).
+    """
+    plain = validate(cfg)
+    try:
+        check_dataset(plain["tune"]["split"], needs_prompts=True)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError("tune.split." + message.removeprefix("dataset.")
+                          if message.startswith("dataset.") else message) from None
+
+
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="tune")
 def _main(cfg: DictConfig) -> float | None:
     try:
+        check_tune_config(cfg)  # before any model loads
         tuned = tune(cfg, HydraConfig.get().runtime.output_dir)
-    except (TuningError, WeightsNotFoundError, PluginError) as err:
+    except (TuningError, WeightsNotFoundError, PluginError, ConfigError) as err:
         log.error("%s", err)
         sys.exit(2)
     return tuned["score"]["dice_mean"]

@@ -2,7 +2,7 @@
 that needs one again encodes nothing.
 
 A filter, top-k or refiner sweep and every tuning trial retrieve among candidates CLIP has already
-embedded for the same image; a released ViT-L/14 costs ~0.8 s a picture on CPU. An embedding
+embedded for the same image, and on CPU a released CLIP costs more per picture than SAM does. An embedding
 depends on the CLIP (weights, architecture, device, autocast dtype), on how a candidate becomes a
 picture (the retriever's kind and its parameters), and on the image and the candidate's mask and
 box: those are its key. Kept in memory for the run (the jobs of a multirun reset it), and on disk

@@ -34,10 +34,9 @@ from torch import nn
 # Image-token activations per transformer pass on CPU. A prompt's image tokens are 4 MiB at the
 # released size (4096 tokens × 256 floats); in groups of 4 a block's activations stay in cache
 # between operations and every tensor stays under glibc's largest mmap threshold (32 MiB), so freed
-# buffers are reused instead of being mapped and zeroed afresh (a fresh 32 MiB output costs ~18 ms
-# here, the add that fills it 3 ms). Decoding 64 released-size prompts on 2 cores, medians of 4 runs
-# in 3 processes each: groups of 4 3.4-3.9 s, of 8 4.7-5.3 s; of 2 or 3 no faster (3.7 s vs 3.5 s
-# for 4, interleaved). Groups of 2 to 16 give upstream's bits; a group of one prompt does not (a
+# buffers are reused instead of being mapped and zeroed afresh (mapping and zeroing a fresh output
+# costs several times the add that fills it); groups of 8 were slower and groups of 2 or 3 no faster
+# (benchmarks/pipeline.py). Groups of 2 to 16 give upstream's bits; a group of one prompt does not (a
 # one-row batch takes other kernels), so no group is smaller than MIN_GROUP, the size tested. Small
 # decoders (the tiny test SAM) fit whole; on GPUs: one group.
 CPU_GROUP_BYTES = 16 * 2**20

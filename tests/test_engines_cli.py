@@ -20,6 +20,13 @@ O2 = ["model=sam_tiny", "model@refiner_model=medsam_tiny", "clip=tiny", "weights
       f"dataset.root={HC18}", "dataset.prompts=fetal_head"]
 
 
+def run_ok(overrides, tmp_path, out, n):  # noqa: ANN001, ANN201
+    """Run the CLI into ``out``; its results (``n`` ok rows), its summary and the CLI result."""
+    result = run_cli(overrides + [f"output_dir={out}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return (*ok_rows_and_summary(out, n), result)
+
+
 def ok_rows_and_summary(out, n):  # noqa: ANN001, ANN201
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == n and (frame["status"] == "ok").all(), frame.get("failure")
@@ -28,10 +35,7 @@ def ok_rows_and_summary(out, n):  # noqa: ANN001, ANN201
 
 @pytest.mark.slow  # the recipe test below covers both engine layouts in the default suite
 def test_sam2_in_every_sam_stage_shares_one_embedding_per_image(tmp_path):
-    out = tmp_path / "O1"
-    result = run_cli(O1 + FAST + ["limit=2", f"output_dir={out}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    frame, summary = ok_rows_and_summary(out, 2)
+    frame, summary, result = run_ok(O1 + FAST + ["limit=2"], tmp_path, tmp_path / "O1", 2)
     assert summary["stage_engines"] == {"generator": "sam2_tiny", "refiner": "sam2_tiny", "retriever": "tiny"}
     sam2 = summary["engines"]["sam2_tiny"]
     assert sam2["engine"] == "sam2" and sam2["identity"] == {"model": "sam2_tiny", "engine": "sam2",
@@ -42,10 +46,7 @@ def test_sam2_in_every_sam_stage_shares_one_embedding_per_image(tmp_path):
 
 @pytest.mark.slow
 def test_medsam_refiner_behind_sam_v1_is_its_own_engine(tmp_path):
-    out = tmp_path / "O2"
-    result = run_cli(O2 + FAST + ["limit=2", f"output_dir={out}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    frame, summary = ok_rows_and_summary(out, 2)
+    frame, summary, result = run_ok(O2 + FAST + ["limit=2"], tmp_path, tmp_path / "O2", 2)
     assert summary["stage_engines"] == {"generator": "sam_tiny", "refiner": "medsam_tiny", "retriever": "tiny"}
     engines = summary["engines"]
     assert engines["medsam_tiny"]["engine"] == "medsam" and engines["sam_tiny"]["engine"] == "sam"
@@ -88,10 +89,7 @@ def test_models_recipe_multirun_across_engine_families_renders_a_table_naming_th
 @pytest.mark.parametrize("line,n", [(O1, 8), (O2, 12)], ids=["O1", "O2"])
 def test_contract_lines_as_written(tmp_path, line, n):
     """The issue's command lines with the default generator settings: one ok row per image."""
-    out = tmp_path / "OUT"
-    result = run_cli(line + [f"output_dir={out}"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, summary = ok_rows_and_summary(out, n)
+    _, summary, _ = run_ok(line, tmp_path, tmp_path / "OUT", n)
     assert all(e["identity"]["weights"] == "random" for e in summary["engines"].values())
 
 

@@ -144,10 +144,9 @@ def engine_report(cfg: dict, engines: dict, stages: dict[str, str]) -> tuple[dic
         name = str(engine.identity.get("model", key))
         name = name if name not in report else f"{name}@{key}"
         names[id(engine)] = name
-        counters = engine.counters() if hasattr(engine, "counters") else \
-            {k: getattr(engine, k) for k in ("images_encoded", "texts_encoded") if hasattr(engine, k)}
         registered = (entries.get(key) or {}).get("engine", "open_clip" if key == "clip" else "sam")
-        report[name] = {"engine": registered, "identity": engine.identity, "counters": counters, "stages": []}
+        report[name] = {"engine": registered, "identity": engine.identity, "counters": engine.counters(),
+                        "stages": []}
     by_stage = {stage: names[id(engines[key])] for stage, key in stages.items() if key in engines}
     for stage, name in by_stage.items():
         report[name]["stages"].append(stage)

@@ -25,7 +25,7 @@ from torch import nn
 
 from salip_bench.engines.sam3_build import build_sam3_image
 from salip_bench.models.weights import WeightsNotFoundError, cache_dir, file_sha256, is_offline, load_state_dict
-from salip_bench.registry import ENGINES
+from salip_bench.registry import ENGINES, PluginError
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,13 @@ def build_sam3_engine(cfg: dict, weights: str, cache: object = None) -> Sam3Engi
         weights: ``pretrained`` (resolved by :func:`resolve_sam3_weights`) or ``random``.
         cache: unused (the backbone features are memoised per image in memory only).
     """
+    import importlib.util
+
     import open_clip
 
+    if importlib.util.find_spec("sam3") is None:  # an optional extra: say how to get it, not a traceback
+        raise PluginError(f"model={cfg['name']} needs Meta's sam3 package (SAM License), an optional extra: "
+                          'pip install -e ".[sam3]"')
     seed = int(cfg.get("random_seed", 0))
     if weights == "pretrained" and not cfg.get("pretrained_allowed", True):
         raise ValueError(f"model={cfg['name']} has no released weights; use it with weights=random")

@@ -215,3 +215,18 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     with RunLock(tmp_path):  # the holder is gone: a stale lock
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
+
+
+def test_a_run_that_ends_on_its_own_leaves_no_crash_markers(tmp_path):
+    """Ctrl-C or an error inside a sample ends the run through its finally: that sample is pending next
+    time, not a crash; a marker of another (killed) process stays for the resume to record."""
+    from salip_bench.io.records import RecordStore
+
+    store = RecordStore(tmp_path)
+    store.samples_dir.mkdir(parents=True, exist_ok=True)
+    store.mark_started({"id": "mine", "status": "failed"})
+    other = store.marker_path("killed")
+    other.write_text(json.dumps({"id": "killed", "status": "failed", "pid": os.getpid() + 1, "started": 0}))
+    store.clear_own_markers(["mine", "killed"])
+    assert not store.marker_path("mine").exists() and other.exists()
+    assert store.record_crashes(["mine", "killed"]) == ["killed"]

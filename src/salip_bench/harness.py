@@ -225,6 +225,7 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
         trainer.predict(module, dataloaders=loader, return_predictions=False)
         texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
     finally:  # a failed or interrupted run still leaves tables of everything finished
+        store.clear_own_markers([ids[i] for i in pending])  # an interrupted sample is pending, not crashed
         # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
         summary = (finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded, stages, dataset)
                    if trainer.is_global_zero else {})

@@ -117,6 +117,19 @@ class RecordStore:
             marker_path.unlink(missing_ok=True)
         return crashed
 
+    def clear_own_markers(self, ids: list[str]) -> None:
+        """Drop this process's markers of samples it did not finish: the run is ending on its own
+        (done, an error, Ctrl-C), not dying, so those samples are simply pending for the next run.
+        Only a process that is killed leaves its markers for :meth:`record_crashes`."""
+        for sample_id in ids:
+            marker_path = self.marker_path(sample_id)
+            try:
+                owner = json.loads(marker_path.read_text()).get("pid")
+            except (OSError, json.JSONDecodeError):
+                continue
+            if owner == os.getpid():
+                marker_path.unlink(missing_ok=True)
+
     def write(self, record: dict, mask: np.ndarray | None) -> None:
         """Mask first, record last: a record on disk means the sample is complete."""
         if mask is not None:

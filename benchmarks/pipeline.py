@@ -4,7 +4,7 @@ The reference is what a straightforward SaLIP script does with the upstream libr
 ``SamAutomaticMaskGenerator``; the class sentences encoded by CLIP again for every image; each
 candidate's visual prompt encoded by CLIP one at a time; a fresh ``SamPredictor.set_image`` for the
 refinement box prompts (one more SAM encoder pass). Ours is the registered ``sam_everything`` /
-``area`` / retriever / ``sam_box`` plugins run through ``salip_bench.pipeline.salip``. Same images,
+``area`` / retriever / ``sam_box`` plugins run through ``salip_bench.methods.pipeline.salip``. Same images,
 same (random) weights, the paper's generator settings (crop_n_layers=1, downscale factor 2) with
 thresholds low enough that random-weight candidates survive (the counts are printed).
 
@@ -45,10 +45,10 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from common import PeakMemory, model_config, now, parser_with_common_args, table, write_json
 from salip_bench.datasets.folder import FolderDataset
-from salip_bench.models.clip import ClipEngine, build_clip, to_pil
+from salip_bench.engines.clip import ClipEngine, build_clip, to_pil
 from salip_bench.engines.sam import SamV1Engine
-from salip_bench.models.sam import SamEngine, build_sam
-from salip_bench.pipeline import salip
+from salip_bench.engines.sam_v1 import SamEngine, build_sam
+from salip_bench.methods.pipeline import salip
 from salip_bench.registry import FILTERS, GENERATORS, REFINERS, RETRIEVERS, load_plugins
 
 STAGES = ("generate", "filter", "retrieve", "refine", "setup")

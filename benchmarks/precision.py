@@ -1,6 +1,6 @@
 """bf16 autocast vs float32: the same SaLIP run twice, its speed and its Dice delta side by side.
 
-Both runs go through ``salip_bench.harness.run`` in this one process, on the same images and
+Both runs go through ``salip_bench.evaluation.harness.run`` in this one process, on the same images and
 (random) weights, with ``trainer.precision=32-true`` and ``trainer.precision=bf16-mixed`` (Lightning
 autocast: SAM's and CLIP's networks in bf16, their outputs handed on as float32), interleaved
 image by image after a warm-up. Printed and written as JSON: seconds per image of each, their
@@ -30,11 +30,11 @@ from common import (
 )
 from PIL import Image
 
-from salip_bench.harness import run
+from salip_bench.evaluation.harness import run
 from salip_bench.metrics import dice_iou
-from salip_bench.models.clip import build_clip
+from salip_bench.engines.clip import build_clip
 from salip_bench.engines.sam import SamV1Engine
-from salip_bench.models.sam import build_sam
+from salip_bench.engines.sam_v1 import build_sam
 
 PRECISIONS = ("32-true", "bf16-mixed")
 

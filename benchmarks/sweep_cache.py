@@ -1,7 +1,7 @@
 """Sweeps with and without the feature cache: a 5-configuration retriever sweep (the paper's Tab. 3
 ablation) and a filter sweep (Tab. 6: no filter, then the area filter at three thresholds).
 
-Each sweep runs in this one process through ``salip_bench.harness.run``, as the jobs of a Hydra
+Each sweep runs in this one process through ``salip_bench.evaluation.harness.run``, as the jobs of a Hydra
 multirun do (same reused SAM/CLIP engines, loaded before timing): its runs with
 ``cache.enabled=false`` and with a fresh cache directory, interleaved. With the cache only the
 first run pays SAM's encoder and decoder; the later runs read the proposals and embeddings back.
@@ -32,10 +32,10 @@ from common import (
     write_json,
 )
 
-from salip_bench.harness import run
-from salip_bench.models.clip import build_clip
+from salip_bench.evaluation.harness import run
+from salip_bench.engines.clip import build_clip
 from salip_bench.engines.sam import SamV1Engine
-from salip_bench.models.sam import build_sam
+from salip_bench.engines.sam_v1 import build_sam
 
 # Each sweep: (job label, its overrides), in the order a multirun runs them.
 SWEEPS = {

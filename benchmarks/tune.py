@@ -47,10 +47,10 @@ from omegaconf import OmegaConf
 
 from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_json
 from salip_bench import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
-from salip_bench.generators import sam_everything
-from salip_bench.models.clip import build_clip
+from salip_bench.stages.generators import sam_everything
+from salip_bench.engines.clip import build_clip
 from salip_bench.engines.sam import SamV1Engine
-from salip_bench.models.sam import SamEngine, build_sam
+from salip_bench.engines.sam_v1 import SamEngine, build_sam
 from salip_bench.tune import tune
 
 RELEASED_DECODER = ["model.image_size=1024", "model.prompt_embed_dim=256", "model.decoder_depth=2",

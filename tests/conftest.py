@@ -59,7 +59,7 @@ def tiny_sam():
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from salip_bench.models.clip import build_clip
+    from salip_bench.engines.clip import build_clip
 
     return build_clip(yaml_config("clip", "tiny"), "random")
 
@@ -81,7 +81,7 @@ def hc18_sample():
 @pytest.fixture(scope="session")
 def unet_checkpoint(tmp_path_factory):
     """A U-Net checkpoint with untrained weights, for exercising the ``unet`` method plugin."""
-    from salip_bench.baselines.unet import build_unet, save_checkpoint
+    from salip_bench.engines.unet import build_unet, save_checkpoint
 
     arch = {"channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "instance", "dropout": 0.0}
     path = tmp_path_factory.mktemp("unet") / "unet.ckpt"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import HC18, SMOKE, compose_config
-from salip_bench.harness import run
+from salip_bench.evaluation.harness import run
 from salip_bench.report import CATEGORIES, main as report_main
 
 HC18_DEV = ["dataset=hc18", f"dataset.root={HC18}", "dataset.image_dir=images", "dataset.annotation_dir=annotations",

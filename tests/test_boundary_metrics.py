@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-from salip_bench.io.records import aggregate, results_frame
+from salip_bench.evaluation.records import aggregate, results_frame
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, boundary_metrics
 
 

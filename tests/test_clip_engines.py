@@ -14,8 +14,8 @@ import torch
 
 from conftest import yaml_config
 from salip_bench.engines.biomedclip import ASSETS, build_custom_text_clip
-from salip_bench.models.clip import build_clip
-from salip_bench.models.weights import WeightsNotFoundError, cache_dir
+from salip_bench.engines.clip import build_clip
+from salip_bench.engines.weights import WeightsNotFoundError, cache_dir
 
 BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDBERT = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import CONF, CXR, HC18_TRAIN, REPO, SMOKE
-from salip_bench.validation import ConfigError, validate
+from salip_bench.evaluation.validation import ConfigError, validate
 from test_cli import run_cli
 
 
@@ -80,7 +80,7 @@ def test_bad_tuning_setting_is_one_line_exit_2(override, expected, tmp_path):
 
 
 def test_config_is_checked_without_importing_torch():
-    code = ("import sys; from hydra import compose, initialize_config_dir; from salip_bench.validation import validate; "
+    code = ("import sys; from hydra import compose, initialize_config_dir; from salip_bench.evaluation.validation import validate; "
             f"initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'); "
             f"validate(compose(config_name='config', overrides={SMOKE + FOLDER!r})); "
             "heavy = [m for m in ('torch', 'lightning', 'segment_anything', 'open_clip') if m in sys.modules]; "
@@ -121,7 +121,7 @@ def test_checkpoint_with_code_is_refused_naming_the_file(tmp_path):
 
 
 def test_truncated_checkpoint_is_named(tmp_path):
-    from salip_bench.models.weights import CheckpointError, load_state_dict
+    from salip_bench.engines.weights import CheckpointError, load_state_dict
 
     good = tmp_path / "good.pth"
     torch.save({"w": torch.zeros(3)}, good)

@@ -14,9 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from salip_bench.datasets.boxes import gt_boxes
+from salip_bench.masks import gt_boxes
 from salip_bench.datasets.cc359 import display_slice, scanner_domain, slice_bounds
-from salip_bench.io.records import aggregate
+from salip_bench.evaluation.records import aggregate
 from salip_bench.metrics import confusion_counts, dice_iou_from_counts
 from salip_bench.registry import DATASETS
 

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from conftest import CONF, CXR, compose_config
-from salip_bench.harness import check_launchable, run
+from salip_bench.evaluation.harness import check_launchable, run
 from test_cli import run_cli
 
 # Smoke models, and 2x2 generator points instead of 4x4: fewer candidates, same code paths.

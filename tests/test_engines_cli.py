@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import CXR, HC18, SMOKE, compose_config
-from salip_bench.harness import build_context, build_engine
-from salip_bench.models.weights import WeightsNotFoundError
+from salip_bench.evaluation.harness import build_context, build_engine
+from salip_bench.engines.weights import WeightsNotFoundError
 from test_cli import run_cli
 
 FAST = ["experiment=smoke", "logger=none", "cache.enabled=false"]  # smoke thresholds, every pass counted

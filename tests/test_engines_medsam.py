@@ -10,7 +10,7 @@ from skimage import transform
 
 from conftest import yaml_config
 from salip_bench.engines.roles import MissingRoleError
-from salip_bench.generators.sam_everything import SamEverythingGenerator
+from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.registry import ENGINES
 
 
@@ -76,7 +76,7 @@ def test_pretrained_pth_in_the_cache_loads(engine, hc18_sample, tmp_path, monkey
 
 
 def test_missing_checkpoint_names_the_file_and_where_to_get_it(tmp_path, monkeypatch):
-    from salip_bench.models.weights import WeightsNotFoundError
+    from salip_bench.engines.weights import WeightsNotFoundError
 
     monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match=r"medsam_vit_b\.pth.*bowang-lab/MedSAM"):

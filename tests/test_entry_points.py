@@ -12,12 +12,12 @@ import pytest
 
 from conftest import CXR, SMOKE, compose_config
 from salip_bench import registry
-from salip_bench.harness import run
+from salip_bench.evaluation.harness import run
 
 PLUGIN_MODULE = textwrap.dedent('''
     import numpy as np
     from salip_bench.registry import RETRIEVERS
-    from salip_bench.retrievers.clip_base import ClipRetriever
+    from salip_bench.stages.retrievers.clip_base import ClipRetriever
 
     @RETRIEVERS.register("test_grey_box")
     class GreyBoxRetriever(ClipRetriever):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import HC18, SMOKE, compose_config
-from salip_bench.harness import run
+from salip_bench.evaluation.harness import run
 
 
 def hc18_subset(root, ids):
@@ -97,7 +97,7 @@ def test_empty_ground_truth_convention(tmp_path):
 def test_bf16_autocast_runs_end_to_end_and_is_another_configuration(tmp_path):
     """trainer.precision=bf16-mixed (CPU autocast here): SAM and CLIP in bf16, float32 results; it
     changes predictions, so it is not resumed into a float32 run; retriever.workers changes none."""
-    from salip_bench.harness import config_fingerprint
+    from salip_bench.evaluation.harness import config_fingerprint
 
     root = hc18_subset(tmp_path / "data", ["100_HC"])
     out = tmp_path / "bf16"

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from salip_bench.datasets.base import window_uint8
-from salip_bench.io.records import RecordStore, safe_name
+from salip_bench.evaluation.records import RecordStore
+from salip_bench.storage.files import safe_name
 from salip_bench.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import CONF, CXR, HC18, MRI, SMOKE, compose_config, yaml_config
-from salip_bench.harness import build_context
+from salip_bench.evaluation.harness import build_context
 from salip_bench.registry import ENGINES, REGISTRIES, RETRIEVERS, PluginError, load_plugins
-from salip_bench.retrievers.visual_prompts import blurred_background, masked_crop
+from salip_bench.stages.retrievers.visual_prompts import blurred_background, masked_crop
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 
 load_plugins()
@@ -128,7 +128,7 @@ def test_masked_crop_is_the_image_times_the_mask_in_its_box(cxr_sample):
 
 
 def test_reverse_blur_blurs_once_per_image(tiny_clip, cxr_sample, monkeypatch):
-    import salip_bench.retrievers.reverse_blur as module
+    import salip_bench.stages.retrievers.reverse_blur as module
     blurs = []
     monkeypatch.setattr(module, "blurred_background", lambda *args: blurs.append(1) or blurred_background(*args))
     retriever = RETRIEVERS.build(yaml_config("retriever", "reverse_blur"), clip=tiny_clip,
@@ -139,7 +139,6 @@ def test_reverse_blur_blurs_once_per_image(tiny_clip, cxr_sample, monkeypatch):
 
 def engine_test_entries() -> list[tuple[str, str, str]]:
     """(engine, config group, tiny yaml) for every registered engine: its ``*tiny*`` yaml in conf/model or conf/clip."""
-    from salip_bench.registry import ENGINES
 
     found = {}
     for group in ("model", "clip"):
@@ -151,7 +150,6 @@ def engine_test_entries() -> list[tuple[str, str, str]]:
 
 
 def test_every_model_yaml_names_a_registered_engine():
-    from salip_bench.registry import ENGINES
 
     for group in ("model", "clip"):
         for path in sorted((CONF / group).glob("*.yaml")):
@@ -163,7 +161,6 @@ def test_every_model_yaml_names_a_registered_engine():
 def test_engine_builds_from_its_tiny_yaml_and_serves_its_roles(engine, group, name, cxr_sample):
     from salip_bench.engines.roles import (BoxPromptSegmenter, Engine, EverythingGenerator, ImageTextEmbedder,
                                            TextPromptSegmenter)
-    from salip_bench.registry import ENGINES
 
     assert name != "-", f"engine {engine!r} has no tiny yaml in conf/model or conf/clip"
     built = ENGINES.get(engine)(yaml_config(group, name), "random", None)

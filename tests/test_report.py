@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from salip_bench.io.records import RecordStore, aggregate, results_frame
+from salip_bench.evaluation.records import RecordStore, aggregate, results_frame
 from salip_bench.metrics import dice_iou_from_counts
 from salip_bench.report import attribute_failures, find_runs, main, method_labels
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from salip_bench.io.records import RecordStore
+from salip_bench.evaluation.records import RecordStore
 from salip_bench.report import main
 from salip_bench.reporting.stats import bootstrap_ci, holm, paired_tests, wilcoxon_paired
 from test_report import ok, write_run

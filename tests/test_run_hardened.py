@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from conftest import HC18, REPO, SMOKE, compose_config
-from salip_bench.harness import run
-from salip_bench.io.records import CRASH_FAILURE, results_frame
-from salip_bench.io.run_lock import LOCK_NAME, RunLock, RunLockedError
-from salip_bench.memory import downscale, estimate_peak_bytes, upscale
+from salip_bench.evaluation.harness import run
+from salip_bench.evaluation.records import CRASH_FAILURE, results_frame
+from salip_bench.evaluation.run_lock import LOCK_NAME, RunLock, RunLockedError
+from salip_bench.evaluation.memory import downscale, estimate_peak_bytes, upscale
 from salip_bench.types import Prediction, Sample
 
 
@@ -144,7 +144,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from conftest import SMOKE, compose_config
-    from salip_bench.harness import run
+    from salip_bench.evaluation.harness import run
     from salip_bench.registry import METHODS
     from salip_bench.types import Prediction
     import numpy as np
@@ -220,7 +220,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
 def test_a_run_that_ends_on_its_own_leaves_no_crash_markers(tmp_path):
     """Ctrl-C or an error inside a sample ends the run through its finally: that sample is pending next
     time, not a crash; a marker of another (killed) process stays for the resume to record."""
-    from salip_bench.io.records import RecordStore
+    from salip_bench.evaluation.records import RecordStore
 
     store = RecordStore(tmp_path)
     store.samples_dir.mkdir(parents=True, exist_ok=True)

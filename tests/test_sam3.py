@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CXR, REPO, yaml_config
-from salip_bench.models.weights import WeightsNotFoundError
+from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.registry import ENGINES
 from test_clip_engines import child_cpu_seconds, hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 

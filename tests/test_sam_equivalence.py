@@ -10,10 +10,10 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.amg import batched_mask_to_box
 
-from salip_bench.generators.sam_everything import SamEverythingGenerator
-from salip_bench.models.sam import build_sam_model
-from salip_bench.models.sam_decoder import decode_points_iou_first
-from salip_bench.refiners.sam_box import SamBoxRefiner
+from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
+from salip_bench.engines.sam_v1 import build_sam_model
+from salip_bench.engines.sam_decoder import decode_points_iou_first
+from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved
 
 LOW = dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -135,7 +135,7 @@ def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
 
 
 def test_prompt_groups_cover_the_batch_and_are_never_tiny():
-    from salip_bench.models.sam_decoder import _groups
+    from salip_bench.engines.sam_decoder import _groups
 
     assert _groups(18, 8) == [slice(0, 8), slice(8, 18)]  # a last group of 2 joins the one before
     assert _groups(64, 8) == [slice(i, i + 8) for i in range(0, 64, 8)]
@@ -146,7 +146,7 @@ def test_prompt_groups_cover_the_batch_and_are_never_tiny():
 def test_in_place_upscaling_matches_upstream(tiny_sam, precision):
     """The upscaling with its layer norm and GELUs in place gives upstream's tensor bit for bit, also
     under bf16 autocast, where upstream's float32 scale and shift promote the bf16 convolution output."""
-    from salip_bench.models.sam_decoder import _upscale
+    from salip_bench.engines.sam_decoder import _upscale
 
     upscaling = _with_random_norms(tiny_sam.sam.mask_decoder.output_upscaling)
     channels = upscaling[0].in_channels

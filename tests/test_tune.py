@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from conftest import HC18, HC18_TRAIN, SMOKE, compose_config
-from salip_bench.harness import run
+from salip_bench.evaluation.harness import run
 from salip_bench.tune import sample_trials, tune
-from salip_bench.tuned import TuningError
+from salip_bench.evaluation.tuned import TuningError
 
 EVAL = ["dataset=folder", f"dataset.root={HC18}", "dataset.prompts=fetal_head"]
 # Two random trials (no baseline), so that the choice rests on the seeded draws alone; cheap settings.
@@ -112,7 +112,7 @@ REUSE_SPACE = ["tune.baseline=true", "tune.n_trials=5", "tune.n_images=2", "~tun
 
 
 def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_and_grid(tmp_path, monkeypatch):
-    from salip_bench.generators.sam_everything import SamEverythingGenerator
+    from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 
     decodings = []
     initialize = SamEverythingGenerator.initialize

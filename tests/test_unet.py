@@ -14,8 +14,8 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from conftest import CONF, HC18, HC18_TRAIN, compose_config  # noqa: E402
-from salip_bench.harness import run  # noqa: E402
-from salip_bench.models.weights import WeightsNotFoundError  # noqa: E402
+from salip_bench.evaluation.harness import run  # noqa: E402
+from salip_bench.engines.weights import WeightsNotFoundError  # noqa: E402
 from salip_bench.registry import METHODS  # noqa: E402
 from salip_bench.train import split_indices, train  # noqa: E402
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from conftest import CXR, HC18, MRI, SMOKE, compose_config
 from salip_bench.datasets.cc359 import display_slice
-from salip_bench.datasets.nifti import write_volumes
-from salip_bench.harness import run
-from salip_bench.io.overlays import first_overlays
-from salip_bench.io.records import RecordStore
-from salip_bench.io.wandb_log import typed_table
+from salip_bench.evaluation.nifti_out import write_volumes
+from salip_bench.evaluation.harness import run
+from salip_bench.evaluation.overlays import first_overlays
+from salip_bench.evaluation.records import RecordStore
+from salip_bench.evaluation.wandb_log import typed_table
 from salip_bench.metrics import boundary_metrics
 from salip_bench.registry import DATASETS
 

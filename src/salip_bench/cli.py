@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from salip_bench.validation import ConfigError, validate
+from salip_bench.evaluation.validation import ConfigError, validate
 
 log = logging.getLogger("salip_bench")
 
@@ -22,11 +22,11 @@ def _main(cfg: DictConfig) -> float | None:
         log.error("%s", err)
         sys.exit(2)
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
-    from salip_bench.harness import run
-    from salip_bench.io.run_lock import RunLockedError
-    from salip_bench.models.weights import CheckpointError, WeightsNotFoundError
+    from salip_bench.evaluation.harness import run
+    from salip_bench.evaluation.run_lock import RunLockedError
+    from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
     from salip_bench.registry import PluginError
-    from salip_bench.tuned import TuningError
+    from salip_bench.evaluation.tuned import TuningError
 
     out_dir = HydraConfig.get().runtime.output_dir
     try:

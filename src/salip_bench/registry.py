@@ -115,8 +115,7 @@ METHODS: Registry = Registry("method")
 ENGINES: Registry = Registry("engine")  # name -> builder(cfg: dict, weights: str, cache) -> engine
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (GENERATORS, FILTERS, RETRIEVERS, REFINERS, DATASETS, METHODS)}
 
-_BUILTIN_MODULES = ("salip_bench.engines", "salip_bench.generators", "salip_bench.filters", "salip_bench.retrievers",
-                    "salip_bench.refiners", "salip_bench.datasets", "salip_bench.methods")
+_BUILTIN_MODULES = ("salip_bench.engines", "salip_bench.stages", "salip_bench.datasets", "salip_bench.methods")
 _loaded = False
 
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from salip_bench.datasets.base import SegmentationDataset
-from salip_bench.io.records import atomic_write_text
+from salip_bench.storage.files import atomic_write_text
 from salip_bench.registry import DATASETS, PluginError
 
 log = logging.getLogger("salip_bench")
@@ -38,7 +38,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 
 def preload(dataset: SegmentationDataset, indices: list[int], size: int) -> tuple[TensorDataset | None, list[str]]:
     """Read and resize the samples once: every epoch then reuses (N, 3, size, size) tensors in memory."""
-    from salip_bench.baselines.unet import resize_image, resize_mask
+    from salip_bench.engines.unet import resize_image, resize_mask
 
     images, masks, ids = [], [], []
     for index in indices:
@@ -58,7 +58,7 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     """Train on ``cfg.dataset`` with the ``cfg.unet`` settings into ``out_dir``; returns the summary dict."""
     import lightning as L  # heavy imports after argument parsing: --help stays fast
 
-    from salip_bench.baselines.unet import ARCH_KEYS, UNetModule, save_checkpoint
+    from salip_bench.engines.unet import ARCH_KEYS, UNetModule, save_checkpoint
 
     begin = time.perf_counter()
     # to_container leaves a missing value (dataset.prompts: ???) as the string "???" instead of raising.

@@ -44,10 +44,10 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from salip_bench.models.weights import WeightsNotFoundError
+from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.registry import DATASETS, PluginError
-from salip_bench.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
-from salip_bench.validation import ConfigError, check_dataset, validate
+from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
+from salip_bench.evaluation.validation import ConfigError, check_dataset, validate
 
 log = logging.getLogger("salip_bench")
 
@@ -115,8 +115,8 @@ def trial_config(cfg: Mapping, split: dict, params: Mapping[str, Any], out_dir: 
 
 def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     """Run the search into ``out_dir``; returns what ``tuned.yaml`` holds."""
-    from salip_bench.harness import run  # torch and Lightning only once the config is known to be good
-    from salip_bench.tune_trials import run_trials, share_engines
+    from salip_bench.evaluation.harness import run  # torch and Lightning only once the config is known to be good
+    from salip_bench.evaluation.tune_trials import run_trials, share_engines
 
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     settings, out_dir = cfg["tune"], Path(out_dir)

@@ -108,11 +108,11 @@ class SegmentationDataset(Dataset):
     prompts: built-in prompt-set name or JSON path; top_k: retrieved candidates per class (>= 1),
     one int for every class or a mapping {class: k}; max_side: images whose longer side exceeds it
     are evaluated downscaled to it and their predictions scaled back to full resolution for
-    scoring (null: never; see :mod:`salip_bench.memory`). A sample that fails to load is returned
+    scoring (null: never; see :mod:`salip_bench.evaluation.memory`). A sample that fails to load is returned
     with its ``error`` set, so the run records it and goes on.
 
     Sample ids are unique by construction: two files never share an id, nor the file names of
-    their records (``col a`` / ``col_a``, see :func:`salip_bench.io.records.safe_name`).
+    their records (``col a`` / ``col_a``, see :func:`salip_bench.evaluation.records.safe_name`).
     """
 
     labelled: bool = True  # False: samples have no ground truth (they are predicted, not scored)

@@ -97,7 +97,7 @@ class CC359Dataset(SegmentationDataset):
     header cannot be read (corrupt, not NIfTI) becomes one failed sample ``<id>_unreadable``
     naming the error, and the other volumes are evaluated. Ids (``<id>_slice012``) are unique;
     volume ids that differ only in characters unsafe in file names (``a b`` / ``a_b``) still get
-    distinct record files (:func:`salip_bench.io.records.safe_name`).
+    distinct record files (:func:`salip_bench.evaluation.records.safe_name`).
 
     root: dataset folder; image_dir / mask_dir: sub-folders of root (``.`` for root itself);
     image_pattern: glob of the volumes, ``*`` followed by a fixed suffix that is stripped to give

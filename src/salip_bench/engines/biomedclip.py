@@ -20,7 +20,7 @@ import open_clip
 import torch
 
 from salip_bench.engines.clip_engine import ClipEngine
-from salip_bench.models.weights import WeightsNotFoundError, file_sha256, is_offline
+from salip_bench.engines.weights import WeightsNotFoundError, file_sha256, is_offline
 from salip_bench.registry import ENGINES
 
 log = logging.getLogger(__name__)

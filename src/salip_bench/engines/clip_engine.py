@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from salip_bench.io.feature_cache import FeatureCache
-from salip_bench.models.clip_cache import ClipEmbeddingCache
-from salip_bench.models.weights import (WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
+from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.engines.clip_cache import ClipEmbeddingCache
+from salip_bench.engines.weights import (WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
                                         how_to_provide, is_offline, search_dirs)
 from salip_bench.registry import ENGINES
 
@@ -172,7 +172,7 @@ def build_open_clip_engine(cfg: dict, weights: str, cache: object = None) -> Cli
         cfg: the clip config group entry.
         weights: ``pretrained`` (resolved by :func:`resolve_clip_weights`, never random as a fallback)
             or ``random`` (seeded by ``random_seed``).
-        cache: unused here (:func:`salip_bench.models.clip.build_clip` attaches the embedding cache).
+        cache: unused here (:func:`salip_bench.engines.clip.build_clip` attaches the embedding cache).
     """
     seed = int(cfg.get("random_seed", 0))
     if cfg["arch"] == "tiny":

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip_bench.io.feature_cache import FeatureCache
-from salip_bench.models.sam import SamEngine, build_sam
+from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.engines.sam_v1 import SamEngine, build_sam
 from salip_bench.registry import ENGINES
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from salip_bench.io.feature_cache import FeatureCache
-from salip_bench.models.weights import file_sha256, resolve_checkpoint
+from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.engines.weights import file_sha256, resolve_checkpoint
 from salip_bench.registry import ENGINES
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from salip_bench.engines.sam3_build import build_sam3_image
-from salip_bench.models.weights import WeightsNotFoundError, cache_dir, file_sha256, is_offline, load_state_dict
+from salip_bench.engines.weights import WeightsNotFoundError, cache_dir, file_sha256, is_offline, load_state_dict
 from salip_bench.registry import ENGINES, PluginError
 
 log = logging.getLogger(__name__)

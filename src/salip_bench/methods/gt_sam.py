@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.datasets.boxes import gt_boxes
-from salip_bench.models.sam import SamEngine
-from salip_bench.refiners.sam_box import SamBoxRefiner
+from salip_bench.masks import gt_boxes
+from salip_bench.engines.sam_v1 import SamEngine
+from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 from salip_bench.registry import METHODS
 
@@ -23,7 +23,7 @@ class GtSamMethod:
     """SAM's answer to a perfect box prompt: the best SAM can do once the organ is located.
 
     min_component_area: GT components smaller than this (pixels) get no box; multimask_output:
-    as in :class:`~salip_bench.refiners.sam_box.SamBoxRefiner`. ``sam`` is injected.
+    as in :class:`~salip_bench.stages.refiners.sam_box.SamBoxRefiner`. ``sam`` is injected.
     """
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built

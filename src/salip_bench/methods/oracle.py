@@ -9,7 +9,7 @@ import numpy as np
 
 from salip_bench.metrics import greedy_oracle
 from salip_bench.methods.salip import SalipMethod
-from salip_bench.pipeline import Filter, Generate, Refine, salip
+from salip_bench.methods.pipeline import Filter, Generate, Refine, salip
 from salip_bench.registry import METHODS
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 

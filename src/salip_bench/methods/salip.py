@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from salip_bench.metrics import dice_iou, greedy_oracle
-from salip_bench.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
+from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from salip_bench.methods.salip import SalipMethod
-from salip_bench.pipeline import Filter, Generate, Retrieve
-from salip_bench.refiners.none import NoRefiner
+from salip_bench.methods.pipeline import Filter, Generate, Retrieve
+from salip_bench.stages.refiners.none import NoRefiner
 from salip_bench.registry import METHODS
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from salip_bench.baselines.unet import load_checkpoint, resize_image
+from salip_bench.engines.unet import load_checkpoint, resize_image
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip_bench.models.sam import SamEngine
+from salip_bench.engines.sam_v1 import SamEngine
 from salip_bench.registry import METHODS, PluginError
 from salip_bench.types import Prediction, Sample
 

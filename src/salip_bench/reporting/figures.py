@@ -2,8 +2,6 @@
 of the best, median and worst case of each run plus one side-by-side page of all methods."""
 from __future__ import annotations
 
-import json
-import re
 import textwrap
 from pathlib import Path
 

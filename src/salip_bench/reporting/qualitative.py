@@ -43,7 +43,7 @@ class SampleReader:
 
     def load(self, sample_id: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """(RGB image, GT mask or None, predicted mask, (N, 4) XYXY boxes)."""
-        from salip_bench.io.records import safe_name
+        from salip_bench.storage.files import safe_name
 
         dataset = self.dataset()
         if sample_id not in self._index:

@@ -1,0 +1,86 @@
+"""Predicted slices back into volumes: ``OUT/volumes/<id>.nii.gz`` on the input's grid, and the
+per-volume boundary metrics (NSD, HD95 in mm) computed on that grid with the voxel sizes."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from PIL import Image
+
+from salip_bench.datasets.cc359 import CC359Dataset
+from salip_bench.storage.files import safe_name
+from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics
+
+log = logging.getLogger(__name__)
+
+
+def is_volume_dataset(dataset: object) -> bool:
+    """Whether ``dataset`` samples slices of NIfTI volumes (``cc359``, ``volumes``)."""
+    return isinstance(dataset, CC359Dataset)
+
+
+def to_source_grid(canonical_data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Undo ``nib.as_closest_canonical``: RAS+ voxel data → the axis order and directions of the
+    file whose affine is ``affine``."""
+    ornt = nib.orientations.io_orientation(affine)
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
+    return nib.orientations.apply_orientation(canonical_data, back)
+
+
+def place_slice(volume: np.ndarray, axis: int, index: int, shown: np.ndarray) -> None:
+    """Write a :func:`~salip_bench.datasets.cc359.display_slice`-shaped 2D array back into ``volume``."""
+    np.moveaxis(volume, axis, 0)[index] = np.flipud(shown).T
+
+
+def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
+    """Save ``data`` as uint8 NIfTI with ``reference``'s affine and (copied) header, atomically."""
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    image = nib.Nifti1Image(data.astype(np.uint8), reference.affine, header=header)
+    image.header.set_slope_inter(1, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp.nii.gz")
+    nib.save(image, str(tmp))
+    os.replace(tmp, path)
+
+
+def write_volumes(dataset: CC359Dataset, out_dir: Path, records: list[dict],
+                  tolerance: float = NSD_TOLERANCE_MM) -> dict[str, dict]:
+    """Assemble each volume's predicted slices (``masks/<id>.png``) into ``out_dir/volumes/<volume>.nii.gz``
+    and score labelled volumes in 3D on the evaluated slices: ``nsd_3d`` / ``hd95_3d`` in mm.
+
+    Slices that were not evaluated (outside ``slice_range``, failed) are 0 in the written mask and
+    left out of the 3D scores. Returns {volume: {"path", "nsd_3d", "hd95_3d", "n_slices_written"}}.
+    """
+    masks_dir = out_dir / "masks"
+    results: dict[str, dict] = {}
+    for volume_id, image_path in dataset.image_paths.items():
+        done = [r for r in records if r.get("volume") == volume_id and r["status"] == "ok"
+                and (masks_dir / f"{safe_name(r['id'])}.png").is_file()]
+        if not done:
+            continue
+        source = nib.load(str(image_path))
+        canonical_shape = nib.as_closest_canonical(source).shape[:3]
+        predicted = np.zeros(canonical_shape, bool)
+        evaluated = np.zeros(canonical_shape, bool)
+        for record in done:
+            with Image.open(masks_dir / f"{safe_name(record['id'])}.png") as png:
+                shown = np.asarray(png) > 0
+            place_slice(predicted, dataset.axis, int(record["slice"]), shown)
+            place_slice(evaluated, dataset.axis, int(record["slice"]), np.ones_like(shown))
+        predicted = to_source_grid(predicted, source.affine)
+        path = out_dir / "volumes" / f"{safe_name(volume_id)}.nii.gz"
+        save_like(predicted, source, path)
+        entry: dict = {"path": str(path), "n_slices_written": len(done), "nsd_3d": None, "hd95_3d": None}
+        mask_path = dataset.mask_path(volume_id)
+        if mask_path is not None and mask_path.is_file():
+            target = np.asanyarray(nib.load(str(mask_path)).dataobj).reshape(source.shape[:3]) > 0.5
+            target &= to_source_grid(evaluated, source.affine)
+            zooms = [float(z) for z in source.header.get_zooms()[:3]]
+            scores = boundary_metrics(predicted, target, zooms, tolerance)
+            entry.update({"nsd_3d": scores["nsd"], "hd95_3d": scores["hd95"]})
+        results[volume_id] = entry
+    return results

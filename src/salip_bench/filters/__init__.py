@@ -1,2 +1,0 @@
-"""Stage 2 of SaLIP: drop candidates. One file per registered filter."""
-from salip_bench.filters import area, none  # noqa: F401

@@ -1,2 +1,0 @@
-"""Stage 1 of SaLIP: propose part masks. One file per registered generator."""
-from salip_bench.generators import sam_everything  # noqa: F401

@@ -1,1 +1,0 @@
-"""Foundation models (SAM, CLIP) and where their weights come from."""

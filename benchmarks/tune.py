@@ -46,7 +46,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_json
-from salip_bench import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
+from salip_bench.evaluation import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
 from salip_bench.stages.generators import sam_everything
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.sam import SamV1Engine

@@ -12,7 +12,7 @@ from conftest import CXR, SMOKE, compose_config, yaml_config
 from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.evaluation.harness import config_fingerprint, run
 from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.models import shared
+from salip_bench.engines import shared
 from salip_bench.engines.sam import build_sam_engine as build_sam
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved

@@ -9,7 +9,7 @@ import torch
 from conftest import HC18, SMOKE, compose_config, yaml_config
 from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.evaluation.harness import run
-from salip_bench.io import content_keys
+from salip_bench.storage import content_keys
 from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.engines.clip import build_clip
 from salip_bench.registry import RETRIEVERS

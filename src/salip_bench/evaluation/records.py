@@ -65,7 +65,7 @@ class RecordStore:
                 record.update({"id": sample_id, "status": "failed",
                                "failure": f"{CRASH_FAILURE} (pid {marker.get('pid')}, started {started}); "
                                           "delete its record or set resume.retry_crashed=true to try it again"})
-                atomic_write_text(self.record_path(sample_id), json.dumps(record, sort_keys=True, indent=1))
+                atomic_write_text(self.record_path(sample_id), SampleRecord.from_dict(record).to_json())
                 crashed.append(sample_id)
             marker_path.unlink(missing_ok=True)
         return crashed

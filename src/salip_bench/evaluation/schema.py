@@ -351,6 +351,6 @@ class Summary:
 def json_object(text: str) -> dict[str, Any]:
     """``text`` parsed; a ValueError unless it is a JSON object (records and summaries are)."""
     data = json.loads(text)
-    if not isinstance(data, dict):
+    if not isinstance(data, dict):  # a ValueError like a JSON syntax error: callers catch one kind
         raise ValueError("not a JSON object")
     return data

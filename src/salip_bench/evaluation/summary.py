@@ -17,7 +17,7 @@ from typing import Any
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.records import RecordStore, results_frame
-from salip_bench.evaluation.schema import (CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary)
+from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
 from salip_bench.storage.files import write_if_changed
 
@@ -45,7 +45,7 @@ class Invocation:
 
     def carry_over(self, previous: Summary) -> Invocation:
         """This invocation's values, the previous summary's where it has none (see the module docstring)."""
-        def pick(mine, theirs):  # noqa: ANN001, ANN202
+        def pick(mine: Any, theirs: Any) -> Any:
             return mine if mine is not None else theirs
 
         return Invocation(pick(self.texts_encoded, previous.work.get(CLIP_TEXTS_ENCODED, 0)),

@@ -125,3 +125,12 @@ def test_fingerprint_hashes_the_semantic_config(extra):
     cfg = compose_config(SMOKE + extra)
     digest = hashlib.sha256(json.dumps(semantic_config(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_fingerprint(cfg) == digest
+
+
+def test_the_report_reads_runs_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, salip_bench.report, salip_bench.evaluation.schema; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

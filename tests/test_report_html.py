@@ -181,7 +181,7 @@ def test_a_run_whose_data_is_gone_gets_a_note_instead_of_a_figure(report_dir: Pa
     from salip_bench.reporting.qualitative import run_grid
 
     run = find_runs([tmp_path / "salip"])[0]
-    run.summary["config"]["dataset"]["root"] = str(tmp_path / "moved")
+    run.summary.config["dataset"]["root"] = str(tmp_path / "moved")
     path, note = run_grid(run, "salip", tmp_path / "figures")
     assert path is None and "figure skipped" in note and "moved" in note
 

@@ -17,15 +17,14 @@ from torch.utils.data import DataLoader, Subset
 from salip_bench.config_keys import FULL_PRECISION, NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED
 from salip_bench.datasets.base import check_unique_ids
 from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.evaluation.records import CRASH_FAILURE, RecordStore, aggregate, results_frame
-from salip_bench.storage.files import write_if_changed
+from salip_bench.evaluation.records import CRASH_FAILURE, RecordStore, results_frame
+from salip_bench.evaluation.summary import Invocation, RunInfo, write_tables
 from salip_bench.evaluation.run_lock import RunLock
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
 from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter
-from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.memory import MemoryGuard
-from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION, NSD_TOLERANCE_MM
+from salip_bench.metrics import NSD_TOLERANCE_MM
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.shared import shared_engine
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError, file_sha256
@@ -320,64 +319,12 @@ def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], finge
              dataset=None) -> dict:  # noqa: ANN001
     """(Re)write results.csv and summary.json from the records on disk (and, for a volume dataset,
     ``volumes/<id>.nii.gz`` with per-volume 3D NSD / HD95); unchanged files are left alone.
+    See :func:`salip_bench.evaluation.summary.write_tables`.
 
     stages: which ``engines`` key each stage used (:func:`stage_engines`), for the per-engine report."""
-    records = store.read_all(ids)
-    aggregated = aggregate(records)
-    if dataset is not None and is_volume_dataset(dataset) and cfg["save_masks"]:
-        add_volume_scores(aggregated, write_volumes(dataset, out_dir, records, nsd_tolerance(cfg)))
-    summary_path = out_dir / "summary.json"
-    previous = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    work = {"sam_encoder_passes": sum(r.get("sam_encoder_passes", 0) for r in records),
-            "clip_images_encoded": sum(r.get("clip_images_encoded", 0) for r in records),
-            "clip_texts_encoded": texts_encoded if texts_encoded is not None
-            else previous.get("work", {}).get("clip_texts_encoded", 0)}
-    summary = {**aggregated, "dataset": cfg["dataset"]["name"], "method": cfg["method"]["name"],
-               "dataset_root": cfg["dataset"].get("root"), "roi": cfg["dataset"].get("prompts"),
-               "overrides": overrides(),
-               "empty_mask_convention": EMPTY_MASK_CONVENTION, "boundary_conventions": BOUNDARY_CONVENTIONS,
-               "nsd_tolerance": nsd_tolerance(cfg), "spacing_unit": getattr(dataset, "spacing_unit", None),
-               "spacing_source": spacing_source(dataset), "fingerprint": fingerprint, "work": work,
-               "weights": cfg["weights"],
-               "weights_identity": {k: e.identity for k, e in engines.items()} or previous.get("weights_identity", {}),
-               "versions": package_versions(), "config": cfg}
-    # Per engine: identity, counters of this invocation and the stages it served; per stage: its engine.
-    summary["engines"], summary["stage_engines"] = engine_report(cfg, engines, stages or {}) if engines else (
-        previous.get("engines", {}), previous.get("stage_engines", {}))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if records:
-        write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))
-    write_if_changed(summary_path, json.dumps(summary, indent=2, sort_keys=True, default=str))
-    log.info("dice_mean=%s iou_mean=%s nsd_mean=%s hd95_mean=%s n_ok=%d n_failed=%d n_unlabelled=%d",
-             summary["dice_mean"], summary["iou_mean"], summary["nsd_mean"], summary["hd95_mean"], summary["n_ok"],
-             summary["n_failed"], summary["n_unlabelled"])
-    return summary
-
-
-def spacing_source(dataset) -> str | None:  # noqa: ANN001
-    """Where NSD's tolerance and HD95 get their unit, in words for summary.json."""
-    if dataset is None:
-        return None
-    if getattr(dataset, "spacing_unit", "pixel") == "pixel":
-        return "no pixel size known: 1 pixel = 1 unit (NSD tolerance and HD95 in pixels)"
-    if is_volume_dataset(dataset):
-        return "NIfTI voxel sizes (mm)"
-    if getattr(dataset, "pixel_size_csv", None):
-        return f"pixel sizes (mm) from {dataset.pixel_size_csv}"
-    return "dataset.spacing (mm)"
-
-
-def add_volume_scores(summary: dict, volumes: dict[str, dict]) -> None:
-    """Merge the NIfTI writer's per-volume NSD / HD95 (mm) and output paths into the summary."""
-    per_volume = summary.setdefault("per_volume", {})
-    for volume_id, entry in volumes.items():
-        per_volume.setdefault(volume_id, {}).update(entry)
-    scored = [v for v in per_volume.values() if v.get("dice_3d") is not None]
-    for metric in ("nsd_3d", "hd95_3d"):
-        values = [v[metric] for v in scored if v.get(metric) is not None]
-        summary[f"{metric}_mean"] = sum(values) / len(values) if values else None
-        summary[f"{metric}_n_undefined"] = sum(1 for v in scored if metric in v and v[metric] is None)
-    for domain, stats in (summary.get("per_domain") or {}).items():
-        for metric in ("nsd_3d", "hd95_3d"):
-            values = [v[metric] for v in scored if v.get("domain") == domain and v.get(metric) is not None]
-            stats[f"{metric}_mean"] = sum(values) / len(values) if values else None
+    invocation = Invocation(texts_encoded)
+    if engines:  # without engines (every sample done) the engine keys are the last evaluating run's
+        invocation.weights_identity = {k: e.identity for k, e in engines.items()}
+        invocation.engines, invocation.stage_engines = engine_report(cfg, engines, stages or {})
+    info = RunInfo(cfg, fingerprint, overrides(), package_versions(), nsd_tolerance(cfg), dataset)
+    return write_tables(info, out_dir, store, ids, invocation).to_dict()

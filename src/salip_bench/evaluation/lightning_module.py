@@ -12,17 +12,18 @@ from torch import nn
 
 from salip_bench.storage.content_keys import hashed_once
 from salip_bench.evaluation.records import RecordStore
+from salip_bench.evaluation.schema import (CLIP_IMAGES_ENCODED, CONFUSION, ENGINE_COUNTER, FAILED, METRICS, OK,
+                                           RECORDED_META, SAM_ENCODER_PASSES, SampleRecord)
 from salip_bench.evaluation.memory import MemoryGuard, downscale, upscale
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, confusion_counts, dice_iou
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
 
+# What evaluating one sample gives: its record, predicted mask, prediction and the sample (the last
+# three None / the sample for a failure).
+Evaluated = tuple[SampleRecord, "np.ndarray | None", "Prediction | None", Sample]
 
-# Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries, the
-# pixel spacing of the boundary metrics, and the dataset's warning about the input (e.g. NaN voxels
-# normalised away).
-RECORDED_META = ("volume", "domain", "slice", "image_path", "spacing", "warning")
 
 
 class WorkCounters:
@@ -35,8 +36,8 @@ class WorkCounters:
         clip = self.engines.get("clip")
         # Every SAM-family engine once (the refiner's may be the generator's very object).
         sams = {id(e): e for k, e in self.engines.items() if k != "clip"}.values()
-        return {"sam_encoder_passes": sum(getattr(e, "encoder_passes", 0) for e in sams),
-                "clip_images_encoded": getattr(clip, "images_encoded", 0)}
+        return {SAM_ENCODER_PASSES: sum(e.counters().get(ENGINE_COUNTER[SAM_ENCODER_PASSES], 0) for e in sams),
+                CLIP_IMAGES_ENCODED: clip.counters().get(ENGINE_COUNTER[CLIP_IMAGES_ENCODED], 0) if clip else 0}
 
 
 class PredictModule(L.LightningModule):
@@ -70,21 +71,26 @@ class PredictModule(L.LightningModule):
     def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
         return batch  # samples are numpy; the method moves what it needs
 
-    def predict_step(self, batch: list[Sample], batch_idx: int) -> list[tuple[dict, np.ndarray | None, Prediction | None, Sample]]:
+    def predict_step(self, batch: list[Sample], batch_idx: int) -> list[Evaluated]:
         return [self.evaluate(sample) for sample in batch]
 
-    def record_head(self, sample: Sample) -> dict:
-        """The keys every record of ``sample`` starts with, finished or failed."""
-        return {"id": sample.id, "fingerprint": self.fingerprint,
-                **{k: v for k, v in sample.meta.items() if k in RECORDED_META}}
+    def record_head(self, sample: Sample, status: str = FAILED) -> SampleRecord:
+        """What every record of ``sample`` starts with, finished or failed (``status`` until it is known)."""
+        return SampleRecord(id=sample.id, status=status, fingerprint=self.fingerprint,
+                            meta={k: v for k, v in sample.meta.items() if k in RECORDED_META})
 
-    def evaluate(self, sample: Sample) -> tuple[dict, np.ndarray | None, Prediction | None, Sample]:
+    def failed(self, sample: Sample, failure: str) -> Evaluated:
         record = self.record_head(sample)
+        record.failure = failure
+        return record, None, None, sample
+
+    def evaluate(self, sample: Sample) -> Evaluated:
+        """Run the method on ``sample`` and score it; a failure is recorded (or raised with fail_fast)."""
         if sample.error:
             if self.fail_fast:
                 raise RuntimeError(f"sample {sample.id}: {sample.error}")
             log.warning("sample %s failed to load: %s", sample.id, sample.error)
-            return {**record, "status": "failed", "failure": sample.error}, None, None, sample
+            return self.failed(sample, sample.error)
         before, start = self.counters.snapshot(), time.perf_counter()
         try:
             work, scale = downscale(sample, self.max_side)
@@ -101,23 +107,27 @@ class PredictModule(L.LightningModule):
                 raise
             if isinstance(err, MemoryError) and str(err).startswith("MemoryEstimate"):
                 log.warning("sample %s not run: %s", sample.id, err)
-                return {**record, "status": "failed", "failure": str(err)}, None, None, sample
+                return self.failed(sample, str(err))
             log.exception("sample %s failed", sample.id)
-            return {**record, "status": "failed", "failure": f"{type(err).__name__}: {err}"}, None, None, sample
+            return self.failed(sample, f"{type(err).__name__}: {err}")
         after = self.counters.snapshot()
-        record.update({"status": "ok", "failure": "", "seconds": round(time.perf_counter() - start, 3),
-                       "gt_area": int(sample.mask.sum()) if sample.mask is not None else None,
-                       "pred_area": int(prediction.mask.sum())})
+        record = self.record_head(sample, OK)
+        record.failure, record.seconds = "", round(time.perf_counter() - start, 3)
+        record.gt_area = int(sample.mask.sum()) if sample.mask is not None else None
+        record.pred_area = int(prediction.mask.sum())
         if sample.mask is not None:
-            record["dice"], record["iou"] = dice_iou(prediction.mask, sample.mask)
-            record.update(confusion_counts(prediction.mask, sample.mask))
-            record.update(boundary_metrics(prediction.mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance))
+            dice, iou = dice_iou(prediction.mask, sample.mask)
+            boundary = boundary_metrics(prediction.mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance)
+            record.scores = {"dice": dice, "iou": iou, **{m: boundary[m] for m in METRICS if m in boundary}}
+            counts = confusion_counts(prediction.mask, sample.mask)
+            record.confusion = {k: counts[k] for k in CONFUSION}
         if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)
-            record["boxes"] = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
-        if self.extra_metrics is not None:
-            record.update(self.extra_metrics(sample, prediction.mask))
-        record.update({k: after[k] - before[k] for k in after})
-        record.update(prediction.info)
+            record.boxes = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
+        record.counters = {k: after[k] - before[k] for k in after}
+        # Dataset columns (HC18's circumference), then the method's info: later keys win, as before.
+        extra = {**(self.extra_metrics(sample, prediction.mask) if self.extra_metrics is not None else {}),
+                 **prediction.info}
+        record = SampleRecord.from_dict({**record.to_dict(), **extra})
         return record, prediction.mask, prediction, sample
 
 
@@ -130,14 +140,14 @@ class RecordWriter(BasePredictionWriter):
         self.store = store
         self.save_masks = save_masks
         self.overlays = overlays
-        self.kept: list[tuple[Sample, Prediction, dict]] = []
+        self.kept: list[tuple[Sample, Prediction, SampleRecord]] = []
         self.written = 0
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
         """Mark each sample as started before it runs: found on resume, it names a sample the
         process died in (recorded as failed then, instead of crashing every resume)."""
         for sample in batch:
-            self.store.mark_started({**pl_module.record_head(sample), "status": "failed"})
+            self.store.mark_started(pl_module.record_head(sample).to_dict())
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
                            dataloader_idx) -> None:

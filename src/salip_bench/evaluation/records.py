@@ -16,14 +16,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from salip_bench.metrics import dice_iou_from_counts
+from salip_bench.evaluation.aggregate import aggregate_records, sample_stats
+from salip_bench.evaluation.schema import METRICS, RECORD_ONLY, RESULT_COLUMNS, SampleRecord, as_record
 from salip_bench.storage.files import atomic_write_bytes, atomic_write_text, safe_name
 
-RESULT_COLUMNS = ["id", "status", "dice", "iou", "nsd", "hd95", "failure", "warning", "domain", "volume", "slice", "n_candidates", "n_kept", "retrieved_classes",
-                  "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area", "seconds",
-                  "sam_encoder_passes", "clip_images_encoded"]
-# Scores against the ground truth: always columns of results.csv, empty for unlabelled images.
-SCORE_COLUMNS = ("dice", "iou", "nsd", "hd95")
+SCORE_COLUMNS = METRICS  # older name, kept for callers
 
 
 # A sample found marked as started but never finished: the process died in it (resume records it so).
@@ -68,7 +65,7 @@ class RecordStore:
                 record.update({"id": sample_id, "status": "failed",
                                "failure": f"{CRASH_FAILURE} (pid {marker.get('pid')}, started {started}); "
                                           "delete its record or set resume.retry_crashed=true to try it again"})
-                atomic_write_text(self.record_path(sample_id), json.dumps(record, sort_keys=True, indent=1))
+                atomic_write_text(self.record_path(sample_id), SampleRecord.from_dict(record).to_json())
                 crashed.append(sample_id)
             marker_path.unlink(missing_ok=True)
         return crashed
@@ -86,16 +83,32 @@ class RecordStore:
             if owner == os.getpid():
                 marker_path.unlink(missing_ok=True)
 
-    def write(self, record: dict, mask: np.ndarray | None) -> None:
-        """Mask first, record last: a record on disk means the sample is complete."""
+    def write(self, record: SampleRecord | dict, mask: np.ndarray | None) -> None:
+        """Mask first, record last: a record on disk means the sample is complete.
+
+        Args:
+            record: the finished sample (a plain dict is read as its JSON would be).
+            mask: the predicted mask to store as ``masks/<id>.png``, or None.
+        """
+        record = as_record(record)
         if mask is not None:
             png = io.BytesIO()
             Image.fromarray(mask.astype(np.uint8) * 255).save(png, format="PNG")
-            atomic_write_bytes(self.masks_dir / f"{safe_name(record['id'])}.png", png.getvalue())
-        atomic_write_text(self.record_path(record["id"]), json.dumps(record, sort_keys=True, indent=1))
-        self.marker_path(record["id"]).unlink(missing_ok=True)
+            atomic_write_bytes(self.masks_dir / f"{safe_name(record.id)}.png", png.getvalue())
+        atomic_write_text(self.record_path(record.id), record.to_json())
+        self.marker_path(record.id).unlink(missing_ok=True)
+
+    def load(self, sample_id: str) -> SampleRecord | None:
+        """The sample's record, or None if it has none (or an unreadable one: the sample is redone)."""
+        data = self.read(sample_id)
+        return SampleRecord.from_dict(data) if data is not None else None
+
+    def load_all(self, ids: list[str]) -> list[SampleRecord]:
+        """The records of those ``ids`` that have one, in ``ids`` order."""
+        return [r for r in (self.load(i) for i in ids) if r is not None]
 
     def read(self, sample_id: str) -> dict | None:
+        """The record's raw JSON object (resume compares its fingerprint and status)."""
         path = self.record_path(sample_id)
         if not path.is_file():
             return None
@@ -108,15 +121,19 @@ class RecordStore:
         return [r for r in (self.read(i) for i in ids) if r is not None]
 
 
-def results_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per sample, JSON-encoding list-valued columns so the CSV stays one line per row."""
+def results_frame(records: list[SampleRecord | dict]) -> pd.DataFrame:
+    """One row per sample, JSON-encoding list-valued columns so the CSV stays one line per row.
+
+    Args:
+        records: the run's records (:class:`SampleRecord` or their JSON objects).
+    """
     rows = []
     for record in records:
-        row = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in record.items()
-               if k not in ("fingerprint",)}
-        rows.append(row)
+        data = as_record(record).to_dict()
+        rows.append({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in data.items()
+                     if k not in RECORD_ONLY})
     frame = pd.DataFrame(rows)
-    for column in SCORE_COLUMNS:
+    for column in METRICS:
         if column not in frame.columns:
             frame[column] = None
     for column in integer_columns(rows):  # failed samples leave gaps: keep counts integer (12, not 12.0)
@@ -136,61 +153,16 @@ def integer_columns(rows: list[dict]) -> list[str]:
     return [c for c, is_int in columns.items() if is_int]
 
 
-def aggregate(records: list[dict]) -> dict:
-    """Mean/std/median of per-sample Dice and IoU over the samples that did not fail; with
-    ``volume`` / ``domain`` keys in the records also per volume (3D Dice of the stacked slices) and
-    per domain (mean over its volumes, as the paper's Table 1)."""
-    summary = per_sample_stats(records)
-    volumes = sorted({r["volume"] for r in records if r.get("volume") is not None})
-    if volumes:
-        per_volume = {}
-        for volume in volumes:
-            ok = [r for r in records if r.get("volume") == volume and r["status"] == "ok" and "tp" in r]
-            counts = {k: sum(r[k] for r in ok) for k in ("tp", "fp", "fn")}
-            dice, iou = dice_iou_from_counts(**counts) if ok else (None, None)
-            domain = next((r.get("domain") for r in records if r.get("volume") == volume), None)
-            per_volume[volume] = {"dice_3d": dice, "iou_3d": iou, "n_slices": len(ok), "domain": domain}
-        summary["per_volume"] = per_volume
-        summary["dice_3d_mean"] = _mean([v["dice_3d"] for v in per_volume.values()])
-        summary["iou_3d_mean"] = _mean([v["iou_3d"] for v in per_volume.values()])
-    domains = sorted({r["domain"] for r in records if r.get("domain") is not None})
-    if domains:
-        summary["per_domain"] = {}
-        for domain in domains:
-            stats = per_sample_stats([r for r in records if r.get("domain") == domain])
-            if volumes:
-                vols = [v for v in summary["per_volume"].values() if v["domain"] == domain]
-                stats["dice_3d_mean"] = _mean([v["dice_3d"] for v in vols])
-                stats["iou_3d_mean"] = _mean([v["iou_3d"] for v in vols])
-                stats["n_volumes"] = len(vols)
-            summary["per_domain"][domain] = stats
-    return summary
+def aggregate(records: list[SampleRecord | dict]) -> dict:
+    """The aggregate keys of summary.json (see :func:`salip_bench.evaluation.aggregate.aggregate_records`)."""
+    return aggregate_records(records).aggregates_dict()
 
 
-def _mean(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+def is_labelled(record: SampleRecord | dict) -> bool:
+    """Whether the sample had a ground truth (see :attr:`SampleRecord.labelled`)."""
+    return as_record(record).labelled
 
 
-def is_labelled(record: dict) -> bool:
-    """Whether the sample had a ground truth (``gt_area`` is recorded for every ok sample that had one)."""
-    return record.get("gt_area") is not None or record.get("dice") is not None
-
-
-def per_sample_stats(records: list[dict]) -> dict:
-    """Counts and mean/std/median of each score over the ok samples where it is defined;
-    ``n_unlabelled`` ok samples had no ground truth, ``<metric>_n_undefined`` labelled ones no value
-    (HD95 with exactly one empty mask): both are counted, not dropped silently."""
-    ok = [r for r in records if r["status"] == "ok"]
-    labelled = [r for r in ok if is_labelled(r)]
-    summary: dict = {"n_total": len(records), "n_ok": len(ok), "n_failed": len(records) - len(ok),
-                     "n_unlabelled": len(ok) - len(labelled), "n_ok_with_warning": sum(1 for r in ok if r.get("warning"))}
-    for metric in SCORE_COLUMNS:
-        values = np.array([r[metric] for r in labelled if r.get(metric) is not None], dtype=np.float64)
-        summary[f"{metric}_mean"] = float(values.mean()) if values.size else None
-        summary[f"{metric}_std"] = float(values.std()) if values.size else None
-        summary[f"{metric}_median"] = float(np.median(values)) if values.size else None
-        if metric in ("nsd", "hd95"):
-            # Recorded as None (HD95 with one empty mask); records from before NSD/HD95 lack the key.
-            summary[f"{metric}_n_undefined"] = sum(1 for r in labelled if metric in r and r[metric] is None)
-    return summary
+def per_sample_stats(records: list[SampleRecord | dict]) -> dict:
+    """:func:`salip_bench.evaluation.aggregate.sample_stats` as summary.json writes it."""
+    return sample_stats(records).to_dict()

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from lightning.pytorch.loggers import WandbLogger
 
+from salip_bench.evaluation.schema import SampleRecord, Summary
 from salip_bench.types import Prediction, Sample
 
 
@@ -27,7 +28,7 @@ def make_wandb_logger(cfg: dict, out_dir: Path, run_config: dict, tags: list[str
                        mode=cfg["mode"])
 
 
-def overlay_image(sample: Sample, prediction: Prediction, record: dict, max_side: int = 512):
+def overlay_image(sample: Sample, prediction: Prediction, record: SampleRecord, max_side: int = 512):
     """A ``wandb.Image`` of the sample with GT and prediction masks and the retrieved boxes."""
     import wandb
 
@@ -42,7 +43,7 @@ def overlay_image(sample: Sample, prediction: Prediction, record: dict, max_side
     boxes = [{"position": {"minX": float(b[0]) / step, "minY": float(b[1]) / step,
                            "maxX": float(b[2]) / step, "maxY": float(b[3]) / step},
               "domain": "pixel", "class_id": 1, "box_caption": "retrieved"} for b in prediction.boxes]
-    dice = record.get("dice")
+    dice = record.scores.get("dice")
     caption = f"{sample.id} dice={dice:.3f}" if dice is not None else f"{sample.id} (unlabelled)"
     return wandb.Image(small, masks=masks, boxes={"retrieved": {"box_data": boxes, "class_labels": {1: "retrieved"}}}
                        if boxes else None, caption=caption)
@@ -62,11 +63,20 @@ def typed_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(typed, index=frame.index)
 
 
-def log_run(logger: WandbLogger, summary: dict, frame: pd.DataFrame,
-            kept: list[tuple[Sample, Prediction, dict]]) -> None:
-    """Summary metrics, the per-image table and the overlays, then close the run."""
-    metrics = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None}
-    metrics.update({f"work/{k}": v for k, v in summary.get("work", {}).items()})
+def log_run(logger: WandbLogger, summary: Summary | dict, frame: pd.DataFrame,
+            kept: list[tuple[Sample, Prediction, SampleRecord]]) -> None:
+    """Summary metrics, the per-image table and the overlays, then close the run.
+
+    Args:
+        logger: the run's W&B logger (finished here).
+        summary: the run's summary (its JSON object is read through :class:`Summary`).
+        frame: results.csv's table; kept: (sample, prediction, record) to draw as overlays.
+    """
+    summary = summary if isinstance(summary, Summary) else Summary.from_dict(summary)
+    # Every number at the summary's top level (counts, score statistics, 3D means), as before.
+    flat = {**summary.extra, **summary.stats.to_dict(), **summary.conventions}
+    metrics = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and v is not None}
+    metrics.update({f"work/{k}": v for k, v in summary.work.items()})
     logger.log_metrics(metrics)
     logger.experiment.summary.update(metrics)
     logger.log_table(key="per_image", dataframe=typed_table(frame))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from salip_bench.evaluation.schema import STAGE_DICE
 from salip_bench.reporting.text import cell as _cell, markdown_table
 
 CATEGORIES = ["generator_miss", "retriever_miss", "refinement_loss", "ok", "failed", "unscored"]
@@ -16,7 +17,7 @@ def attribute_failures(results: pd.DataFrame, tau: float, delta: float) -> pd.Se
     more than ``delta`` Dice), ``ok``, ``failed`` (the sample raised) or ``unscored`` (no stage scores)."""
     failed = results["status"].astype(str) != "ok"
     oracle, retrieved, final = (pd.to_numeric(results[c], errors="coerce")
-                                for c in ("oracle_dice", "retrieved_dice", "dice"))
+                                for c in (*STAGE_DICE, "dice"))
     conditions = [failed, oracle.isna() | retrieved.isna() | final.isna(), oracle < tau, retrieved < tau,
                   final < retrieved - delta]
     choices = ["failed", "unscored", "generator_miss", "retriever_miss", "refinement_loss"]  # first true wins
@@ -28,13 +29,13 @@ def failure_table(runs: list, labels: list[str], tau: float, delta: float) -> pd
     rows = []
     for run, label in zip(runs, labels):
         results = run.results
-        if results is None or not {"oracle_dice", "retrieved_dice"} <= set(results.columns):
+        if results is None or not set(STAGE_DICE) <= set(results.columns):
             continue
         categories = attribute_failures(results, tau, delta)
         scored = results[~categories.isin(["failed", "unscored"])]
         row = {"roi": run.roi, "dataset": run.dataset, "method": label, "n": len(results)}
         row.update({c: int((categories == c).sum()) for c in CATEGORIES})
-        for column in ("oracle_dice", "retrieved_dice", "dice"):
+        for column in (*STAGE_DICE, "dice"):
             values = pd.to_numeric(scored[column], errors="coerce")
             row[f"{column}_mean"] = float(values.mean()) if len(values) else None
         rows.append(row)

@@ -26,7 +26,7 @@ def plot_dice(runs: list, labels: list[str], path: Path) -> None:
     for run, label in zip(runs, labels):
         results = run.results
         if results is None or "dice" not in results.columns:
-            values, n_failed = np.array([]), int(run.summary.get("n_failed") or 0)
+            values, n_failed = np.array([]), run.summary.stats.n_failed
         else:
             ok = results["status"].astype(str) == "ok"
             values = pd.to_numeric(results.loc[ok, "dice"], errors="coerce").dropna().to_numpy()

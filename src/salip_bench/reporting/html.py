@@ -92,7 +92,7 @@ def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], note
     body.append(markdown_html("\n".join(notes)))
     if unscored:
         body.append("<h2>Unscored runs (unlabelled images)</h2>")
-        rows = [[label, run.dataset, str(run.summary.get("n_ok")), str(run.summary.get("n_unlabelled")),
+        rows = [[label, run.dataset, str(run.summary.stats.n_ok), str(run.summary.stats.n_unlabelled),
                  str(run.path)] for label, run in unscored]
         body.append(table_html(["Method", "Dataset", "ok", "unlabelled", "Run"], rows, css_class="unscored"))
     if dice_png.is_file():

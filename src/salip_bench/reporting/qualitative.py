@@ -25,7 +25,7 @@ CASES = ("best", "median", "worst")
 class SampleReader:
     """Image, ground truth, prediction and boxes of one run's samples, by id."""
 
-    def __init__(self, run) -> None:  # noqa: ANN001 - a report.Run
+    def __init__(self, run) -> None:  # noqa: ANN001 - a reporting.runs.Run
         self.run = run
         self._dataset = None
         self._index: dict[str, int] = {}
@@ -34,7 +34,7 @@ class SampleReader:
         if self._dataset is None:
             from salip_bench.registry import DATASETS
 
-            config = dict((self.run.summary.get("config") or {}).get("dataset") or {})
+            config = self.run.summary.dataset_config
             if not config.get("name"):
                 raise ValueError("summary.json has no dataset config")
             self._dataset = DATASETS.build(config)

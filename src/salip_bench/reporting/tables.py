@@ -5,11 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from salip_bench.evaluation.schema import BOUNDARY_METRICS, METRICS, VOLUME_METRICS
 from salip_bench.reporting.stats import bootstrap_ci, paired_tests
 from salip_bench.reporting.text import cell as _cell
 from salip_bench.reporting.text import ci_cell, markdown_table, p_cell
 
 ROW_KEYS = ["roi", "dataset", "domain", "level"]
+# The table's name of each of schema.METRICS (and of its 3D counterpart in VOLUME_METRICS).
+COLUMN_METRICS = ("dsc", "miou", "nsd", "hd95")
 
 
 def _scope_results(run, domain: str) -> pd.DataFrame | None:
@@ -39,32 +42,30 @@ def table_entries(runs: list, labels: list[str], seed: int = 0) -> pd.DataFrame:
         if not run.scored:
             continue
         summary = run.summary
-        volumes = list((summary.get("per_volume") or {}).values())
-        domains = summary.get("per_domain") or {}
-        scopes = [(str(d), stats, [v for v in volumes if v.get("domain") == d]) for d, stats in domains.items()]
+        volumes = list((summary.per_volume or {}).values())
+        domains = summary.per_domain or {}
+        scopes = [(str(d), stats, [v for v in volumes if v.domain == d]) for d, stats in domains.items()]
         if len(domains) != 1:  # one domain: its row already is the whole dataset
-            scopes.append(("all", summary, volumes))
+            scopes.append(("all", summary.stats, volumes))
         for domain, stats, scope_volumes in scopes:
             entry = {"roi": run.roi, "dataset": run.dataset, "domain": domain, "method": label,
-                     "n_ok": stats.get("n_ok"), "n_failed": stats.get("n_failed"), "n_total": stats.get("n_total")}
+                     "n_ok": stats.n_ok, "n_failed": stats.n_failed, "n_total": stats.n_total}
             if volumes:
                 entry["level"] = "volume"
-                keys = {"dsc": "dice_3d", "miou": "iou_3d", "nsd": "nsd_3d", "hd95": "hd95_3d"}
-                for metric, key in keys.items():
-                    values = [v[key] for v in scope_volumes if v.get(key) is not None]
+                for metric, key in zip(COLUMN_METRICS, VOLUME_METRICS):
+                    values = [v.value(key) for v in scope_volumes if v.value(key) is not None]
                     entry[f"{metric}_mean"] = float(np.mean(values)) if values else None
                     entry[f"{metric}_std"] = float(np.std(values)) if values else None
-                    if metric in ("nsd", "hd95"):
-                        entry[f"{metric}_n_undefined"] = sum(1 for v in scope_volumes if v.get("dice_3d") is not None
-                                                             and key in v and v[key] is None)
-                dice = np.array([v["dice_3d"] for v in scope_volumes if v.get("dice_3d") is not None])
+                    if key in ("nsd_3d", "hd95_3d"):
+                        entry[f"{metric}_n_undefined"] = sum(1 for v in scope_volumes if v.undefined(key))
+                dice = np.array([v.dice_3d for v in scope_volumes if v.dice_3d is not None])
             else:
                 entry["level"] = "image"
-                for metric, key in (("dsc", "dice"), ("miou", "iou"), ("nsd", "nsd"), ("hd95", "hd95")):
-                    entry[f"{metric}_mean"] = stats.get(f"{key}_mean")
-                    entry[f"{metric}_std"] = stats.get(f"{key}_std")
-                    if metric in ("nsd", "hd95"):
-                        entry[f"{metric}_n_undefined"] = stats.get(f"{key}_n_undefined")
+                for metric, key in zip(COLUMN_METRICS, METRICS):
+                    entry[f"{metric}_mean"] = stats.value(key, "mean")
+                    entry[f"{metric}_std"] = stats.value(key, "std")
+                    if key in BOUNDARY_METRICS:
+                        entry[f"{metric}_n_undefined"] = stats.n_undefined.get(key)
                 dice = _image_dice(_scope_results(run, domain))
             entry["dsc_median"] = float(np.median(dice)) if dice.size else None
             entry["dsc_ci_low"], entry["dsc_ci_high"] = bootstrap_ci(dice, seed=seed)
@@ -194,13 +195,13 @@ def _test_cell(record: dict, method: str) -> str:
 def run_notes(runs: list, labels: list[str], references: dict[str, int]) -> list[str]:
     notes = []
     for run, label in zip(runs, labels):
-        summary = run.summary
-        failed = f", {summary.get('n_failed')} failed" if summary.get("n_failed") else ""
-        unlabelled = f", {summary.get('n_unlabelled')} unlabelled" if summary.get("n_unlabelled") else ""
-        unit = {"pixel": "pixels"}.get(summary.get("spacing_unit"), summary.get("spacing_unit"))
-        units = f"; NSD at {summary.get('nsd_tolerance', 2.0):g} {unit}, HD95 in {unit}" if unit else ""
+        summary, stats = run.summary, run.summary.stats
+        failed = f", {stats.n_failed} failed" if stats.n_failed else ""
+        unlabelled = f", {stats.n_unlabelled} unlabelled" if stats.n_unlabelled else ""
+        unit = {"pixel": "pixels"}.get(summary.spacing_unit, summary.spacing_unit)
+        units = f"; NSD at {summary.nsd_tolerance:g} {unit}, HD95 in {unit}" if unit else ""
         status = "" if run.scored else " — UNSCORED (unlabelled images: predictions only)"
-        notes.append(f"- {label} on {run.dataset}: {run.path} ({summary.get('n_ok')}/{summary.get('n_total')} ok"
+        notes.append(f"- {label} on {run.dataset}: {run.path} ({stats.n_ok}/{stats.n_total} ok"
                      f"{failed}{unlabelled}{units}){status}")
     for dataset, index in references.items():
         notes.append(f"- paired tests on {dataset}: against {labels[index]}")

@@ -181,7 +181,7 @@ def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
     """The configured dataset; a setting it rejects (no such folder, no images, bad ids) is a
     :class:`~salip_bench.evaluation.validation.ConfigError` naming the dataset."""
     try:
-        DatasetSettings.from_config(cfg)  # a bad max_side fails here, before any image is read
+        extra_metrics(DatasetSettings.from_config(cfg).extra_metrics)  # a bad max_side or metric name fails here
         dataset = DATASETS.build(cfg)
         check_unique_ids(dataset.ids)
     except PluginError:

@@ -45,6 +45,7 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 
 from common import PeakMemory, model_config, now, parser_with_common_args, table, write_json
 from salip_bench.datasets.folder import FolderDataset
+from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.engines.clip import ClipEngine, build_clip, to_pil
 from salip_bench.engines.sam import SamV1Engine
 from salip_bench.engines.sam_v1 import SamEngine, build_sam
@@ -191,7 +192,8 @@ def main() -> None:
         sam_config.update(RELEASED_DECODER)
     sam = build_sam(sam_config, "random", engine_class=SamV1Engine).to(device)
     clip = build_clip(model_config("clip", args.clip), "random").to(device)
-    dataset = FolderDataset(args.data, prompts=args.prompts, top_k=args.top_k)
+    dataset = FolderDataset(args.data)
+    retrieval = DatasetSettings(prompts=args.prompts, top_k=args.top_k)
     images = [dataset[i].image for i in range(min(args.images, len(dataset)))]
     settings = dict(points_per_side=args.points_per_side, points_per_batch=args.points_per_batch, crop_n_layers=1,
                     crop_n_points_downscale_factor=2, pred_iou_thresh=args.pred_iou_thresh,
@@ -202,9 +204,9 @@ def main() -> None:
     load_plugins()  # importing every plugin module is one-off start-up, not part of a run's setup
     clip.encode_texts(["warm-up"])  # nor is the first CLIP call's initialisation
     with meters["ours"].stage("setup"):  # once per run: the class prompts' text prototypes
-        ours = Ours(sam, clip, settings, dataset.class_prompts(), dataset.top_k_per_class(), args.max_area,
+        ours = Ours(sam, clip, settings, retrieval.class_prompts(), retrieval.top_k_per_class(), args.max_area,
                     args.retriever)
-    reference = Reference(sam, clip, settings, dataset.class_prompts(), dataset.top_k_per_class(), args.max_area,
+    reference = Reference(sam, clip, settings, retrieval.class_prompts(), retrieval.top_k_per_class(), args.max_area,
                           ours.retrieve.visual_prompt)
     paths = {"reference": reference, "ours": ours}
     for path in paths.values():  # warm-up (allocator, kernels) on a small crop, not measured

@@ -64,11 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="conf/model/<name>.yaml names")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "us_fetal_head"))
-    parser.add_argument("--prompts", default="fetal_head")
     parser.add_argument("--points-per-side", type=int, default=4)
     parser.add_argument("--json", default=str(REPO / "outputs" / "sam_engines.json"))
     args = parser.parse_args()
-    image = FolderDataset(args.data, prompts=args.prompts)[0].image
+    image = FolderDataset(args.data)[0].image
     rows = [measure(name, image, args.points_per_side) for name in args.models]
     print(f"image {image.shape[1]}x{image.shape[0]}, {args.points_per_side}^2 points, torch threads "
           f"{torch.get_num_threads()}")

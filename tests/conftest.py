@@ -68,14 +68,14 @@ def tiny_clip():
 def cxr_sample():
     from salip_bench.datasets.folder import FolderDataset
 
-    return FolderDataset(str(CXR), prompts="lungs", top_k=2)[0]
+    return FolderDataset(str(CXR))[0]
 
 
 @pytest.fixture(scope="session")
 def hc18_sample():
     from salip_bench.datasets.folder import FolderDataset
 
-    return FolderDataset(str(HC18), prompts="fetal_head")[0]
+    return FolderDataset(str(HC18))[0]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from PIL import Image
 
 from salip_bench.masks import gt_boxes
 from salip_bench.datasets.cc359 import display_slice, scanner_domain, slice_bounds
+from salip_bench.datasets.settings import DatasetSettings
+from salip_bench.evaluation.extra_metrics import head_circumference
 from salip_bench.evaluation.records import aggregate
 from salip_bench.metrics import confusion_counts, dice_iou_from_counts
 from salip_bench.registry import DATASETS
@@ -42,6 +44,11 @@ def build(yaml_name: str, **overrides):
     return DATASETS.build(OmegaConf.merge(cfg, {**SHARED_OVERRIDES.get(yaml_name, {}), **overrides}))
 
 
+def settings(yaml_name: str) -> DatasetSettings:
+    """The run settings a dataset yaml declares (prompts, top_k, max_side, extra_metrics)."""
+    return DatasetSettings.from_config(OmegaConf.to_container(OmegaConf.load(CONF / f"{yaml_name}.yaml")))
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
@@ -61,7 +68,9 @@ def test_yaml_builds_on_shared_data(yaml_name):
     assert sample.error is None
     assert sample.image.dtype == np.uint8 and sample.image.ndim == 3 and sample.image.shape[2] == 3
     assert sample.mask.dtype == bool and sample.mask.shape == sample.image.shape[:2]
-    assert dataset.class_prompts() and set(dataset.top_k_per_class()) == set(dataset.class_prompts())
+    declared = settings(yaml_name)
+    assert declared.class_prompts() and set(declared.top_k_per_class()) == set(declared.class_prompts())
+    assert not hasattr(dataset, "prompts") and not hasattr(dataset, "top_k")  # the run's settings, not the data's
 
 
 def test_gt_boxes_one_box_per_component_largest_first():
@@ -79,7 +88,7 @@ def test_gt_boxes_one_box_per_component_largest_first():
 @needs_data
 def test_cxr_dev_set_two_lungs_per_image():
     dataset = build("cxr")
-    assert len(dataset) == 8 and dataset.top_k == 2 and dataset.prompts == "lungs"
+    assert len(dataset) == 8 and settings("cxr").top_k == 2 and settings("cxr").prompts == "lungs"
     for index in range(len(dataset)):
         sample = dataset[index]
         assert sample.error is None, sample.error
@@ -106,14 +115,15 @@ def test_cxr_kaggle_layout_both_mask_names(tmp_path):
 def test_hc18_filled_outlines_match_dev_masks_and_circumference():
     dataset = build("hc18")
     assert len(dataset) == 12 and dataset.pixel_size_csv is not None
+    assert settings("hc18").extra_metrics == ("head_circumference",)  # chosen by the yaml, computed by evaluation
     for index in range(len(dataset)):
         sample = dataset[index]
         assert sample.error is None, sample.error
         reference = np.asarray(Image.open(DATA / "us_fetal_head" / "masks" / f"{sample.id}_mask.png")) > 127
         assert dice(sample.mask, reference) >= 0.99
-        columns = dataset.extra_metrics(sample, sample.mask)
+        columns = head_circumference(sample, sample.mask)
         assert columns["hc_abs_err_mm"] <= 0.03 * columns["hc_ref_mm"], (sample.id, columns)
-    empty = dataset.extra_metrics(sample, np.zeros_like(sample.mask))
+    empty = head_circumference(sample, np.zeros_like(sample.mask))
     assert empty["hc_pred_mm"] is None and empty["hc_abs_err_mm"] is None and empty["hc_ref_mm"] > 0
 
 
@@ -210,9 +220,7 @@ def test_cc359_layout_domains_orientation_and_cache(tmp_path):
 
 
 def test_top_k_mapping_missing_a_class_is_a_clear_error():
-    from salip_bench.datasets.folder import FolderDataset
-
     both = {"lung": 2, "left lung": 1, "right lung": 1}  # one mapping for two prompt sets (tab2) is fine
-    assert FolderDataset(str(DATA / "cxr_lung"), prompts="lungs", top_k=both).top_k_per_class() == {"lung": 2}
+    assert DatasetSettings(prompts="lungs", top_k=both).top_k_per_class() == {"lung": 2}
     with pytest.raises(ValueError, match=r"no k for class\(es\) \['right lung'\]"):
-        FolderDataset(str(DATA / "cxr_lung"), prompts="lungs_left_right", top_k={"left lung": 1}).top_k_per_class()
+        DatasetSettings(prompts="lungs_left_right", top_k={"left lung": 1}).top_k_per_class()

@@ -121,7 +121,7 @@ def test_missing_refiner_checkpoint_names_the_refiner_key(tmp_path, monkeypatch)
 def test_refiner_shares_the_generators_engine_exactly_when_it_is_the_same_entry(tmp_path):
     from salip_bench.datasets.folder import FolderDataset
 
-    dataset = FolderDataset(str(CXR), prompts="lungs")
+    dataset = FolderDataset(str(CXR))
     same = build_context(compose_config(SMOKE + ["model@refiner_model=sam_tiny"]), dataset)
     assert same["refiner_sam"]() is same["sam"]()
     default = build_context(compose_config(SMOKE), dataset)

@@ -16,7 +16,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import CONF, CXR, REPO, compose_config
-from salip_bench.registry import DATASETS
+from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.report import main as report_main
 
 # recipe → (swept key, values, the report's column label of each value)
@@ -74,7 +74,7 @@ def test_tab2_top_k_mapping_serves_both_prompt_sets():
     for dataset in (["dataset.image_dir=images"], ["dataset=folder"]):
         for prompts, top_k in expected.items():
             cfg = compose_config(["experiment=tab2", *dataset, f"dataset.root={CXR}", f"dataset.prompts={prompts}"])
-            assert DATASETS.build(cfg["dataset"]).top_k_per_class() == top_k
+            assert DatasetSettings.from_config(cfg["dataset"]).top_k_per_class() == top_k
 
 
 def fake_run(out: Path, cfg: dict, dice: float) -> None:

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from salip_bench.datasets.base import window_uint8
+from salip_bench.evaluation.extra_metrics import head_circumference
 from salip_bench.evaluation.records import RecordStore
 from salip_bench.storage.files import safe_name
 from salip_bench.registry import DATASETS
@@ -94,7 +95,7 @@ def test_hc18_names_differing_in_case_get_distinct_ids_and_keep_their_csv_row(tm
     for index in range(2):
         sample = dataset[index]
         assert sample.error is None and sample.mask.sum() == 70
-        assert dataset.extra_metrics(sample, sample.mask)["hc_ref_mm"] == 5.0
+        assert head_circumference(sample, sample.mask)["hc_ref_mm"] == 5.0
     assert_distinct_records(dataset.ids, tmp_path, casefold=False)
 
 
@@ -193,9 +194,8 @@ def test_cc359_corrupt_header_is_one_failed_sample_among_good_volumes(tmp_path):
 
 
 def test_top_k_below_one_is_refused_per_class():
-    from salip_bench.datasets.folder import FolderDataset
+    from salip_bench.datasets.settings import DatasetSettings
 
     for bad in (0, -1, {"lung": 0}):
         with pytest.raises(ValueError, match="expected an integer >= 1"):
-            FolderDataset(str(REPO / "src" / "salip_bench" / "demo" / "hc18"), prompts="lungs", top_k=bad,
-                          mask_pattern="{stem}_mask.png").top_k_per_class()
+            DatasetSettings(prompts="lungs", top_k=bad).top_k_per_class()

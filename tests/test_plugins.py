@@ -1,12 +1,18 @@
 """Every registered plugin is built from its own yaml (conf/<group>/<name>.yaml) and run once."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
 from conftest import CONF, CXR, HC18, MRI, SMOKE, compose_config, yaml_config
 from salip_bench.evaluation.harness import build_context
-from salip_bench.registry import ENGINES, REGISTRIES, RETRIEVERS, PluginError, load_plugins
+from salip_bench.datasets.settings import DatasetSettings
+from salip_bench.masks import gt_boxes, mask_box
+from salip_bench.registry import DATASET_SETTINGS, ENGINES, REGISTRIES, RETRIEVERS, PluginError, load_plugins
+from salip_bench.stages.refiners.none import NoRefiner
+from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.stages.retrievers.visual_prompts import blurred_background, masked_crop
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 
@@ -77,7 +83,8 @@ def test_plugin_builds_from_its_yaml_and_runs(kind, name, tiny_sam, tiny_clip, c
         assert sample.error is None, sample.error
         assert sample.image.dtype == np.uint8 and sample.image.ndim == 3 and sample.image.shape[2] == 3
         assert sample.mask.dtype == bool and sample.mask.shape == sample.image.shape[:2] and sample.mask.any()
-        assert dataset.class_prompts() and set(dataset.top_k_per_class()) == set(dataset.class_prompts())
+        settings = DatasetSettings.from_config(cfg)
+        assert settings.class_prompts() and set(settings.top_k_per_class()) == set(settings.class_prompts())
     elif kind == "method":
         if name == "unet":
             monkeypatch.setenv("SALIP_TEST_UNET_CKPT", str(request.getfixturevalue("unet_checkpoint")))
@@ -89,6 +96,70 @@ def test_plugin_builds_from_its_yaml_and_runs(kind, name, tiny_sam, tiny_clip, c
         assert isinstance(prediction, Prediction) and prediction.mask.shape == image.shape[:2]
     else:
         pytest.fail(f"no runner for plugin kind {kind}")
+
+
+# What build_context injects by parameter name: never a config key, so no yaml states it.
+INJECTED = {"sam", "clip", "class_prompts", "top_k", "generator", "filter", "retriever", "refiner"}
+YAMLS = [(kind, path.stem) for kind in GROUPS for path in sorted((CONF / GROUPS[kind]).glob("*.yaml"))]
+
+
+def plain(value):
+    """Tuples as lists, as a yaml writes them."""
+    return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+@pytest.mark.parametrize("kind,yaml_name", YAMLS, ids=[f"{k}-{n}" for k, n in YAMLS])
+def test_yaml_states_every_setting_and_agrees_with_the_signature(kind, yaml_name):
+    """Defaults live in the constructor's signature (a visual prompt's: its function's). The plugin's
+    own yaml (``<group>/<name>.yaml``) names each settable argument, so it can be overridden, with
+    that default; a preset (hc18_demo, mni152_demo) states the required ones and what it changes."""
+    cfg = yaml_config(GROUPS[kind], yaml_name)
+    cfg.pop("defaults", None)  # Hydra's: the stage choices a method's yaml makes (sam_clip: refiner none)
+    registry = REGISTRIES[kind]
+    cls = registry.get(cfg.pop("name"))
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()
+              if n not in INJECTED and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    unknown = sorted(set(cfg) - set(params) - set(registry.settings))
+    assert not unknown, f"conf/{GROUPS[kind]}/{yaml_name}.yaml: keys {unknown} are no argument of {cls.__name__}"
+    preset = yaml_name != cls.registered_name
+    required = {n for n, p in params.items() if p.default is inspect.Parameter.empty}
+    omitted = sorted((required if preset else set(params)) - set(cfg))
+    assert not omitted, f"conf/{GROUPS[kind]}/{yaml_name}.yaml omits {omitted} of {cls.__name__}"
+    if preset:
+        return
+    for key, param in params.items():
+        if param.default is not inspect.Parameter.empty:
+            assert plain(cfg[key]) == plain(param.default), \
+                f"conf/{GROUPS[kind]}/{yaml_name}.yaml: {key}={cfg[key]!r}, but {cls.__name__} defaults to {param.default!r}"
+
+
+@pytest.mark.parametrize("yaml_name", [n for k, n in YAMLS if k == "dataset"])
+def test_dataset_yaml_declares_the_run_settings(yaml_name):
+    """prompts / top_k / max_side are the run's (DatasetSettings), stated in every dataset yaml."""
+    cfg = yaml_config("dataset", yaml_name)
+    assert {"prompts", "top_k", "max_side"} <= set(cfg)
+    assert not set(DATASET_SETTINGS) & set(inspect.signature(REGISTRIES["dataset"].get(cfg["name"])).parameters)
+    assert tuple(DatasetSettings.__dataclass_fields__) == DATASET_SETTINGS
+
+
+def test_sam_clip_composes_the_configured_refiner(tiny_sam, tiny_clip, cxr_sample):
+    """sam_clip is salip with refiner=none by its yaml; an explicit refiner= is used, not ignored."""
+    base = SMOKE + ["method=sam_clip", "dataset=folder", f"dataset.root={CXR}", "dataset.prompts=lungs"]
+    for overrides, refiner in (([], NoRefiner), (["refiner=sam_box"], SamBoxRefiner)):
+        full = compose_config(base + overrides)
+        method = REGISTRIES["method"].build(full["method"], **build_context(full, None, tiny_sam, tiny_clip))
+        assert isinstance(method.refiner, refiner)
+    salip = compose_config(SMOKE + ["dataset=folder", f"dataset.root={CXR}", "dataset.prompts=lungs"])
+    assert salip["refiner"]["name"] == "sam_box"  # the default stays salip's
+
+
+def test_method_boxes_are_inclusive_like_the_ground_truth_boxes(cxr_sample):
+    """One box convention (inclusive XYXY): the U-Net's box of a one-component mask is its GT box."""
+    mask = np.zeros((40, 50), bool)
+    mask[5:21, 7:30] = True
+    np.testing.assert_array_equal(mask_box(mask), gt_boxes(mask))
+    np.testing.assert_array_equal(mask_box(mask), [[7, 5, 29, 20]])
+    assert mask_box(np.zeros((4, 4), bool)).shape == (0, 4)
 
 
 def test_unknown_plugin_lists_the_known_ones():
@@ -133,8 +204,24 @@ def test_reverse_blur_blurs_once_per_image(tiny_clip, cxr_sample, monkeypatch):
     monkeypatch.setattr(module, "blurred_background", lambda *args: blurs.append(1) or blurred_background(*args))
     retriever = RETRIEVERS.build(yaml_config("retriever", "reverse_blur"), clip=tiny_clip,
                                  class_prompts={"lung": ["a dark lung field"]}, top_k={"lung": 1})
+    state = dict(vars(retriever))
     retriever.scores(cxr_sample.image, candidates_from(cxr_sample))
-    assert len(blurs) == 1 and retriever._blurred is None  # once for three candidates, not kept past the image
+    assert len(blurs) == 1  # once for three candidates
+    assert vars(retriever).keys() == state.keys() and all(vars(retriever)[k] is v for k, v in state.items())
+
+
+def test_retriever_parameters_are_its_visual_prompt_function_keywords(tiny_clip):
+    """A built-in retriever is its visual-prompt function: the function's keywords are the config
+    keys (a typo is refused), and the embedding cache key names the function and its values."""
+    context = {"clip": tiny_clip, "class_prompts": {"lung": ["a dark lung field"]}, "top_k": {"lung": 1}}
+    built = RETRIEVERS.build({"name": "reverse_blur", "sigma": 0.05}, **context)
+    assert built.params == {"sigma": 0.05, "grey": True}
+    assert built.prompt_signature() == {"kind": "salip_bench.stages.retrievers.reverse_blur.reverse_blur_prompt",
+                                        "sigma": 0.05, "grey": True}
+    with pytest.raises(PluginError, match=r"unknown config key\(s\) \['sigm'\]"):
+        RETRIEVERS.build({"name": "reverse_blur", "sigm": 0.05}, **context)
+    with pytest.raises(PluginError, match="margin"):
+        RETRIEVERS.build({"name": "crop", "margin": 0.2}, **context)
 
 
 def engine_test_entries() -> list[tuple[str, str, str]]:

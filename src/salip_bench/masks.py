@@ -21,3 +21,12 @@ def gt_boxes(mask: np.ndarray, min_area: int = 16, connectivity: int = 8) -> np.
     x, y = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     w, h = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
     return np.stack([x, y, x + w - 1, y + h - 1], axis=1).astype(np.float32).reshape(-1, 4)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """(1, 4) float32 XYXY box around all of ``mask``'s foreground, in inclusive pixel coordinates as
+    :func:`gt_boxes`; (0, 4) when the mask is empty."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return np.zeros((0, 4), np.float32)
+    return np.array([[xs.min(), ys.min(), xs.max(), ys.max()]], np.float32)

@@ -2,9 +2,10 @@
 
 A plugin is a class registered under a name with a decorator::
 
-    @RETRIEVERS.register("crop")
-    class CropRetriever(ClipRetriever): ...
+    @RETRIEVERS.register("grey_box")
+    class GreyBoxRetriever(ClipRetriever): ...
 
+(built-in retrievers use the helper ``register_visual_prompt``, which registers one the same way),
 and built from its config group entry (``conf/<kind>/<name>.yaml``), whose ``name`` key picks
 the class and whose other keys are its constructor kwargs. Runtime objects that no yaml can hold
 (the SAM model, the CLIP model, the organ's sentences, top-k) are injected by parameter name: a
@@ -53,8 +54,9 @@ class Lazy:
 class Registry(Generic[T]):
     """Name → class table for one plugin kind (generator, filter, retriever, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, settings: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        self.settings = settings  # keys of this kind's config group that the run reads, not the plugin
         self._classes: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -81,11 +83,12 @@ class Registry(Generic[T]):
         """Build the plugin named by ``cfg.name`` with the other keys as kwargs.
 
         ``context`` holds runtime objects; each is passed only if the constructor declares it.
-        Keys the constructor does not accept are an error (a typo must not be ignored silently).
+        Keys the constructor does not accept are an error (a typo must not be ignored silently),
+        except this kind's ``settings``, which are left out.
         """
         if isinstance(cfg, DictConfig):
             cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        kwargs = dict(cfg)
+        kwargs = {k: v for k, v in cfg.items() if k not in self.settings}
         if "name" not in kwargs:
             raise PluginError(f"{self.kind} config has no 'name' key: {kwargs}")
         name = kwargs.pop("name")
@@ -110,7 +113,9 @@ GENERATORS: Registry = Registry("generator")
 FILTERS: Registry = Registry("filter")
 RETRIEVERS: Registry = Registry("retriever")
 REFINERS: Registry = Registry("refiner")
-DATASETS: Registry = Registry("dataset")
+# The dataset group's run settings (salip_bench.datasets.settings.DatasetSettings): in its yaml, not its class.
+DATASET_SETTINGS = ("prompts", "top_k", "max_side", "extra_metrics")
+DATASETS: Registry = Registry("dataset", settings=DATASET_SETTINGS)
 METHODS: Registry = Registry("method")
 ENGINES: Registry = Registry("engine")  # name -> builder(cfg: dict, weights: str, cache) -> engine
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (GENERATORS, FILTERS, RETRIEVERS, REFINERS, DATASETS, METHODS)}

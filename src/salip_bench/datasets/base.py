@@ -1,4 +1,4 @@
-"""What every dataset shares: safe item loading, image/mask normalisation, the organ's prompts."""
+"""What every dataset shares: safe item loading, image/mask normalisation."""
 from __future__ import annotations
 
 import logging
@@ -103,13 +103,10 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class SegmentationDataset(Dataset):
-    """Base of all datasets. Subclasses implement ``ids`` and ``load(index)``.
-
-    prompts: built-in prompt-set name or JSON path; top_k: retrieved candidates per class (>= 1),
-    one int for every class or a mapping {class: k}; max_side: images whose longer side exceeds it
-    are evaluated downscaled to it and their predictions scaled back to full resolution for
-    scoring (null: never; see :mod:`salip_bench.evaluation.memory`). A sample that fails to load is returned
-    with its ``error`` set, so the run records it and goes on.
+    """Base of all datasets. Subclasses implement ``ids`` and ``load(index)``; they describe the data
+    only (what to retrieve and which extra columns to score are the run's settings, see
+    :mod:`salip_bench.datasets.settings`). A sample that fails to load is returned with its
+    ``error`` set, so the run records it and goes on.
 
     Sample ids are unique by construction: two files never share an id, nor the file names of
     their records (``col a`` / ``col_a``, see :func:`salip_bench.evaluation.records.safe_name`).
@@ -118,13 +115,7 @@ class SegmentationDataset(Dataset):
     labelled: bool = True  # False: samples have no ground truth (they are predicted, not scored)
     spacing_unit: str = "pixel"  # unit of meta["spacing"] and so of NSD tolerance and HD95: "mm" or "pixel"
 
-    def __init__(self, prompts: str | None = None, top_k: int | Mapping[str, int] = 1,
-                 max_side: int | None = None) -> None:
-        self.prompts = prompts
-        self.top_k = top_k
-        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64):
-            raise ValueError(f"dataset.max_side={max_side!r}: expected null or an integer >= 64")
-        self.max_side = max_side
+    def __init__(self) -> None:
         self._ids: list[str] | None = None
 
     @property
@@ -150,27 +141,3 @@ class SegmentationDataset(Dataset):
     def sample_meta(self, index: int) -> dict:
         """What is known of a sample without reading it (e.g. its volume), kept in its record when it fails."""
         return {}
-
-    def extra_metrics(self, sample: Sample, prediction: np.ndarray) -> dict:
-        """Dataset-specific result columns for one sample (e.g. HC18 head circumference); none by default."""
-        return {}
-
-    def class_prompts(self) -> dict[str, list[str]]:
-        return load_class_prompts(self.prompts)
-
-    def top_k_per_class(self) -> dict[str, int]:
-        classes = list(self.class_prompts())
-        if isinstance(self.top_k, Mapping):
-            # Extra classes are fine: one mapping may serve several prompt sets (conf/experiment/tab2.yaml).
-            missing = sorted(set(classes) - set(self.top_k))
-            if missing:
-                raise ValueError(f"dataset.top_k {dict(self.top_k)} gives no k for class(es) {missing} of prompt "
-                                 f"set {self.prompts!r}")
-            top_k = {c: self.top_k[c] for c in classes}
-        else:
-            top_k = {c: self.top_k for c in classes}
-        for name, k in top_k.items():
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-                raise ValueError(f"dataset.top_k={k!r} for class {name!r}: expected an integer >= 1 "
-                                 "(candidates retrieved per class)")
-        return {c: int(k) for c, k in top_k.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -105,7 +105,6 @@ class CC359Dataset(SegmentationDataset):
     ``[start, stop]`` along the axis, ints as indices and floats as fractions (``[0.1, 0.9]``),
     null for all; skip_empty: leave out slices without brain in the ground truth (this reads every
     mask when the dataset is built); cache_volumes: volumes kept in memory.
-    prompts / top_k / max_side: see :class:`~salip_bench.datasets.base.SegmentationDataset`.
 
     The mri_brain dev set (``mni152_2mm_T1w.nii.gz`` + ``mni152_2mm_brainmask.nii.gz``) loads with
     ``dataset=mni152_demo dataset.root=../shared/data/mri_brain``, i.e. ``image_dir=. mask_dir=.
@@ -115,9 +114,8 @@ class CC359Dataset(SegmentationDataset):
     def __init__(self, root: str, image_dir: str = "Original", mask_dir: str = "Silver-standard",
                  image_pattern: str = "*.nii.gz", mask_pattern: str = "{id}_ss.nii.gz", axis: int = 2,
                  slice_range: Sequence[int | float] | None = None, skip_empty: bool = False,
-                 cache_volumes: int = 2, prompts: str | None = "brain",
-                 top_k: int | Mapping[str, int] = 1, max_side: int | None = None) -> None:
-        super().__init__(prompts, top_k, max_side)
+                 cache_volumes: int = 2) -> None:
+        super().__init__()
         if axis not in (0, 1, 2):
             raise ValueError(f"dataset cc359: axis must be 0, 1 or 2, got {axis!r}")
         if not image_pattern.startswith("*") or any(c in image_pattern[1:] for c in "*?["):

@@ -1,7 +1,7 @@
 """Dataset ``cxr``: lungs in frontal chest X-rays (Shenzhen + Montgomery, Kaggle layout)."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from salip_bench.datasets.folder import FolderDataset
@@ -22,21 +22,18 @@ class ChestXrayDataset(FolderDataset):
     suffixes: image extensions to list; skip_unmasked: leave out images that have no mask (the
     Kaggle set ships about 100 images without one, which would otherwise all be recorded as
     failures) instead of recording them as failed samples.
-    prompts / top_k / max_side: see :class:`~salip_bench.datasets.base.SegmentationDataset`; one
-    ``lung`` class with top_k 2 retrieves the left and the right lung. Ids are the images' stems,
+    Ids are the images' stems,
     or their file names where stems clash (``a.png`` / ``a.jpg``), as in
     :class:`~salip_bench.datasets.folder.FolderDataset`.
     """
 
     def __init__(self, root: str, image_dir: str = "CXR_png", mask_dir: str = "masks",
                  mask_patterns: Sequence[str] = ("{stem}_mask.png", "{stem}.png"),
-                 suffixes: Sequence[str] = (".png", ".jpg", ".jpeg"), skip_unmasked: bool = True,
-                 prompts: str | None = "lungs", top_k: int | Mapping[str, int] = 2,
-                 max_side: int | None = None) -> None:
+                 suffixes: Sequence[str] = (".png", ".jpg", ".jpeg"), skip_unmasked: bool = True) -> None:
         if isinstance(mask_patterns, str) or not mask_patterns:
             raise ValueError(f"dataset cxr: mask_patterns must be a non-empty list, got {mask_patterns!r}")
         self.mask_patterns = list(mask_patterns)
-        super().__init__(root, image_dir, mask_dir, self.mask_patterns[0], suffixes, prompts, top_k, max_side)
+        super().__init__(root, image_dir, mask_dir, self.mask_patterns[0], suffixes)
         if skip_unmasked:
             self.image_paths = [p for p in self.image_paths if self.mask_path(p).is_file()]
             if not self.image_paths:

@@ -1,7 +1,7 @@
 """Dataset ``folder``: 2D images and masks in two folders, paired by a file-name rule."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from salip_bench.datasets.base import (SegmentationDataset, file_ids, nonfinite_warning, read_image, to_binary_mask,
@@ -28,14 +28,12 @@ class FolderDataset(SegmentationDataset):
     with the mask of stem ``a``), so neither result is lost.
     spacing: pixel size in mm, one number or ``[row, column]``, for the boundary metrics (NSD, HD95);
     null: 1 pixel = 1 unit, and the summary says the distances are in pixels.
-    prompts / top_k / max_side: see :class:`SegmentationDataset`.
     """
 
     def __init__(self, root: str, image_dir: str = "images", mask_dir: str | None = "masks",
                  mask_pattern: str = "{stem}_mask.png", suffixes: list[str] | tuple[str, ...] = IMAGE_SUFFIXES,
-                 prompts: str | None = None, top_k: int | Mapping[str, int] = 1,
-                 max_side: int | None = None, spacing: float | Sequence[float] | None = None) -> None:
-        super().__init__(prompts, top_k, max_side)
+                 spacing: float | Sequence[float] | None = None) -> None:
+        super().__init__()
         self.root = Path(root).expanduser()
         self.image_dir = self.root / image_dir
         self.mask_dir = self.root / mask_dir if mask_dir is not None else None

@@ -1,10 +1,8 @@
-"""Dataset ``hc18``: fetal head in 2D ultrasound (HC18 challenge), with head-circumference metrics."""
+"""Dataset ``hc18``: fetal head in 2D ultrasound (HC18 challenge), with pixel sizes and reference circumferences."""
 from __future__ import annotations
 
 import csv
 import logging
-import math
-from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -32,21 +30,6 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     flood_mask = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
     cv2.floodFill(padded, flood_mask, (0, 0), 2, flags=4)
     return padded[1:-1, 1:-1] != 2
-
-
-def ellipse_circumference(mask: np.ndarray) -> float | None:
-    """Perimeter in pixels of the ellipse fitted to the largest outer contour of ``mask``
-    (Ramanujan's approximation), or None when the mask has no contour of at least 5 points."""
-    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return None
-    largest = max(contours, key=cv2.contourArea)
-    if len(largest) < 5:  # fitEllipse needs five points
-        return None
-    _, (width, height), _ = cv2.fitEllipse(largest)
-    a, b = width / 2, height / 2
-    return math.pi * (3 * (a + b) - math.sqrt((3 * a + b) * (a + 3 * b)))
 
 
 def read_pixel_sizes(path: Path) -> dict[str, tuple[float, float | None]]:
@@ -82,23 +65,19 @@ class HC18Dataset(FolderDataset):
     root: dataset folder; image_dir / annotation_dir: sub-folders of root (may be the same);
     annotation_suffix: an annotation is named ``<image stem><annotation_suffix>`` (such files are
     not listed as images); pixel_size_csv: metadata file relative to root, or null to look for
-    the usual names in root and image_dir. Without it the circumference columns are None.
-    prompts / top_k / max_side: see :class:`~salip_bench.datasets.base.SegmentationDataset`. Ids
+    the usual names in root and image_dir. Ids
     are the images' stems, or their file names where stems differ only in case or suffix
     (``a.png`` / ``a.PNG``), as in :class:`~salip_bench.datasets.folder.FolderDataset`; the CSV
     rows are matched by stem. Unparsable CSV rows are skipped with a warning.
 
-    Extra result columns: ``hc_pred_mm`` (circumference of the ellipse fitted to the predicted
-    mask's largest contour × pixel size), ``hc_ref_mm`` (the CSV's reference) and ``hc_abs_err_mm``;
-    each None when it cannot be computed (no pixel size, no reference, empty prediction).
+    Each sample's ``meta`` carries the CSV's ``pixel_size_mm`` and reference ``hc_ref_mm`` (None
+    without a CSV or a reference), the data of the ``head_circumference`` metric that
+    ``conf/dataset/hc18.yaml`` selects (:mod:`salip_bench.evaluation.extra_metrics`).
     """
 
     def __init__(self, root: str, image_dir: str = "training_set", annotation_dir: str = "training_set",
-                 annotation_suffix: str = "_Annotation.png", pixel_size_csv: str | None = None,
-                 prompts: str | None = "fetal_head", top_k: int | Mapping[str, int] = 1,
-                 max_side: int | None = None) -> None:
-        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",), prompts, top_k,
-                         max_side)
+                 annotation_suffix: str = "_Annotation.png", pixel_size_csv: str | None = None) -> None:
+        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",))
         self.image_paths = [p for p in self.image_paths if not p.name.endswith(annotation_suffix)]
         if not self.image_paths:
             raise FileNotFoundError(f"dataset hc18: no images (other than *{annotation_suffix}) in {self.image_dir}")
@@ -127,12 +106,6 @@ class HC18Dataset(FolderDataset):
     def load(self, index: int) -> Sample:
         sample = super().load(index)
         sample.mask = fill_holes(sample.mask)
+        pixel_size, reference = self.pixel_sizes.get(self.image_paths[index].stem, (None, None))
+        sample.meta.update(pixel_size_mm=pixel_size, hc_ref_mm=reference)
         return sample
-
-    def extra_metrics(self, sample: Sample, prediction: np.ndarray) -> dict:
-        stem = Path(sample.meta["image_path"]).stem if "image_path" in sample.meta else sample.id
-        pixel_size, reference = self.pixel_sizes.get(stem, (None, None))
-        circumference = ellipse_circumference(prediction)
-        predicted = circumference * pixel_size if circumference is not None and pixel_size is not None else None
-        error = abs(predicted - reference) if predicted is not None and reference is not None else None
-        return {"hc_pred_mm": predicted, "hc_ref_mm": reference, "hc_abs_err_mm": error}

@@ -1,7 +1,7 @@
 """Dataset ``volumes``: any NIfTI volumes (any modality), masks optional, evaluated slice by slice."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -23,19 +23,18 @@ class VolumesDataset(CC359Dataset):
     writes its predicted masks as ``OUT/volumes/<id>.nii.gz`` on the input's grid.
 
     root / image_dir / mask_dir / image_pattern / mask_pattern / axis / slice_range / skip_empty /
-    cache_volumes / prompts / top_k / max_side: as for ``cc359``.
+    cache_volumes: as for ``cc359``.
     """
 
     def __init__(self, root: str, image_dir: str = ".", mask_dir: str | None = ".",
                  image_pattern: str = "*.nii.gz", mask_pattern: str | None = "{id}_mask.nii.gz", axis: int = 2,
                  slice_range: Sequence[int | float] | None = None, skip_empty: bool = False,
-                 cache_volumes: int = 2, prompts: str | None = None, top_k: int | Mapping[str, int] = 1,
-                 max_side: int | None = None) -> None:
+                 cache_volumes: int = 2) -> None:
         self.labelled = mask_pattern is not None and mask_dir is not None
         if skip_empty and not self.labelled:
             raise ValueError("dataset volumes: skip_empty needs masks (mask_pattern and mask_dir set)")
         super().__init__(root, image_dir, mask_dir if mask_dir is not None else ".", image_pattern,
-                         mask_pattern or "", axis, slice_range, skip_empty, cache_volumes, prompts, top_k, max_side)
+                         mask_pattern or "", axis, slice_range, skip_empty, cache_volumes)
 
     def mask_path(self, volume_id: str) -> Path | None:
         return super().mask_path(volume_id) if self.labelled else None

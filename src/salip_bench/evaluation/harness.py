@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Subset
 
 from salip_bench.config_keys import FULL_PRECISION, NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED
 from salip_bench.datasets.base import check_unique_ids
+from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.evaluation.records import CRASH_FAILURE, RecordStore, results_frame
 from salip_bench.evaluation.summary import Invocation, RunInfo, write_tables
@@ -24,6 +25,7 @@ from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
 from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.memory import MemoryGuard
+from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.metrics import NSD_TOLERANCE_MM
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.shared import shared_engine
@@ -86,13 +88,14 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None) -> 
             return models["sam"]()
         return build_engine(cfg, "refiner_model")
 
+    settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, not the dataset's
     # reuse: the jobs of a multirun share each engine and CLIP instead of reloading them.
     models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
               "refiner_sam": Lazy(refiner_engine),
               "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
                                                       cache=FeatureCache.from_config(cfg.get("cache")))),
-              "class_prompts": Lazy(dataset.class_prompts),
-              "top_k": Lazy(dataset.top_k_per_class)}
+              "class_prompts": Lazy(settings.class_prompts),
+              "top_k": Lazy(settings.top_k_per_class)}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
               "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
               "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),
@@ -177,6 +180,7 @@ def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
     """The configured dataset; a setting it rejects (no such folder, no images, bad ids) is a
     :class:`~salip_bench.evaluation.validation.ConfigError` naming the dataset."""
     try:
+        extra_metrics(DatasetSettings.from_config(cfg).extra_metrics)  # a bad max_side or metric name fails here
         dataset = DATASETS.build(cfg)
         check_unique_ids(dataset.ids)
     except PluginError:
@@ -219,7 +223,8 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
     check_launchable(trainer)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
     memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if context["generator"].built else None)
-    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, dataset.extra_metrics, nsd_tolerance(cfg),
+    columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
+    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, columns, nsd_tolerance(cfg),
                            max_side=cfg["dataset"].get("max_side"), memory=memory)
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)

@@ -31,6 +31,8 @@ from salip_bench.evaluation.harness import (build_context, check_launchable, con
 from salip_bench.storage.content_keys import hashed_once
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
+from salip_bench.datasets.settings import DatasetSettings
+from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.evaluation.lightning_module import PredictModule
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER
 from salip_bench.registry import DATASETS, METHODS, Lazy
@@ -179,7 +181,8 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
         generator = context["generator"]() if context["generator"].built else None
         key = generator.key if isinstance(generator, _SharingGenerator) else None
         groups.setdefault(key or f"alone:{number}", (key, []))[1].append(number)
-        trials.append(PredictModule(method, models, cfg["fail_fast"], fingerprints[number], dataset.extra_metrics))
+        columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
+        trials.append(PredictModule(method, models, cfg["fail_fast"], fingerprints[number], columns))
     for trial in trials:  # engines a later trial built first are counted for every trial
         trial.counters.engines = models
     if base["weights"] == "random":

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from salip_bench.metrics import greedy_oracle
-from salip_bench.methods.salip import SalipMethod
 from salip_bench.methods.pipeline import Filter, Generate, Refine, salip
+from salip_bench.methods.salip import stage_scores
 from salip_bench.registry import METHODS
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 
@@ -26,22 +26,22 @@ class OracleRetriever:
 
 
 @METHODS.register("oracle")
-class OracleMethod(SalipMethod):
-    """Generator, filter and refiner from their groups; retrieval by ground truth with as many
-    candidates as the dataset's top-k allows in total. ``generator``, ``filter``, ``refiner`` and
-    ``top_k`` are injected."""
+class OracleMethod:
+    """Generator, filter and refiner from their groups; retrieval by ground truth (a retriever built
+    per sample from its mask) with as many candidates as the dataset's top-k allows in total.
+    ``generator``, ``filter``, ``refiner`` and ``top_k`` are injected."""
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
 
     def __init__(self, generator: Generate, filter: Filter, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:
-        super().__init__(generator, filter, None, refiner, top_k)  # type: ignore[arg-type]
+        self.generator, self.filter, self.refiner = generator, filter, refiner
+        self.k = sum(top_k.values())
 
     def __call__(self, sample: Sample) -> Prediction:
         if sample.mask is None:
             raise ValueError("oracle needs a ground-truth mask")
-        retriever = OracleRetriever(sample.mask, sum(self.top_k.values()))
-        result = salip(sample.image, self.generator, self.filter, retriever, self.refiner)
+        result = salip(sample.image, self.generator, self.filter, OracleRetriever(sample.mask, self.k), self.refiner)
         return Prediction(mask=result.mask, boxes=result.retrieved.candidates.boxes,
                           info={"n_candidates": len(result.candidates), "n_kept": len(result.kept),
-                                **self.stage_scores(result, sample.mask)})
+                                **stage_scores(result, sample.mask, self.k)})

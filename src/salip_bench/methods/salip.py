@@ -32,14 +32,23 @@ class SalipMethod:
                 "retrieved_scores": np.round(retrieved.scores, 5).tolist(),
                 "retrieved_boxes": np.round(retrieved.candidates.boxes, 1).tolist()}
         if sample.mask is not None:
-            info.update(self.stage_scores(result, sample.mask))
+            info.update(stage_scores(result, sample.mask, sum(self.top_k.values())))
         return Prediction(mask=result.mask, boxes=retrieved.candidates.boxes, info=info)
 
-    def stage_scores(self, result: SalipResult, target: np.ndarray) -> dict:
-        kept = result.kept
-        oracle = greedy_oracle(kept.masks, target, sum(self.top_k.values()))
-        oracle_mask = kept.masks[oracle].any(axis=0) if len(oracle) else np.zeros_like(target)
-        retrieved_mask = (result.retrieved.candidates.masks.any(axis=0) if len(result.retrieved.candidates)
-                          else np.zeros_like(target))
-        return {"oracle_dice": round(dice_iou(oracle_mask, target)[0], 6),
-                "retrieved_dice": round(dice_iou(retrieved_mask, target)[0], 6)}
+
+def stage_scores(result: SalipResult, target: np.ndarray, k: int) -> dict:
+    """Where each stage left the answer: ``oracle_dice`` (the best union of ``k`` kept candidates) and
+    ``retrieved_dice`` (the retrieved masks before refinement).
+
+    Args:
+        result: one run of :func:`~salip_bench.methods.pipeline.salip`.
+        target: (H, W) bool ground truth.
+        k: candidates a perfect retriever may pick (the total top-k over the classes).
+    """
+    kept = result.kept
+    oracle = greedy_oracle(kept.masks, target, k)
+    oracle_mask = kept.masks[oracle].any(axis=0) if len(oracle) else np.zeros_like(target)
+    retrieved_mask = (result.retrieved.candidates.masks.any(axis=0) if len(result.retrieved.candidates)
+                      else np.zeros_like(target))
+    return {"oracle_dice": round(dice_iou(oracle_mask, target)[0], 6),
+            "retrieved_dice": round(dice_iou(retrieved_mask, target)[0], 6)}

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 from salip_bench.methods.salip import SalipMethod
-from salip_bench.methods.pipeline import Filter, Generate, Retrieve
-from salip_bench.stages.refiners.none import NoRefiner
 from salip_bench.registry import METHODS
 
 
 @METHODS.register("sam_clip")
 class SamClipMethod(SalipMethod):
-    """The retrieved SAM masks are the answer; the ``refiner`` group is ignored. All four stage
-    objects are injected as for :class:`SalipMethod`."""
+    """The same four configured stages as :class:`SalipMethod`; only its yaml differs, choosing
+    ``refiner=none`` (the retrieved SAM masks are the answer). A ``refiner=`` given with it is used,
+    like every other stage choice: ``method=sam_clip refiner=sam_box`` computes what ``salip`` does.
 
-    def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve,  # noqa: A002
-                 top_k: dict[str, int]) -> None:
-        super().__init__(generator, filter, retriever, NoRefiner(), top_k)
+    The name stays a method of its own so that report rows and Tab. 5's sweep read ``sam_clip``.
+    """

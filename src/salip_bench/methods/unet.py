@@ -1,21 +1,13 @@
 """Method ``unet``: the supervised U-Net baseline, from a checkpoint written by ``salip-bench-train``."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from salip_bench.engines.unet import load_checkpoint, resize_image
+from salip_bench.masks import mask_box
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """(1, 4) XYXY box around the predicted foreground (none when it is empty), for overlays."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return np.zeros((0, 4), np.float32)
-    return np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32)
 
 
 @METHODS.register("unet")

@@ -24,9 +24,12 @@ class SamBoxRefiner:
         self.sam = sam
         self.multimask_output = multimask_output
 
-    @torch.no_grad()
     def __call__(self, image: np.ndarray, retrieved: Retrieved) -> np.ndarray:
-        if len(retrieved.candidates) == 0:
+        return self.segment_boxes(image, retrieved.candidates.boxes)
+
+    @torch.no_grad()
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """(H, W) bool union of SAM's masks for ``boxes`` ((K, 4) XYXY inclusive; none: empty mask)."""
+        if len(boxes) == 0:
             return np.zeros(image.shape[:2], bool)
-        boxes = np.asarray(retrieved.candidates.boxes, np.float32)
-        return self.sam.segment_boxes(image, boxes, self.multimask_output).any(axis=0)
+        return self.sam.segment_boxes(image, np.asarray(boxes, np.float32), self.multimask_output).any(axis=0)

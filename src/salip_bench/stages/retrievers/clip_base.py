@@ -1,15 +1,27 @@
-"""Base class of the CLIP retrievers: visual prompts scored against text prototypes, top-k per class.
+"""The CLIP retriever: visual prompts scored against text prototypes, top-k per class.
 
-A subclass only says how a candidate becomes a picture (``visual_prompt``); text prototypes,
-batching, scoring and top-k selection live here once.
+A built-in retriever is a visual-prompt function registered with :func:`register_visual_prompt`
+(its yaml holds the function's parameters); text prototypes, batching, scoring and top-k selection
+live here once. A third-party retriever may instead subclass :class:`ClipRetriever` and override
+``visual_prompt``.
 """
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from salip_bench.engines.clip import ClipEngine
+from salip_bench.registry import RETRIEVERS
 from salip_bench.types import Candidates, Retrieved
+
+# (mask, box) -> the RGB uint8 picture CLIP looks at, for one image.
+Draw = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (image, **parameters) -> Draw: whatever all candidates of the image share is computed once, here.
+VisualPrompt = Callable[..., Draw]
 
 
 def _is_setting(value: object) -> bool:
@@ -47,7 +59,12 @@ class ClipRetriever:
             for sentences in class_prompts.values()])  # (C, D)
 
     def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """The picture CLIP looks at for one candidate (``mask`` (H, W) bool, ``box`` XYXY inclusive)."""
         raise NotImplementedError
+
+    def drawer(self, image: np.ndarray) -> Draw:
+        """The per-image form of :meth:`visual_prompt`, built once per scored image."""
+        return lambda mask, box: self.visual_prompt(image, mask, box)
 
     def prompt_signature(self) -> dict:
         """How a candidate becomes a picture: this retriever's class and its parameters (its public
@@ -59,8 +76,10 @@ class ClipRetriever:
     def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
         """(N, C) cosine similarity of every candidate to every class prototype; embeddings CLIP made
         before for this image, prompt and candidate come from its embedding cache."""
+        draw = self.drawer(image)
+
         def build(i: int) -> np.ndarray:
-            return self.visual_prompt(image, candidates.masks[i], candidates.boxes[i])
+            return draw(candidates.masks[i], candidates.boxes[i])
 
         cache = getattr(self.clip, "embedding_cache", None)
         if cache is None:
@@ -83,3 +102,59 @@ class ClipRetriever:
             scores.extend(similarity[order, column].tolist())
         index = np.asarray(picked, np.int64)
         return Retrieved(candidates.select(index), classes, np.asarray(scores, np.float32), index)
+
+
+class PromptRetriever(ClipRetriever):
+    """A :class:`ClipRetriever` whose pictures come from a registered visual-prompt function.
+
+    ``prompt``: ``(image, **params) -> (mask, box) -> picture``; ``params``: its keyword arguments
+    (the retriever's yaml keys besides batching). Holds no per-image state: what an image's
+    candidates share (e.g. reverse_blur's blurred background) lives in the drawer of that image.
+    """
+
+    prompt: VisualPrompt  # set by register_visual_prompt on each registered subclass
+
+    def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
+                 batch_size: int = 32, workers: int | None = None, **params: Any) -> None:
+        super().__init__(clip, class_prompts, top_k, batch_size, workers)
+        defaults = prompt_parameters(type(self).prompt)
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise TypeError(f"retriever {type(self).registered_name!r}: unknown parameter(s) {unknown}")  # type: ignore[attr-defined]
+        self.params = {**defaults, **params}
+
+    def drawer(self, image: np.ndarray) -> Draw:
+        return type(self).prompt(image, **self.params)
+
+    def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+        return self.drawer(image)(mask, box)
+
+    def prompt_signature(self) -> dict:
+        """The embedding cache's key for the pictures: the prompt function and its parameters."""
+        prompt = type(self).prompt
+        return {"kind": f"{prompt.__module__}.{prompt.__qualname__}", **self.params}
+
+
+def prompt_parameters(prompt: VisualPrompt) -> dict[str, Any]:
+    """``prompt``'s parameters after the image, each with its default (the one place it is set)."""
+    params = list(inspect.signature(prompt).parameters.values())[1:]
+    missing = [p.name for p in params if p.default is inspect.Parameter.empty]
+    if missing:
+        raise TypeError(f"visual prompt {prompt.__qualname__}: parameter(s) {missing} need a default")
+    return {p.name: p.default for p in params}
+
+
+def register_visual_prompt(name: str, prompt: VisualPrompt) -> type[PromptRetriever]:
+    """Register the retriever ``name`` whose pictures ``prompt`` draws; returns its class.
+
+    Args:
+        name: the registered name, also ``conf/retriever/<name>.yaml``.
+        prompt: ``(image, **params) -> (mask, box) -> picture``; every parameter after the image has
+            a default and becomes a config key of the retriever, checked by the strict registry.
+    """
+    base = [p for p in inspect.signature(PromptRetriever).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in prompt_parameters(prompt).items()]
+    cls = type(f"{''.join(part.title() for part in name.split('_'))}Retriever", (PromptRetriever,),
+               {"prompt": staticmethod(prompt), "__module__": prompt.__module__, "__doc__": prompt.__doc__,
+                "__signature__": inspect.Signature(base + extra)})
+    return RETRIEVERS.register(name)(cls)

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.engines.clip import ClipEngine
-from salip_bench.registry import RETRIEVERS
-from salip_bench.stages.retrievers.clip_base import ClipRetriever
+from salip_bench.stages.retrievers.clip_base import Draw, register_visual_prompt
 from salip_bench.stages.retrievers.visual_prompts import contour
 
 
-@RETRIEVERS.register("contour")
-class ContourRetriever(ClipRetriever):
+def contour_prompt(image: np.ndarray, thickness: float = 0.005) -> Draw:
     """Visual prompt: full image, red mask outline of width ``thickness`` × the longer image side.
     Other kwargs: see :class:`ClipRetriever`."""
+    return lambda mask, box: contour(image, mask, thickness)
 
-    def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, workers: int | None = None, thickness: float = 0.005) -> None:
-        super().__init__(clip, class_prompts, top_k, batch_size, workers)
-        self.thickness = thickness
 
-    def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
-        return contour(image, mask, self.thickness)
+ContourRetriever = register_visual_prompt("contour", contour_prompt)

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.registry import RETRIEVERS
-from salip_bench.stages.retrievers.clip_base import ClipRetriever
+from salip_bench.stages.retrievers.clip_base import Draw, register_visual_prompt
 from salip_bench.stages.retrievers.visual_prompts import masked_crop
 
 
-@RETRIEVERS.register("crop")
-class CropRetriever(ClipRetriever):
-    """Visual prompt: image × mask inside the mask's box. Kwargs: see :class:`ClipRetriever`."""
+def crop_prompt(image: np.ndarray) -> Draw:
+    """Visual prompt: image × mask inside the mask's box. Other kwargs: see :class:`ClipRetriever`."""
+    return lambda mask, box: masked_crop(image, mask, box)
 
-    def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
-        return masked_crop(image, mask, box)
+
+CropRetriever = register_visual_prompt("crop", crop_prompt)

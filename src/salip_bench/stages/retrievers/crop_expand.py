@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.engines.clip import ClipEngine
-from salip_bench.registry import RETRIEVERS
-from salip_bench.stages.retrievers.clip_base import ClipRetriever
+from salip_bench.stages.retrievers.clip_base import Draw, register_visual_prompt
 from salip_bench.stages.retrievers.visual_prompts import expanded_crop
 
 
-@RETRIEVERS.register("crop_expand")
-class CropExpandRetriever(ClipRetriever):
+def crop_expand_prompt(image: np.ndarray, margin: float = 0.1) -> Draw:
     """Visual prompt: the image inside the mask's box enlarged by ``margin`` × its size on each side.
     Other kwargs: see :class:`ClipRetriever`."""
+    return lambda mask, box: expanded_crop(image, box, margin)
 
-    def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, workers: int | None = None, margin: float = 0.1) -> None:
-        super().__init__(clip, class_prompts, top_k, batch_size, workers)
-        self.margin = margin
 
-    def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
-        return expanded_crop(image, box, self.margin)
+CropExpandRetriever = register_visual_prompt("crop_expand", crop_expand_prompt)

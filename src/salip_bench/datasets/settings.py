@@ -1,0 +1,71 @@
+"""What the ``dataset`` config group says besides the data: which organ prompts and how many
+candidates to retrieve, the downscaling limit, and the dataset-specific result columns.
+
+They sit in ``conf/dataset/<name>.yaml`` because they go with the data (chest X-rays: the ``lungs``
+sentences, two candidates), so ``dataset.prompts=lungs dataset.top_k=2`` keeps working on the
+command line; but the run reads them, not the dataset class: the registry leaves these keys out
+when it builds a dataset (``DATASET_SETTINGS`` in :mod:`salip_bench.registry`).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from salip_bench.class_prompts import load_class_prompts
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """The run's settings from a ``dataset`` config entry.
+
+    Args:
+        prompts: built-in prompt-set name or JSON path (``{class: [sentences]}``).
+        top_k: retrieved candidates per class (>= 1): one int for every class or a mapping {class: k}.
+        max_side: images whose longer side exceeds it are evaluated downscaled to it and their
+            predictions scaled back to full resolution for scoring (None: never; see
+            :mod:`salip_bench.evaluation.memory`).
+        extra_metrics: names of extra per-sample result columns
+            (:mod:`salip_bench.evaluation.extra_metrics`), e.g. ``[head_circumference]`` for HC18.
+    """
+
+    prompts: str | None = None
+    top_k: int | Mapping[str, int] = 1
+    max_side: int | None = None
+    extra_metrics: Sequence[str] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        max_side = self.max_side
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64):
+            raise ValueError(f"dataset.max_side={max_side!r}: expected null or an integer >= 64")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "DatasetSettings":
+        """The settings in a ``dataset`` entry; its other keys (the data's) are ignored here."""
+        values = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
+        values["extra_metrics"] = tuple(values.get("extra_metrics") or ())
+        return cls(**values)
+
+    def class_prompts(self) -> dict[str, list[str]]:
+        """{class: [sentences]} of ``prompts`` (ValueError naming ``dataset.prompts`` if unusable)."""
+        return load_class_prompts(self.prompts)
+
+    def top_k_per_class(self) -> dict[str, int]:
+        """{class: k} for every class of ``prompts``; ValueError naming ``dataset.top_k`` if one is missing or < 1."""
+        classes = list(self.class_prompts())
+        if isinstance(self.top_k, Mapping):
+            # Extra classes are fine: one mapping may serve several prompt sets (conf/experiment/tab2.yaml).
+            missing = sorted(set(classes) - set(self.top_k))
+            if missing:
+                raise ValueError(f"dataset.top_k {dict(self.top_k)} gives no k for class(es) {missing} of prompt "
+                                 f"set {self.prompts!r}")
+            top_k = {c: self.top_k[c] for c in classes}
+        else:
+            top_k = {c: self.top_k for c in classes}
+        for name, k in top_k.items():
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ValueError(f"dataset.top_k={k!r} for class {name!r}: expected an integer >= 1 "
+                                 "(candidates retrieved per class)")
+        return {c: int(k) for c, k in top_k.items()}

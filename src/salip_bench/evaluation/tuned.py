@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from salip_bench.registry import DATASETS
 
@@ -24,31 +26,61 @@ class TuningError(ValueError):
     """A tuning setup or a tuned file that cannot be used as asked; the message says why."""
 
 
+_ABSENT = object()
+
+
+def _as_config(cfg: Mapping) -> DictConfig:
+    # allow_objects: a plain run config may hold values OmegaConf does not type (numpy scalars drawn by
+    # the tuner, paths); they pass through unchanged instead of failing the lookup.
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg), flags={"allow_objects": True})
+
+
 def get_dotted(cfg: Mapping, key: str) -> Any:
-    """The value at dotted ``key`` (``generator.pred_iou_thresh``); a missing key or one that names a
-    whole config group (not a value) is a :class:`TuningError`."""
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise TuningError(f"config has no key {key!r} (a misspelt tuned or tune.space key?)")
-        node = node[part]
-    if isinstance(node, Mapping):
+    """The value at a dotted key, looked up with ``OmegaConf.select``.
+
+    Args:
+        cfg: a plain dict or a DictConfig.
+        key: a dotted key such as ``generator.pred_iou_thresh``.
+
+    Returns:
+        The value (lists as plain lists; a missing value ``???`` as the string ``???``).
+
+    Raises:
+        TuningError: the key does not exist, or names a whole config group (not a value).
+    """
+    try:
+        value = OmegaConf.select(_as_config(cfg), key, default=_ABSENT, throw_on_missing=True)
+    except MissingMandatoryValue:
+        return MISSING
+    if value is _ABSENT:
+        raise TuningError(f"config has no key {key!r} (a misspelt tuned or tune.space key?)")
+    if isinstance(value, DictConfig):
         raise TuningError(f"config key {key!r} is a group of keys, not a value: name one of its keys")
-    return node
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    """Set an existing dotted ``key`` in place (checked by :func:`get_dotted`: no key is ever added)."""
+    """Set an existing dotted key in place with ``OmegaConf.update``; no key is ever added.
+
+    Args:
+        cfg: a plain dict (changed in place) or a DictConfig.
+        key: a dotted key that :func:`get_dotted` finds.
+        value: its new value.
+
+    Raises:
+        TuningError: as :func:`get_dotted`.
+    """
     get_dotted(cfg, key)
-    *parents, last = key.split(".")
-    node = cfg
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    node = _as_config(cfg)
+    OmegaConf.update(node, key, value, merge=False)
+    if node is not cfg:
+        cfg.clear()
+        cfg.update(OmegaConf.to_container(node))
 
 
 def resolved_root(root: Any) -> str | None:
-    return str(Path(str(root)).expanduser().resolve()) if root not in (None, "", "???") else None
+    """``root`` as an absolute path string, or None where it is unset (None, empty or ``???``)."""
+    return str(Path(str(root)).expanduser().resolve()) if root not in (None, "", MISSING) else None
 
 
 def check_disjoint(split_root: Any, split_ids: Iterable[str], eval_root: Any, eval_ids: Iterable[str]) -> None:

@@ -76,10 +76,18 @@ def dice_iou(prediction: np.ndarray, target: np.ndarray) -> tuple[float, float]:
 
 def boundary_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None,
                      tolerance: float = NSD_TOLERANCE_MM) -> dict[str, float | None]:
-    """Normalised surface Dice at ``tolerance`` and the 95th-percentile Hausdorff distance of two
-    bool masks (2D or 3D), through MONAI, in the units of ``spacing`` (one entry per axis; None: 1).
+    """Normalised surface Dice and the 95th-percentile Hausdorff distance of two masks, through MONAI.
 
     Empty masks follow :data:`BOUNDARY_CONVENTIONS`; MONAI is asked only when both masks are non-empty.
+
+    Args:
+        prediction: a bool mask, 2D or 3D.
+        target: the ground truth, same shape.
+        spacing: the size of a pixel/voxel along each axis (mm); None: 1 per axis.
+        tolerance: the NSD tolerance, in the units of ``spacing``.
+
+    Returns:
+        ``{"nsd": float, "hd95": float or None}``, HD95 in the units of ``spacing``.
     """
     prediction, target = np.asarray(prediction, bool), np.asarray(target, bool)
     pred_empty, target_empty = not prediction.any(), not target.any()
@@ -104,6 +112,14 @@ def greedy_oracle(masks: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     greedily (each step adds the candidate that raises the union's IoU most; stops when none does).
 
     This is the "perfect retriever": its Dice bounds what any retriever can get from these candidates.
+
+    Args:
+        masks: (N, H, W) bool candidate masks.
+        target: (H, W) ground truth.
+        k: the most candidates to choose.
+
+    Returns:
+        (M,) int64 indices into ``masks``, M ≤ k, in the order they were chosen.
     """
     if masks.shape[0] == 0 or k <= 0:
         return np.zeros(0, np.int64)

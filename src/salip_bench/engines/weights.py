@@ -170,7 +170,11 @@ def md5_prefix_in_name(file_name: str) -> str | None:
 
 
 def file_md5(path: Path) -> str:
-    """Hex MD5 of a file, read in blocks (release names carry its prefix; not used for security)."""
+    """Hex MD5 of a file, read in blocks (release names carry its prefix; not used for security).
+
+    Args:
+        path: the file.
+    """
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -181,7 +185,11 @@ def file_md5(path: Path) -> str:
 @contextmanager
 def socket_timeout(seconds: float) -> Iterator[None]:
     """Bound each socket wait for the duration of the block (``download_url_to_file`` takes no
-    timeout; without one a network that drops packets would hang the run instead of failing)."""
+    timeout; without one a network that drops packets would hang the run instead of failing).
+
+    Args:
+        seconds: the longest wait of any socket operation inside the block.
+    """
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
@@ -224,7 +232,11 @@ def download(url: str, target: Path, timeout_s: float, sha256_prefix: str | None
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in blocks: the identity of the weights a run used."""
+    """Hex SHA-256 of a file, read in blocks: the identity of the weights a run used.
+
+    Args:
+        path: the file.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):

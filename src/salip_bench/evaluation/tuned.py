@@ -84,7 +84,17 @@ def resolved_root(root: Any) -> str | None:
 
 
 def check_disjoint(split_root: Any, split_ids: Iterable[str], eval_root: Any, eval_ids: Iterable[str]) -> None:
-    """Refuse a tuning split that is (or overlaps) the evaluated images: same root, or shared ids."""
+    """Refuse a tuning split that is (or overlaps) the evaluated images: same root, or shared ids.
+
+    Args:
+        split_root: the tuning split's root folder (None/empty/``???``: unknown, not compared).
+        split_ids: the split's image ids.
+        eval_root: the evaluated dataset's root folder.
+        eval_ids: the evaluated dataset's image ids.
+
+    Raises:
+        TuningError: same folder, or ids in both (the first five named).
+    """
     split, evaluated = resolved_root(split_root), resolved_root(eval_root)
     if split is not None and split == evaluated:
         raise TuningError(f"the tuning split and the evaluation dataset are the same folder ({split}): tune on "
@@ -97,7 +107,17 @@ def check_disjoint(split_root: Any, split_ids: Iterable[str], eval_root: Any, ev
 
 
 def read_tuned(path: str | Path) -> dict:
-    """Load and check a ``tuned.yaml``: ``params`` must be a mapping of dotted keys."""
+    """Load and check a ``tuned.yaml``.
+
+    Args:
+        path: the file salip-bench-tune wrote.
+
+    Returns:
+        Its content: ``params`` (dotted key → value), ``split``, ``score``.
+
+    Raises:
+        TuningError: unreadable, not YAML, or no ``params`` mapping.
+    """
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -108,9 +128,20 @@ def read_tuned(path: str | Path) -> dict:
 
 
 def apply_tuned(cfg: dict) -> dict:
-    """``cfg`` with the tuned parameters of ``cfg["tuned"]`` (a path) merged in, and ``cfg["tuned"]``
-    replaced by what was applied (file, params, split, score) so that summary.json records it.
-    Unchanged when no file is given or it was applied already."""
+    """Merge the tuned parameters of ``cfg["tuned"]`` (a path) into a run config.
+
+    Args:
+        cfg: the run config as a plain dict (not changed).
+
+    Returns:
+        A copy with the params set and ``cfg["tuned"]`` replaced by what was applied (file, params,
+        split, score) so that summary.json records it; ``cfg`` itself when no file is given or it
+        was applied already.
+
+    Raises:
+        TuningError: a bad file, a param naming no config key, or a split that overlaps the
+            evaluated dataset.
+    """
     path = cfg.get("tuned")
     if not path or isinstance(path, Mapping):
         return cfg

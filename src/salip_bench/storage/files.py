@@ -110,6 +110,12 @@ def safe_name(sample_id: str) -> str:
     characters replaced by ``_`` and a hash of the id appended, so ids that differ only there
     (``col a`` / ``col_a``) never share a file. Names never start with ``.`` (hidden files,
     ``..``) and stay well under file-system name limits.
+
+    Args:
+        sample_id: the sample's id, any string.
+
+    Returns:
+        The file name stem.
     """
     if sample_id and set(sample_id) <= SAFE_CHARS and not sample_id.startswith(".") and len(sample_id) <= 200:
         return sample_id

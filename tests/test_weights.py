@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from salip_bench.engines import weights
-from salip_bench.engines.weights import WeightsNotFoundError, md5_prefix_in_name, resolve_checkpoint
+from salip_bench.engines.weights import (
+    WeightsNotFoundError,
+    md5_prefix_in_name,
+    resolve_checkpoint,
+)
 from salip_bench.storage.files import atomic_path, atomic_write_bytes
 
 PAYLOAD = b"not really a checkpoint, but bytes with known hashes"

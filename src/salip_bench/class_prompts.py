@@ -8,6 +8,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from omegaconf import MISSING
+
 PROMPTS_PACKAGE = "salip_bench.prompts"
 
 
@@ -25,7 +27,7 @@ def load_class_prompts(prompts: str | Path | None) -> dict[str, list[str]]:
         ValueError: one line naming ``dataset.prompts``, the value and what is expected.
     """
     expected = f"a built-in prompt set ({', '.join(builtin_prompt_names())}) or a JSON file {{class: [sentences]}}"
-    if prompts in (None, "", "???"):
+    if prompts in (None, "", MISSING):  # MISSING: the "???" of a required key left unset
         raise ValueError(f"dataset.prompts is required: {expected}")
     path = Path(str(prompts)).expanduser()
     if not path.suffix:

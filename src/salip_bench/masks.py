@@ -8,10 +8,15 @@ import numpy as np
 def gt_boxes(mask: np.ndarray, min_area: int = 16, connectivity: int = 8) -> np.ndarray:
     """One XYXY box per connected component of ``mask``, largest component first.
 
-    mask: (H, W) bool or 0/non-zero; min_area: components with fewer pixels are ignored (stray
-    annotation specks would otherwise each become a prompt); connectivity: 4 or 8.
-    Returns (K, 4) float32 boxes in inclusive pixel coordinates (x0, y0, x1, y1), the convention
-    of the generators' boxes; (0, 4) when no component is large enough.
+    Args:
+        mask: (H, W) bool or 0/non-zero.
+        min_area: components with fewer pixels are ignored (stray annotation specks would
+            otherwise each become a prompt).
+        connectivity: 4 or 8.
+
+    Returns:
+        (K, 4) float32 boxes in inclusive pixel coordinates (x0, y0, x1, y1), the convention of
+        the generators' boxes; (0, 4) when no component is large enough.
     """
     binary = np.ascontiguousarray(mask, dtype=bool).astype(np.uint8)
     _, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=connectivity)

@@ -1,4 +1,4 @@
-"""Per-image Dice and IoU with torchmetrics, boundary metrics (NSD, HD95) with MONAI, under one
+"""Dice and IoU from confusion counts, boundary metrics (NSD, HD95) with MONAI, under one
 convention per metric for empty masks.
 
 Conventions (also in summary.json, following Metrics Reloaded, Maier-Hein et al. 2024):
@@ -15,7 +15,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_f1_score, binary_jaccard_index
 
 EMPTY_MASK_CONVENTION = "both GT and prediction empty: dice = iou = 1; exactly one empty: dice = iou = 0"
 BOUNDARY_CONVENTIONS = {
@@ -27,34 +26,68 @@ NSD_TOLERANCE_MM = 2.0
 
 
 def confusion_counts(prediction: np.ndarray, target: np.ndarray) -> dict[str, int]:
-    """True/false positives and false negatives: summed over slices they give a volume's 3D Dice."""
+    """True/false positives and false negatives of two masks; summed over slices they give a volume's 3D Dice.
+
+    Args:
+        prediction: a mask of any shape (non-zero = foreground).
+        target: the ground truth, same shape.
+
+    Returns:
+        ``{"tp": ..., "fp": ..., "fn": ...}`` as Python ints.
+    """
     prediction, target = prediction.astype(bool), target.astype(bool)
     return {"tp": int(np.count_nonzero(prediction & target)), "fp": int(np.count_nonzero(prediction & ~target)),
             "fn": int(np.count_nonzero(~prediction & target))}
 
 
 def dice_iou_from_counts(tp: int, fp: int, fn: int) -> tuple[float, float]:
-    """Dice and IoU from summed counts, with the empty-mask convention above."""
+    """Dice and IoU from counts: the one place that computes them and applies :data:`EMPTY_MASK_CONVENTION`.
+
+    Per image, per volume (counts summed over its slices) and in the U-Net's validation alike.
+    Hand-written rather than torchmetrics' ``binary_f1_score``: the 3D Dice needs counts summed over
+    slices, which torchmetrics takes only as masks, and its float32 division rounds what two Python
+    floats give exactly.
+
+    Args:
+        tp: true-positive pixels.
+        fp: false-positive pixels.
+        fn: false-negative pixels.
+
+    Returns:
+        ``(dice, iou)``; both 1.0 when all counts are 0 (both masks empty).
+    """
     if tp + fp + fn == 0:
         return 1.0, 1.0
     return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
 
 
 def dice_iou(prediction: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Binary Dice (= F1) and IoU of two (H, W) bool masks."""
-    preds = torch.from_numpy(np.ascontiguousarray(prediction, dtype=bool)).flatten().long()
-    target_t = torch.from_numpy(np.ascontiguousarray(target, dtype=bool)).flatten().long()
-    dice = binary_f1_score(preds, target_t, zero_division=1.0, validate_args=False)
-    iou = binary_jaccard_index(preds, target_t, zero_division=1.0, validate_args=False)
-    return float(dice), float(iou)
+    """Binary Dice (= F1) and IoU of two masks, through :func:`dice_iou_from_counts`.
+
+    Args:
+        prediction: a mask of any shape (non-zero = foreground).
+        target: the ground truth, same shape.
+
+    Returns:
+        ``(dice, iou)`` under :data:`EMPTY_MASK_CONVENTION`.
+    """
+    return dice_iou_from_counts(**confusion_counts(np.asarray(prediction), np.asarray(target)))
 
 
 def boundary_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float] | None = None,
                      tolerance: float = NSD_TOLERANCE_MM) -> dict[str, float | None]:
-    """Normalised surface Dice at ``tolerance`` and the 95th-percentile Hausdorff distance of two
-    bool masks (2D or 3D), through MONAI, in the units of ``spacing`` (one entry per axis; None: 1).
+    """Normalised surface Dice and the 95th-percentile Hausdorff distance of two masks, through MONAI.
 
     Empty masks follow :data:`BOUNDARY_CONVENTIONS`; MONAI is asked only when both masks are non-empty.
+
+    Args:
+        prediction: a bool mask, 2D or 3D.
+        target: the ground truth, same shape.
+        spacing: the size of a pixel/voxel along each axis (mm); None: 1 per axis.
+        tolerance: the NSD tolerance, in the units of ``spacing``.
+
+    Returns:
+        ``{"nsd": float, "hd95": float or None}``, HD95 in the units of ``spacing``.
     """
     prediction, target = np.asarray(prediction, bool), np.asarray(target, bool)
     pred_empty, target_empty = not prediction.any(), not target.any()
@@ -79,6 +112,14 @@ def greedy_oracle(masks: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
     greedily (each step adds the candidate that raises the union's IoU most; stops when none does).
 
     This is the "perfect retriever": its Dice bounds what any retriever can get from these candidates.
+
+    Args:
+        masks: (N, H, W) bool candidate masks.
+        target: (H, W) ground truth.
+        k: the most candidates to choose.
+
+    Returns:
+        (M,) int64 indices into ``masks``, M ≤ k, in the order they were chosen.
     """
     if masks.shape[0] == 0 or k <= 0:
         return np.zeros(0, np.int64)

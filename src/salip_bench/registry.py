@@ -60,6 +60,14 @@ class Registry(Generic[T]):
         self._classes: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator: ``@GENERATORS.register("sam_everything")``.
+
+        Args:
+            name: the plugin's name, as configs write it (``name:`` of its yaml).
+
+        Raises:
+            PluginError: another class already holds ``name``.
+        """
         def decorator(cls: type[T]) -> type[T]:
             if name in self._classes and self._classes[name] is not cls:
                 raise PluginError(f"{self.kind} plugin {name!r} is already registered by "
@@ -70,21 +78,36 @@ class Registry(Generic[T]):
         return decorator
 
     def names(self) -> list[str]:
+        """The registered names, sorted (every plugin module imported first)."""
         load_plugins()
         return sorted(self._classes)
 
     def get(self, name: str) -> type[T]:
+        """The class registered as ``name``.
+
+        Raises:
+            PluginError: no such plugin; the message lists the known ones.
+        """
         load_plugins()
         if name not in self._classes:
             raise PluginError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
         return self._classes[name]
 
     def build(self, cfg: Mapping[str, Any] | DictConfig, **context: Any) -> T:
-        """Build the plugin named by ``cfg.name`` with the other keys as kwargs.
+        """Build the plugin named by ``cfg.name`` with the other keys as keyword arguments.
 
-        ``context`` holds runtime objects; each is passed only if the constructor declares it.
-        Keys the constructor does not accept are an error (a typo must not be ignored silently),
-        except this kind's ``settings``, which are left out.
+        Args:
+            cfg: the plugin's config (``name`` plus constructor arguments), plain or DictConfig.
+                This kind's ``settings`` keys are left out (they are read elsewhere).
+            **context: runtime objects (engines, prompts); each is passed only if the constructor
+                declares it, and none may also be set in ``cfg``.
+
+        Returns:
+            The plugin instance.
+
+        Raises:
+            PluginError: no ``name``, an unknown plugin, or a key the constructor does not accept
+                (a typo must not be ignored silently).
         """
         if isinstance(cfg, DictConfig):
             cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]

@@ -10,8 +10,12 @@ import numpy as np
 class Candidates:
     """Part masks proposed by a generator, one row per mask.
 
-    masks: (N, H, W) bool at image resolution; boxes: (N, 4) XYXY float pixel coordinates;
-    areas: (N,) pixel counts; predicted_iou / stability_score: (N,) SAM's own quality estimates.
+    Args:
+        masks: (N, H, W) bool at image resolution.
+        boxes: (N, 4) XYXY float pixel coordinates.
+        areas: (N,) pixel counts.
+        predicted_iou: (N,) SAM's own estimate of each mask's IoU.
+        stability_score: (N,) SAM's stability of each mask under threshold shifts.
     """
 
     masks: np.ndarray
@@ -25,10 +29,12 @@ class Candidates:
 
     @classmethod
     def empty(cls, height: int, width: int) -> "Candidates":
+        """No candidates, for an image of ``height`` × ``width`` (a generator that found nothing)."""
         return cls(np.zeros((0, height, width), bool), np.zeros((0, 4), np.float32),
                    np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
 
     def select(self, index: np.ndarray) -> "Candidates":
+        """The rows at ``index`` (integer indices or a bool mask over the N rows), in that order."""
         return Candidates(self.masks[index], self.boxes[index], self.areas[index],
                           self.predicted_iou[index], self.stability_score[index])
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 
 from salip_bench.datasets.folder import FolderDataset
 from salip_bench.registry import DATASETS
@@ -21,15 +22,18 @@ HC_COLUMN = "head circumference (mm)"
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill the regions of background that the border cannot reach (like scipy's binary_fill_holes).
+    """An HC18 outline annotation as the filled head mask (outline included).
 
-    The background is flooded from a one-pixel frame around the image with 4-connectivity, so a
-    1-pixel outline drawn with diagonal steps still closes its interior.
+    ``scipy.ndimage.binary_fill_holes`` floods the background from the border with 4-connectivity,
+    so a 1-pixel outline drawn with diagonal steps still closes its interior.
+
+    Args:
+        mask: the (H, W) outline, any dtype (non-zero = outline).
+
+    Returns:
+        The (H, W) bool mask.
     """
-    padded = np.pad(np.ascontiguousarray(mask, dtype=bool), 1).astype(np.uint8)
-    flood_mask = np.zeros((padded.shape[0] + 2, padded.shape[1] + 2), np.uint8)
-    cv2.floodFill(padded, flood_mask, (0, 0), 2, flags=4)
-    return padded[1:-1, 1:-1] != 2
+    return binary_fill_holes(np.asarray(mask, dtype=bool))
 
 
 def read_pixel_sizes(path: Path) -> dict[str, tuple[float, float | None]]:

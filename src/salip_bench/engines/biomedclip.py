@@ -40,7 +40,12 @@ def _advice(what: str, repo: str, key: str) -> str:
 
 
 def cached_file(repo: str, names: tuple[str, ...]) -> Path | None:
-    """The first of ``names`` present in the HF cache snapshot of ``repo`` (no network)."""
+    """The first of ``names`` present in the HF cache snapshot of ``repo`` (no network).
+
+    Args:
+        repo: the Hugging Face repo id.
+        names: file names to look for, preferred first.
+    """
     from huggingface_hub import try_to_load_from_cache
 
     for name in names:
@@ -51,7 +56,17 @@ def cached_file(repo: str, names: tuple[str, ...]) -> Path | None:
 
 
 def hub_file(repo: str, names: tuple[str, ...], key: str, what: str) -> Path:
-    """``names[0]`` (or the first alternative found) of ``repo``: HF cache, else download unless offline."""
+    """``names[0]`` (or the first alternative found) of ``repo``: HF cache, else download unless offline.
+
+    Args:
+        repo: the Hugging Face repo id.
+        names: file names, preferred first.
+        key: the config key that takes a local folder instead, named in errors.
+        what: the model, as errors name it.
+
+    Raises:
+        WeightsNotFoundError: not cached and not downloadable.
+    """
     cached = cached_file(repo, names)
     if cached is not None:
         return cached
@@ -71,7 +86,14 @@ def hub_file(repo: str, names: tuple[str, ...], key: str, what: str) -> Path:
 
 
 def local_file(directory: str, names: tuple[str, ...], key: str, what: str) -> Path:
-    """The first of ``names`` in an explicit directory, else an error naming it and the key."""
+    """The first of ``names`` in an explicit directory, else an error naming it and the key.
+
+    Args:
+        directory: the folder the user gave.
+        names: file names, preferred first.
+        key: the config key that gave it.
+        what: the model, as errors name it.
+    """
     root = Path(directory).expanduser()
     for name in names:
         if (root / name).is_file():
@@ -84,6 +106,12 @@ def resolve_biomedclip(cfg: dict) -> tuple[Path, Path, Path]:
 
     Order: explicit ``clip.local_dir`` → HF cache of ``clip.hub_id`` → download (unless offline); the
     text tower: explicit ``clip.text_dir`` → HF cache of its ``hf_model_name`` → download.
+
+    Args:
+        cfg: a ``conf/clip/biomedclip*.yaml`` entry.
+
+    Raises:
+        WeightsNotFoundError: a file is missing; the message names it and the key to set.
     """
     repo, what = cfg["hub_id"], f"BiomedCLIP {cfg['hub_id']}"
     if cfg.get("local_dir"):
@@ -106,7 +134,17 @@ def resolve_biomedclip(cfg: dict) -> tuple[Path, Path, Path]:
 def build_custom_text_clip(model_cfg: dict, text_dir: Path, tokenizer_dir: Path,
                            preprocess_cfg: dict) -> tuple[torch.nn.Module, object, object]:
     """open_clip's ``CustomTextCLIP`` with its HF text tower read from ``text_dir`` (config.json) and
-    the tokenizer from ``tokenizer_dir``; the model's weights are whatever the seed makes them."""
+    the tokenizer from ``tokenizer_dir``; the model's weights are whatever the seed makes them.
+
+    Args:
+        model_cfg: open_clip's ``model_cfg`` (from open_clip_config.json).
+        text_dir: folder of the text tower's config.json.
+        tokenizer_dir: folder of the tokenizer files.
+        preprocess_cfg: open_clip's ``preprocess_cfg``.
+
+    Returns:
+        ``(model, eval transform, tokenizer)``.
+    """
     model_cfg = copy.deepcopy(model_cfg)
     text_cfg = model_cfg["text_cfg"]
     text_cfg.update(hf_model_name=str(text_dir), hf_tokenizer_name=str(tokenizer_dir), hf_model_pretrained=False)

@@ -75,7 +75,16 @@ class ClipEngine(nn.Module):
     @torch.no_grad()
     def encode_images(self, images: Sequence[np.ndarray | Image.Image], batch_size: int = 32,
                       workers: int = 1) -> torch.Tensor:
-        """Embed RGB pictures in batches of ``batch_size``; returns (N, D) on CPU."""
+        """Embed RGB pictures.
+
+        Args:
+            images: (H, W, 3) uint8 arrays or PIL images.
+            batch_size: pictures per forward.
+            workers: preprocessing threads.
+
+        Returns:
+            (N, D) unit-norm embeddings on CPU.
+        """
         return self.encode_built(len(images), images.__getitem__, batch_size, workers)
 
     @torch.no_grad()
@@ -89,6 +98,15 @@ class ClipEngine(nn.Module):
         retriever's time on CPU. Results do not depend on ``workers``, nor on which other pictures
         share a batch (forwards are padded to whole groups of PICTURE_GROUP), so an embedding from
         the cache is the one a fresh encoding gives.
+
+        Args:
+            count: how many pictures.
+            build: picture ``i`` from its index.
+            batch_size: pictures per forward.
+            workers: threads building and preprocessing pictures.
+
+        Returns:
+            (N, D) unit-norm embeddings on CPU.
         """
         out = []
         with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -107,6 +125,7 @@ class ClipEngine(nn.Module):
 
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm text embeddings, (N, D) on CPU, of ``texts`` (the organ's sentences)."""
         tokens = self.tokenizer(texts).to(self.device)
         self.texts_encoded += len(texts)
         return nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
@@ -119,7 +138,21 @@ class ClipEngine(nn.Module):
 
 def build_tiny_clip(embed_dim: int, image_size: int, vision_width: int, vision_layers: int, patch_size: int,
                     text_width: int, text_layers: int, heads: int) -> tuple[nn.Module, object, object]:
-    """An open_clip ``CLIP`` with a few narrow layers, for tests; uses the standard BPE tokenizer."""
+    """An open_clip ``CLIP`` with a few narrow layers, for tests; uses the standard BPE tokenizer.
+
+    Args:
+        embed_dim: the joint embedding width.
+        image_size: the input side in pixels.
+        vision_width: the vision transformer's width.
+        vision_layers: its depth.
+        patch_size: its patch side.
+        text_width: the text transformer's width.
+        text_layers: its depth.
+        heads: attention heads of both towers (the vision head width is vision_width // heads).
+
+    Returns:
+        ``(model, eval transform, tokenizer)``.
+    """
     model = open_clip.model.CLIP(
         embed_dim=embed_dim,
         vision_cfg=open_clip.model.CLIPVisionCfg(image_size=image_size, layers=vision_layers, width=vision_width,
@@ -131,7 +164,18 @@ def build_tiny_clip(embed_dim: int, image_size: int, vision_width: int, vision_l
 
 
 def resolve_clip_weights(cfg: dict) -> Path:
-    """Explicit ``clip.checkpoint`` → local caches (ours, Hugging Face's) → official download."""
+    """The CLIP checkpoint: explicit ``clip.checkpoint`` → local caches (ours, Hugging Face's) →
+    official download.
+
+    Args:
+        cfg: a ``conf/clip/*.yaml`` entry.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        WeightsNotFoundError: none found or downloadable; the message says how to get it.
+    """
     arch, tag = cfg["arch"], cfg["pretrained"]
     what = f"CLIP {arch} ({tag})"
     pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag)
@@ -199,4 +243,5 @@ def build_open_clip_engine(cfg: dict, weights: str, cache: object = None) -> Cli
 
 
 def to_pil(image: np.ndarray) -> Image.Image:
+    """An (H, W, 3) uint8 RGB array as a PIL image (copied only when not contiguous)."""
     return Image.fromarray(np.ascontiguousarray(image))

@@ -69,7 +69,11 @@ class MedSamEngine(nn.Module):
         self._memo.clear()
 
     def embedding(self, image: np.ndarray) -> torch.Tensor:
-        """The image encoder's output for ``image`` (memoised by image content)."""
+        """The image encoder's output for ``image`` (memoised by image content).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+        """
         key = image_key(image)
         if key not in self._memo:
             pixels = torch.tensor(medsam_input(image, self.side)).float().permute(2, 0, 1)[None].to(self.device)
@@ -82,8 +86,17 @@ class MedSamEngine(nn.Module):
 
     @torch.no_grad()
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
-        """One mask per XYXY box, (K, H, W) bool. MedSAM was trained for one mask per box; with
-        ``multimask_output`` the best-scored of SAM's three heads is kept (off MedSAM's recipe)."""
+        """One mask per box. MedSAM was trained for one mask per box; with ``multimask_output`` the
+        best-scored of SAM's three heads is kept (off MedSAM's recipe).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: (K, 4) XYXY pixel boxes.
+            multimask_output: ask for three masks per box and keep the best-scored.
+
+        Returns:
+            (K, H, W) bool masks.
+        """
         height, width = image.shape[:2]
         embedding = self.embedding(image)
         frame = np.array([width, height, width, height])
@@ -103,9 +116,16 @@ class MedSamEngine(nn.Module):
 
 @ENGINES.register("medsam")
 def build_medsam_engine(cfg: dict, weights: str, cache: FeatureCache | None = None) -> MedSamEngine:
-    """MedSAM from a ``conf/model/medsam_*.yaml`` entry (``weights``: 'pretrained' | 'random').
+    """MedSAM from a ``conf/model/medsam_*.yaml`` entry.
 
-    cache: unused (MedSAM's embeddings are memoised in memory only).
+    Args:
+        cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
+        weights: ``pretrained`` (resolved as :func:`~salip_bench.engines.weights.resolve_checkpoint`
+            does) or ``random``.
+        cache: unused: MedSAM's embeddings are memoised in memory only.
+
+    Returns:
+        The engine.
     """
     arch = {k: cfg[k] for k in ARCH_KEYS}
     seed = int(cfg.get("random_seed", 0))

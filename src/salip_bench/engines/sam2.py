@@ -51,7 +51,11 @@ def sam2_model_config(cfg: dict) -> DictConfig:
 
 
 def build_sam2_model(cfg: dict) -> torch.nn.Module:
-    """An untrained SAM 2 image/video model of the entry's architecture (``SAM2Base``)."""
+    """An untrained SAM 2 image/video model of the entry's architecture (``SAM2Base``).
+
+    Args:
+        cfg: a ``conf/model/sam2_*.yaml`` entry.
+    """
     from hydra.utils import instantiate
 
     from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
@@ -61,7 +65,12 @@ def build_sam2_model(cfg: dict) -> torch.nn.Module:
 
 
 def load_sam2_checkpoint(model: torch.nn.Module, path: object) -> None:
-    """Load an official SAM 2 ``.pt`` (a dict whose ``"model"`` is the state dict), strictly."""
+    """Load an official SAM 2 ``.pt`` (a dict whose ``"model"`` is the state dict), strictly.
+
+    Args:
+        model: what :func:`build_sam2_model` built.
+        path: the checkpoint file.
+    """
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path} is not a SAM 2 checkpoint (expected a dict with key 'model')")
@@ -70,9 +79,16 @@ def load_sam2_checkpoint(model: torch.nn.Module, path: object) -> None:
 
 @ENGINES.register("sam2")
 def build_sam2_engine(cfg: dict, weights: str, cache: FeatureCache | None = None):  # noqa: ANN201 (lazy class)
-    """SAM 2.1 from a ``conf/model/sam2_*.yaml`` entry (``weights``: 'pretrained' | 'random').
+    """SAM 2.1 from a ``conf/model/sam2_*.yaml`` entry.
 
-    cache: unused for now (SAM 2 embeddings are memoised in memory only).
+    Args:
+        cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
+        weights: ``pretrained`` (resolved as :func:`~salip_bench.engines.weights.resolve_checkpoint`
+            does) or ``random``.
+        cache: unused for now: SAM 2 embeddings are memoised in memory only.
+
+    Returns:
+        The engine.
     """
     seed = int(cfg.get("random_seed", 0))
     if weights not in ("pretrained", "random"):

@@ -36,6 +36,12 @@ def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
 
     Upstream's predictor hard-codes them for 1024 px input; a smaller model (``sam2_tiny``) needs
     its own.
+
+    Args:
+        image_size: the model's input side in pixels.
+
+    Returns:
+        ``(height, width)`` of each of the three maps.
     """
     return [(image_size // stride, image_size // stride) for stride in (4, 8, 16)]
 
@@ -57,6 +63,7 @@ class MemoSam2Predictor(SAM2ImagePredictor):
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
+        """Make ``image`` (H, W, 3 uint8 RGB) the predictor's image, its encoding memoised by content."""
         key = image_key(image)
         if key not in self.memo:
             with root_info_muted():
@@ -99,7 +106,16 @@ class Sam2Engine(nn.Module):
 
     @torch.no_grad()
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
-        """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool."""
+        """One mask per box (the best-scored of three when ``multimask_output``).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: (K, 4) XYXY pixel boxes.
+            multimask_output: ask for three masks per box and keep the best-scored.
+
+        Returns:
+            (K, H, W) bool masks.
+        """
         self.predictor.set_image(image)
         out = np.zeros((len(boxes), *image.shape[:2]), bool)
         for i, box in enumerate(boxes):
@@ -110,8 +126,15 @@ class Sam2Engine(nn.Module):
 
     @torch.no_grad()
     def everything(self, image: np.ndarray, **settings: object) -> Candidates:
-        """Upstream ``SAM2AutomaticMaskGenerator(**settings).generate(image)`` as :class:`Candidates`
-        (its masks, boxes and order; boxes XYXY with inclusive corners)."""
+        """Upstream ``SAM2AutomaticMaskGenerator(**settings).generate(image)`` as :class:`Candidates`.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            **settings: the generator's keyword arguments (points_per_side, thresholds, ...).
+
+        Returns:
+            Its masks, boxes and order; boxes XYXY with inclusive corners.
+        """
         generator = SAM2AutomaticMaskGenerator(self.model, output_mode="binary_mask", **settings)
         # Same post-processing settings as upstream gave its predictor (min_mask_region_area), plus
         # our feature sizes and the engine's memo: the refiner's boxes then need no encoder pass.

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def licence_advice(repo: str, file_name: str) -> str:
+    """How to obtain the gated SAM 3 checkpoint, for the end of every missing-weights message.
+
+    Args:
+        repo: the Hugging Face repo (``facebook/sam3``).
+        file_name: the checkpoint's file name in it.
+    """
     return (f"SAM 3 is gated: accept the SAM License at https://huggingface.co/{repo}, run `huggingface-cli login`, "
             f"then `huggingface-cli download {repo} {file_name}` (fills the Hugging Face cache) on a machine with "
             f"internet, or pass model.checkpoint=/path/to/{file_name} (or copy it to {cache_dir() / file_name}). "
@@ -38,7 +44,18 @@ def licence_advice(repo: str, file_name: str) -> str:
 
 
 def resolve_sam3_weights(cfg: dict) -> Path:
-    """Explicit ``model.checkpoint`` → HF cache of ``model.hub_repo`` → our cache → hub download."""
+    """The SAM 3 checkpoint: explicit ``model.checkpoint`` → HF cache of ``model.hub_repo`` → our cache
+    → hub download (unless offline).
+
+    Args:
+        cfg: a ``conf/model/sam3*.yaml`` entry.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        WeightsNotFoundError: none found or downloadable; the message says how to get it.
+    """
     repo, file_name = cfg["hub_repo"], cfg["checkpoint_file"]
     if cfg.get("checkpoint"):
         path = Path(cfg["checkpoint"]).expanduser()
@@ -67,8 +84,13 @@ def resolve_sam3_weights(cfg: dict) -> Path:
 
 
 def load_sam3_checkpoint(model: nn.Module, path: Path) -> None:
-    """Upstream's layout (``model`` dict with ``detector.*`` image-model keys, ``tracker.*`` video keys):
-    the detector keys must cover the image model exactly — a partial load is an error, never random."""
+    """Load upstream's layout (``model`` dict with ``detector.*`` image-model keys, ``tracker.*`` video
+    keys): the detector keys must cover the image model exactly — a partial load is an error, never random.
+
+    Args:
+        model: the image model to fill.
+        path: the checkpoint file.
+    """
     state = load_state_dict(path)
     if isinstance(state.get("model"), dict):
         state = state["model"]
@@ -132,7 +154,11 @@ class Sam3Engine(nn.Module):
         return self._processor
 
     def image_state(self, image: np.ndarray) -> dict:
-        """The backbone features of ``image`` ((H, W, 3) uint8), computed once per distinct image."""
+        """The backbone features of an image, computed once per distinct image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+        """
         key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest() + str(image.shape)
         if self._memo is None or self._memo[0] != key:
             self._memo = None  # free the previous image's features first

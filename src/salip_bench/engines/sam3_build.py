@@ -106,7 +106,11 @@ def build_sam3_image(arch: dict, bpe_path: str) -> nn.Module:
 def init_text_parameters(encoder: nn.Module) -> None:
     """Upstream's text transformer allocates its positional embedding and projection with
     ``torch.empty`` (a checkpoint overwrites them); random-weight runs give them CLIP's initialisation
-    (normal, std 0.01 and width^-0.5) instead of whatever memory held, which may be NaN."""
+    (normal, std 0.01 and width^-0.5) instead of whatever memory held, which may be NaN.
+
+    Args:
+        encoder: the text encoder, changed in place.
+    """
     with torch.no_grad():
         nn.init.normal_(encoder.positional_embedding, std=0.01)
         if isinstance(getattr(encoder, "text_projection", None), nn.Parameter):

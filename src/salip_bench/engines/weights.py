@@ -10,16 +10,14 @@ import logging
 import os
 import pickle
 import re
-import shutil
-import tempfile
-import urllib.request
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from salip_bench.storage.files import cache_root
+from salip_bench.storage.files import atomic_path, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +33,18 @@ class WeightsNotFoundError(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but is not a plain tensor checkpoint (code in its pickle, corrupt)."""
+
+
+class ChecksumError(OSError):
+    """A downloaded file's hash does not match the one its release names; nothing was kept.
+
+    An ``OSError`` so that :func:`resolve_checkpoint` reports it like any other failed download.
+    """
+
+
+# SAM's release names end in the first hex digits of the file's MD5 (sam_vit_b_01ec64.pth has MD5
+# 01ec64d2...): not SHA-256, which is what torch.hub's hash_prefix checks, so we check it ourselves.
+MD5_IN_NAME = re.compile(r"_([0-9a-f]{6,})\.pth?$")
 
 
 def _unreadable_reason(err: BaseException) -> str | None:
@@ -55,8 +65,14 @@ def _unreadable_reason(err: BaseException) -> str | None:
 
 @contextmanager
 def checkpoint_errors(path: Path | str, what: str) -> Iterator[None]:
-    """Turn torch's errors on reading ``path`` as tensors into one :class:`CheckpointError` line
-    naming the file. Other errors pass through unchanged."""
+    """Turn torch's errors on reading ``path`` as tensors into one :class:`CheckpointError` line.
+
+    Args:
+        path: the checkpoint being read, named in the message.
+        what: the model, as the message names it.
+
+    Other errors pass through unchanged.
+    """
     try:
         yield
     except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
@@ -80,10 +96,19 @@ def search_dirs() -> list[Path]:
 
 
 def is_offline() -> bool:
+    """Whether downloads are switched off (``SALIP_BENCH_OFFLINE`` or ``HF_HUB_OFFLINE`` is 1/true/yes)."""
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_ENV_VARS)
 
 
 def how_to_provide(what: str, file_name: str, url: str | None, config_key: str) -> str:
+    """The end of every missing-weights message: where to get ``file_name`` and the two ways to hand it over.
+
+    Args:
+        what: the model, as messages name it (unused in the text; kept for callers' symmetry).
+        file_name: the release file name.
+        url: its official download URL, or None.
+        config_key: the config key that takes a path.
+    """
     where = f"download {url} " if url else f"obtain {file_name} "
     return (f"{where}on a machine with internet, then either pass {config_key}=/path/to/{file_name} or "
             f"copy it to {cache_dir() / file_name}. For an offline smoke run of the harness use "
@@ -91,8 +116,25 @@ def how_to_provide(what: str, file_name: str, url: str | None, config_key: str) 
 
 
 def resolve_checkpoint(what: str, file_name: str, url: str | None, explicit: str | None,
-                       config_key: str, download_timeout_s: float = 20.0) -> Path:
-    """Return a local path to ``file_name`` or raise :class:`WeightsNotFoundError` naming it."""
+                       config_key: str, download_timeout_s: float = 20.0, sha256_prefix: str | None = None) -> Path:
+    """A local checkpoint file: the explicit path, else a cached copy, else a checked download.
+
+    Args:
+        what: the model, as messages name it (``SAM vit_b``).
+        file_name: the release file name, looked up in :func:`search_dirs` and downloaded to :func:`cache_dir`.
+        url: its official download URL; None where there is none (then only local copies count).
+        explicit: a path the user gave (``config_key``); when set, nothing else is tried.
+        config_key: the config key that takes a path, named in messages.
+        download_timeout_s: the longest wait for the server at any moment of the download.
+        sha256_prefix: leading hex digits of the file's SHA-256, checked on download.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        WeightsNotFoundError: the explicit path does not exist, or there is no local copy and no
+            download (offline, no URL, failed, wrong hash); the message says how to provide the file.
+    """
     if explicit:
         path = Path(explicit).expanduser()
         if path.is_file():
@@ -108,24 +150,93 @@ def resolve_checkpoint(what: str, file_name: str, url: str | None, explicit: str
         raise WeightsNotFoundError(f"{what} checkpoint {file_name} not found (looked in {looked}) and {reason}; "
                                    + how_to_provide(what, file_name, url, config_key))
     try:
-        return download(url, cache_dir() / file_name, download_timeout_s)
+        return download(url, cache_dir() / file_name, download_timeout_s, sha256_prefix)
     except OSError as err:
         raise WeightsNotFoundError(f"{what} checkpoint {file_name} not found (looked in {looked}) and its download "
                                    f"failed ({err}); " + how_to_provide(what, file_name, url, config_key)) from err
 
 
-def download(url: str, target: Path, timeout_s: float) -> Path:
-    """Stream ``url`` to ``target`` through a temporary file, so a killed download leaves no partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+def md5_prefix_in_name(file_name: str) -> str | None:
+    """The MD5 prefix a release file name carries (``sam_vit_b_01ec64.pth`` → ``01ec64``).
+
+    Args:
+        file_name: a checkpoint's file name.
+
+    Returns:
+        The hex digits after the name's last ``_`` (at least six), or None for a name without them.
+    """
+    found = MD5_IN_NAME.search(file_name)
+    return found.group(1) if found else None
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 of a file, read in blocks (release names carry its prefix; not used for security).
+
+    Args:
+        path: the file.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound each socket wait for the duration of the block (``download_url_to_file`` takes no
+    timeout; without one a network that drops packets would hang the run instead of failing).
+
+    Args:
+        seconds: the longest wait of any socket operation inside the block.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def download(url: str, target: Path, timeout_s: float, sha256_prefix: str | None = None) -> Path:
+    """Stream ``url`` to ``target`` with torch.hub (progress bar), checking the release's hashes.
+
+    The file appears at ``target`` only once complete and checked, so a killed or corrupt download
+    leaves nothing that a later run would take for the checkpoint.
+
+    Args:
+        url: where the file is (any scheme ``urllib`` opens; tests use ``file://``).
+        target: where to put it.
+        timeout_s: the longest wait for the server at any moment, in seconds.
+        sha256_prefix: leading hex digits of the file's SHA-256 to check (torch.hub's ``hash_prefix``).
+
+    Returns:
+        ``target``.
+
+    Raises:
+        ChecksumError: the SHA-256 or the MD5 prefix in ``target``'s name does not match.
+        OSError: the download failed.
+    """
     log.info("downloading %s -> %s", url, target)
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (fixed official URLs)
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as tmp:
-            shutil.copyfileobj(response, tmp, length=1 << 22)
-    os.replace(tmp.name, target)
+    md5_prefix = md5_prefix_in_name(target.name)
+    with atomic_path(target, suffix=".part") as tmp, socket_timeout(timeout_s):
+        try:
+            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=sha256_prefix, progress=True)
+        except RuntimeError as err:  # torch.hub's only RuntimeError here is its hash check
+            raise ChecksumError(f"{url}: SHA-256 does not start with {sha256_prefix} ({err}); the file was "
+                                "corrupted on the way or is not the release file") from None
+        if md5_prefix is not None and not (md5 := file_md5(tmp)).startswith(md5_prefix):
+            raise ChecksumError(f"{url}: MD5 {md5} does not start with {md5_prefix}, the prefix in its file name "
+                                f"{target.name}; the file was corrupted on the way or is not the release file")
     return target
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks: the identity of the weights a run used.
+
+    Args:
+        path: the file.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -134,9 +245,17 @@ def file_sha256(path: Path) -> str:
 
 
 def load_state_dict(path: Path, what: str = "SAM") -> dict:
-    """Load tensors only: ``weights_only=True`` never unpickles arbitrary code from a checkpoint.
+    """Load a checkpoint's tensors; ``weights_only=True`` never unpickles code stored in it.
 
-    Raises :class:`CheckpointError` naming ``path`` for a file that holds anything else.
+    Args:
+        path: the checkpoint file.
+        what: the model, as the error names it.
+
+    Returns:
+        The state dict (a checkpoint's nested ``state_dict`` when it has one).
+
+    Raises:
+        CheckpointError: naming ``path``, for a file that holds anything but tensors and plain values.
     """
     with checkpoint_errors(path, what):
         state = torch.load(path, map_location="cpu", weights_only=True)

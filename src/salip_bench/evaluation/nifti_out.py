@@ -3,7 +3,6 @@ per-volume boundary metrics (NSD, HD95 in mm) computed on that grid with the vox
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -11,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from salip_bench.datasets.cc359 import CC359Dataset
-from salip_bench.storage.files import safe_name
+from salip_bench.storage.files import atomic_path, safe_name
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,8 @@ def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(data.astype(np.uint8), reference.affine, header=header)
     image.header.set_slope_inter(1, 0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[:-len('.nii.gz')]}.tmp.nii.gz")
-    nib.save(image, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".nii.gz") as tmp:  # nib.save picks the format from the name
+        nib.save(image, str(tmp))
 
 
 def write_volumes(dataset: CC359Dataset, out_dir: Path, records: list[dict],

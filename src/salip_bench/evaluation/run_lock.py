@@ -26,7 +26,14 @@ class RunLockedError(RuntimeError):
 
 
 def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (``/proc/<pid>/stat`` field 22), None where unknown."""
+    """The kernel's start time of a process: with the pid it identifies a process even after pid reuse.
+
+    Args:
+        pid: the process id.
+
+    Returns:
+        ``/proc/<pid>/stat`` field 22 (clock ticks since boot), None where unknown (no /proc, gone).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -35,6 +42,7 @@ def process_start_time(pid: int) -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 probes without signalling)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -47,8 +55,11 @@ def pid_alive(pid: int) -> bool:
 class RunLock:
     """``with RunLock(out_dir): ...`` holds ``out_dir`` for this process (re-entrant within it).
 
-    out_dir: the run's output directory (created if missing).
-    Raises :class:`RunLockedError` naming the live holder.
+    Args:
+        out_dir: the run's output directory (created if missing).
+
+    Raises:
+        RunLockedError: on entering, naming the live holder.
     """
 
     def __init__(self, out_dir: Path | str) -> None:
@@ -56,6 +67,7 @@ class RunLock:
         self.held = False
 
     def holder(self) -> dict | None:
+        """The lock's content: None when there is no lock, ``{}`` when it cannot be read (yet)."""
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
@@ -64,6 +76,11 @@ class RunLock:
             return {}  # being written right now, or garbage: decided by its age below
 
     def is_stale(self, holder: dict) -> bool:
+        """Whether the lock's ``holder`` is gone, so that the lock may be taken over.
+
+        Args:
+            holder: what :meth:`holder` read.
+        """
         if not holder:  # unreadable: a writer is between create and write, unless it is old
             try:
                 return time.time() - self.path.stat().st_mtime > 60
@@ -78,6 +95,7 @@ class RunLock:
         return started is not None and process_start_time(pid) not in (None, started)
 
     def acquire(self) -> None:
+        """Take the lock, a stale one included (with a warning), or raise :class:`RunLockedError`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": process_start_time(os.getpid()),
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -106,6 +124,7 @@ class RunLock:
         raise RunLockedError(f"could not take the lock {self.path}: it keeps changing hands")
 
     def release(self) -> None:
+        """Remove the lock if this process took it (not when an outer run in this process holds it)."""
         if self.held:
             holder = self.holder()
             if holder and holder.get("pid") == os.getpid():

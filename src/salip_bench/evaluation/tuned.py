@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from salip_bench.registry import DATASETS
 
@@ -24,35 +26,75 @@ class TuningError(ValueError):
     """A tuning setup or a tuned file that cannot be used as asked; the message says why."""
 
 
+_ABSENT = object()
+
+
+def _as_config(cfg: Mapping) -> DictConfig:
+    # allow_objects: a plain run config may hold values OmegaConf does not type (numpy scalars drawn by
+    # the tuner, paths); they pass through unchanged instead of failing the lookup.
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg), flags={"allow_objects": True})
+
+
 def get_dotted(cfg: Mapping, key: str) -> Any:
-    """The value at dotted ``key`` (``generator.pred_iou_thresh``); a missing key or one that names a
-    whole config group (not a value) is a :class:`TuningError`."""
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise TuningError(f"config has no key {key!r} (a misspelt tuned or tune.space key?)")
-        node = node[part]
-    if isinstance(node, Mapping):
+    """The value at a dotted key, looked up with ``OmegaConf.select``.
+
+    Args:
+        cfg: a plain dict or a DictConfig.
+        key: a dotted key such as ``generator.pred_iou_thresh``.
+
+    Returns:
+        The value (lists as plain lists; a missing value ``???`` as the string ``???``).
+
+    Raises:
+        TuningError: the key does not exist, or names a whole config group (not a value).
+    """
+    try:
+        value = OmegaConf.select(_as_config(cfg), key, default=_ABSENT, throw_on_missing=True)
+    except MissingMandatoryValue:
+        return MISSING
+    if value is _ABSENT:
+        raise TuningError(f"config has no key {key!r} (a misspelt tuned or tune.space key?)")
+    if isinstance(value, DictConfig):
         raise TuningError(f"config key {key!r} is a group of keys, not a value: name one of its keys")
-    return node
+    return OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
 
 
 def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    """Set an existing dotted ``key`` in place (checked by :func:`get_dotted`: no key is ever added)."""
+    """Set an existing dotted key in place with ``OmegaConf.update``; no key is ever added.
+
+    Args:
+        cfg: a plain dict (changed in place) or a DictConfig.
+        key: a dotted key that :func:`get_dotted` finds.
+        value: its new value.
+
+    Raises:
+        TuningError: as :func:`get_dotted`.
+    """
     get_dotted(cfg, key)
-    *parents, last = key.split(".")
-    node = cfg
-    for part in parents:
-        node = node[part]
-    node[last] = value
+    node = _as_config(cfg)
+    OmegaConf.update(node, key, value, merge=False)
+    if node is not cfg:
+        cfg.clear()
+        cfg.update(OmegaConf.to_container(node))
 
 
 def resolved_root(root: Any) -> str | None:
-    return str(Path(str(root)).expanduser().resolve()) if root not in (None, "", "???") else None
+    """``root`` as an absolute path string, or None where it is unset (None, empty or ``???``)."""
+    return str(Path(str(root)).expanduser().resolve()) if root not in (None, "", MISSING) else None
 
 
 def check_disjoint(split_root: Any, split_ids: Iterable[str], eval_root: Any, eval_ids: Iterable[str]) -> None:
-    """Refuse a tuning split that is (or overlaps) the evaluated images: same root, or shared ids."""
+    """Refuse a tuning split that is (or overlaps) the evaluated images: same root, or shared ids.
+
+    Args:
+        split_root: the tuning split's root folder (None/empty/``???``: unknown, not compared).
+        split_ids: the split's image ids.
+        eval_root: the evaluated dataset's root folder.
+        eval_ids: the evaluated dataset's image ids.
+
+    Raises:
+        TuningError: same folder, or ids in both (the first five named).
+    """
     split, evaluated = resolved_root(split_root), resolved_root(eval_root)
     if split is not None and split == evaluated:
         raise TuningError(f"the tuning split and the evaluation dataset are the same folder ({split}): tune on "
@@ -65,7 +107,17 @@ def check_disjoint(split_root: Any, split_ids: Iterable[str], eval_root: Any, ev
 
 
 def read_tuned(path: str | Path) -> dict:
-    """Load and check a ``tuned.yaml``: ``params`` must be a mapping of dotted keys."""
+    """Load and check a ``tuned.yaml``.
+
+    Args:
+        path: the file salip-bench-tune wrote.
+
+    Returns:
+        Its content: ``params`` (dotted key → value), ``split``, ``score``.
+
+    Raises:
+        TuningError: unreadable, not YAML, or no ``params`` mapping.
+    """
     try:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -76,9 +128,20 @@ def read_tuned(path: str | Path) -> dict:
 
 
 def apply_tuned(cfg: dict) -> dict:
-    """``cfg`` with the tuned parameters of ``cfg["tuned"]`` (a path) merged in, and ``cfg["tuned"]``
-    replaced by what was applied (file, params, split, score) so that summary.json records it.
-    Unchanged when no file is given or it was applied already."""
+    """Merge the tuned parameters of ``cfg["tuned"]`` (a path) into a run config.
+
+    Args:
+        cfg: the run config as a plain dict (not changed).
+
+    Returns:
+        A copy with the params set and ``cfg["tuned"]`` replaced by what was applied (file, params,
+        split, score) so that summary.json records it; ``cfg`` itself when no file is given or it
+        was applied already.
+
+    Raises:
+        TuningError: a bad file, a param naming no config key, or a split that overlaps the
+            evaluated dataset.
+    """
     path = cfg.get("tuned")
     if not path or isinstance(path, Mapping):
         return cfg

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
-from salip_bench.engines.sam_v1 import image_key
+from salip_bench.storage.content_keys import image_key
 from salip_bench.types import Candidates
 
 SAM2ImagePredictor = import_leaving_hydra_alone("sam2.sam2_image_predictor").SAM2ImagePredictor

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from salip_bench.masks import gt_boxes
-from salip_bench.engines.sam_v1 import SamEngine
+from salip_bench.engines.sam import SamV1Engine
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 from salip_bench.registry import METHODS
@@ -28,7 +28,7 @@ class GtSamMethod:
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
 
-    def __init__(self, sam: SamEngine, min_component_area: int = 16, multimask_output: bool = False) -> None:
+    def __init__(self, sam: SamV1Engine, min_component_area: int = 16, multimask_output: bool = False) -> None:
         self.refiner = SamBoxRefiner(sam, multimask_output)
         self.min_component_area = min_component_area
 

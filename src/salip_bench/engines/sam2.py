@@ -72,7 +72,7 @@ def load_sam2_checkpoint(model: torch.nn.Module, path: object) -> None:
 def build_sam2_engine(cfg: dict, weights: str, cache: FeatureCache | None = None):  # noqa: ANN201 (lazy class)
     """SAM 2.1 from a ``conf/model/sam2_*.yaml`` entry (``weights``: 'pretrained' | 'random').
 
-    cache: unused for now (SAM 2 embeddings are memoised in memory only).
+    cache: disk cache of image features (None: memory only).
     """
     seed = int(cfg.get("random_seed", 0))
     if weights not in ("pretrained", "random"):
@@ -91,4 +91,5 @@ def build_sam2_engine(cfg: dict, weights: str, cache: FeatureCache | None = None
                     "sha256": file_sha256(path)}
     from salip_bench.engines.sam2_engine import Sam2Engine
 
-    return Sam2Engine(model, identity)
+    arch = {"config": cfg["config"], "arch_overrides": cfg.get("arch_overrides")}
+    return Sam2Engine(model, identity, arch, cache)

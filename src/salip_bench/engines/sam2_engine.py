@@ -74,7 +74,7 @@ class Sam2FeatureMemo:
         stored = self.cache.load_embedding(self.cache_key("embedding", key))
         if stored is None:
             return None
-        high_res = sorted(k for k in stored if k.startswith("high_res_feats."))
+        high_res = sorted((k for k in stored if k.startswith("high_res_feats.")), key=lambda k: int(k.rsplit(".", 1)[1]))
         features = {"image_embed": stored["image_embed"].to(device),
                     "high_res_feats": [stored[k].to(device) for k in high_res]}
         return [tuple(stored["orig_hw"].tolist())], features

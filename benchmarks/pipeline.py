@@ -47,8 +47,7 @@ from common import PeakMemory, model_config, now, parser_with_common_args, table
 from salip_bench.datasets.folder import FolderDataset
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.engines.clip import ClipEngine, build_clip, to_pil
-from salip_bench.engines.sam import SamV1Engine
-from salip_bench.engines.sam_v1 import SamEngine, build_sam
+from salip_bench.engines.sam import SamV1Engine, build_sam_engine
 from salip_bench.methods.pipeline import salip
 from salip_bench.registry import FILTERS, GENERATORS, REFINERS, RETRIEVERS, load_plugins
 
@@ -89,7 +88,7 @@ class Meter:
 class EncoderClock:
     """Times every forward of SAM's image encoder and credits it to the meter of the running path."""
 
-    def __init__(self, sam: SamEngine, device: torch.device) -> None:
+    def __init__(self, sam: SamV1Engine, device: torch.device) -> None:
         self.device, self.active, self._start = device, None, 0.0
         sam.sam.image_encoder.register_forward_pre_hook(self._before)
         sam.sam.image_encoder.register_forward_hook(self._after)
@@ -117,7 +116,7 @@ class Reference:
     """A naive SaLIP script: upstream generator, per-image text prompts, one CLIP call per candidate,
     a fresh predictor (encoder pass) for the box prompts."""
 
-    def __init__(self, sam: SamEngine, clip: ClipEngine, settings: dict, class_prompts: dict[str, list[str]],
+    def __init__(self, sam: SamV1Engine, clip: ClipEngine, settings: dict, class_prompts: dict[str, list[str]],
                  top_k: dict[str, int], max_area: float, visual_prompt: Callable) -> None:
         self.sam, self.clip, self.class_prompts, self.top_k = sam, clip, class_prompts, top_k
         self.amg = SamAutomaticMaskGenerator(sam.sam, **settings)
@@ -152,7 +151,7 @@ class Reference:
 class Ours:
     """salip_bench's stage plugins, built as a run builds them (class prompts encoded once, here)."""
 
-    def __init__(self, sam: SamEngine, clip: ClipEngine, settings: dict, class_prompts: dict[str, list[str]],
+    def __init__(self, sam: SamV1Engine, clip: ClipEngine, settings: dict, class_prompts: dict[str, list[str]],
                  top_k: dict[str, int], max_area: float, retriever: str) -> None:
         self.generate = GENERATORS.build({"name": "sam_everything", **settings}, sam=sam)
         self.keep = FILTERS.build({"name": "area", "max_area": max_area})
@@ -190,7 +189,7 @@ def main() -> None:
     sam_config = model_config("model", args.model)
     if args.decoder == "released":
         sam_config.update(RELEASED_DECODER)
-    sam = build_sam(sam_config, "random", engine_class=SamV1Engine).to(device)
+    sam = build_sam_engine(sam_config, "random").to(device)
     clip = build_clip(model_config("clip", args.clip), "random").to(device)
     dataset = FolderDataset(args.data)
     retrieval = DatasetSettings(prompts=args.prompts, top_k=args.top_k)
@@ -215,7 +214,7 @@ def main() -> None:
     for index, image in enumerate(images):
         out, seconds = {}, {}
         for name, path in paths.items():  # interleaved, so load drift on a shared machine hits both
-            sam.predictor.forget()
+            sam.forget()
             clock.active = meters[name]
             before = meters[name].all_but_encoder_seconds()
             memory.start()

@@ -34,8 +34,7 @@ from common import (
 
 from salip_bench.evaluation.harness import run
 from salip_bench.engines.clip import build_clip
-from salip_bench.engines.sam import SamV1Engine
-from salip_bench.engines.sam_v1 import build_sam
+from salip_bench.engines.sam import build_sam_engine
 
 # Each sweep: (job label, its overrides), in the order a multirun runs them.
 SWEEPS = {
@@ -108,7 +107,7 @@ def main() -> None:
         root = Path(tmp)
         first = config(args, SWEEPS[names[0]][0][1], root / "warm-up", None)
         start = time.perf_counter()  # load the engines once, as the first job of a multirun would; not timed below
-        build_sam(first["model"], first["weights"], reuse=True, engine_class=SamV1Engine)
+        build_sam_engine(first["model"], first["weights"], reuse=True)
         build_clip(first["clip"], first["weights"], reuse=True)
         load_seconds = time.perf_counter() - start
         # The first SAM passes of a process are much slower on CPU (allocator, kernel set-up): warm up

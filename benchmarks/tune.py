@@ -49,8 +49,8 @@ from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_jso
 from salip_bench.evaluation import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
 from salip_bench.stages.generators import sam_everything
 from salip_bench.engines.clip import build_clip
-from salip_bench.engines.sam import SamV1Engine
-from salip_bench.engines.sam_v1 import SamEngine, build_sam
+from salip_bench.engines.sam import SamV1Engine, build_sam_engine
+from salip_bench.engines import sam_grid
 from salip_bench.tune import tune
 
 RELEASED_DECODER = ["model.image_size=1024", "model.prompt_embed_dim=256", "model.decoder_depth=2",
@@ -85,7 +85,7 @@ def tune_config(args: argparse.Namespace, out: Path, cache_dir: Path, reuse: boo
         return OmegaConf.to_container(compose(config_name="tune", overrides=overrides), resolve=True)
 
 
-def calibrate(sam: SamEngine) -> None:
+def calibrate(sam: SamV1Engine) -> None:
     """Rescale the random decoder's quality outputs into the search space's ranges (see the module docstring)."""
     decoder = sam.sam.mask_decoder
     with torch.no_grad():
@@ -102,7 +102,7 @@ class DecoderCounter:
 
     def __init__(self) -> None:
         self.grids = self.batches = self.prompts = 0
-        decode, initialize = sam_everything.decode_points_iou_first, sam_everything.SamEverythingGenerator.initialize
+        decode, initialize = sam_grid.decode_points_iou_first, sam_everything.SamEverythingGenerator.initialize
 
         def counted_decode(model, features, points, *rest):  # noqa: ANN001, ANN202
             self.batches += 1
@@ -112,7 +112,7 @@ class DecoderCounter:
         def counted_initialize(generator, *rest):  # noqa: ANN001, ANN202
             self.grids += 1
             return initialize(generator, *rest)
-        sam_everything.decode_points_iou_first = counted_decode
+        sam_grid.decode_points_iou_first = counted_decode
         sam_everything.SamEverythingGenerator.initialize = counted_initialize
 
     def take(self) -> dict:
@@ -147,7 +147,7 @@ def main() -> None:
         root = Path(tmp)
         first = tune_config(args, root / "warm-up", root / "cache-warm-up", True)
         start = time.perf_counter()  # the engines, loaded once as a multirun's first job would; not timed below
-        calibrate(build_sam(first["model"], first["weights"], reuse=True, engine_class=SamV1Engine))
+        calibrate(build_sam_engine(first["model"], first["weights"], reuse=True))
         build_clip(first["clip"], first["weights"], reuse=True)
         load_seconds = time.perf_counter() - start
         warm = tune_config(args, root / "warm-up", root / "cache-warm-up", True)

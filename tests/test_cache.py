@@ -137,8 +137,21 @@ def test_default_directory_follows_salip_bench_cache(monkeypatch, tmp_path):
 
 def test_autocast_dtype_is_part_of_every_disk_key():
     """bf16 embeddings and proposals differ from float32 ones: neither may be served for the other."""
-    predictor = sam_with(None).predictor
-    plain = predictor.cache_key("embedding", "img")
+    sam = sam_with(None)
+    plain = sam.cache_key("embedding", "img")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert predictor.cache_key("embedding", "img") != plain
-    assert predictor.cache_key("embedding", "img") == plain
+        assert sam.cache_key("embedding", "img") != plain
+    assert sam.cache_key("embedding", "img") == plain
+
+
+def test_one_hash_per_image_outside_the_harness_scope(tmp_path, image, monkeypatch):
+    """The generator's proposals key, its embedding key and its crops' keys share one content hash
+    (a crop's key is derived from the image's), without the harness's hashed_once scope."""
+    from salip_bench.storage import content_keys
+
+    hashed = []
+    array_key = content_keys.array_key
+    monkeypatch.setattr(content_keys, "array_key", lambda a, *r: hashed.append(a.shape) or array_key(a, *r))
+    sam = sam_with(FeatureCache(tmp_path))
+    SamEverythingGenerator(sam, **SETTINGS, crop_n_layers=1)(image)
+    assert hashed == [image.shape] and sam.encoder_passes == 5  # the image and its four crops

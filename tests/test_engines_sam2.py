@@ -49,6 +49,25 @@ def test_box_masks_equal_the_official_predictor(engine, image, multimask):
     assert ours.shape == (3, *image.shape[:2]) and ours.dtype == bool and ours.any()
 
 
+
+def test_disk_feature_cache_serves_a_new_engine_and_misses_for_another_model(tmp_path, image):
+    """Features on disk (the run's FeatureCache, keyed by the engine's identity): a new engine of the
+    same model encodes nothing and gives the same masks; another seed misses."""
+    from salip_bench.storage.feature_cache import FeatureCache
+
+    boxes = np.array([[10, 20, 150, 300], [100, 50, 290, 390]], np.float32)
+    tiny = yaml_config("model", "sam2_tiny")
+    first = ENGINES.get("sam2")(tiny, "random", FeatureCache(tmp_path))
+    expected = first.segment_boxes(image, boxes, False)
+    cache = FeatureCache(tmp_path)
+    later = ENGINES.get("sam2")(tiny, "random", cache)
+    np.testing.assert_array_equal(later.segment_boxes(image, boxes, False), expected)
+    assert first.counters() == {"encoder_passes": 1} and later.counters() == {"encoder_passes": 0}
+    assert cache.hits == {"embeddings": 1}
+    other = ENGINES.get("sam2")({**tiny, "random_seed": 1}, "random", FeatureCache(tmp_path))
+    other.segment_boxes(image, boxes, False)
+    assert other.counters() == {"encoder_passes": 1}
+
 def test_everything_equals_the_official_generator_and_the_refiner_reuses_its_embedding(engine, image):
     from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
 

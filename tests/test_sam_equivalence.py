@@ -52,7 +52,7 @@ MANY = dict(CROPS, points_per_side=4, pred_iou_thresh=0.02, box_nms_thresh=1.0, 
     ids=["low", "iou+nms", "crops", "crops+stability", "crops+small_regions"])
 def test_generator_matches_upstream(tiny_sam, hc18_sample, settings):
     """Same masks, scores and order as upstream, bit for bit; boxes are the masks' tight boxes."""
-    tiny_sam.predictor.forget()
+    tiny_sam.forget()
     ours = SamEverythingGenerator(tiny_sam, **settings)(hc18_sample.image)
     upstream = SamAutomaticMaskGenerator(tiny_sam.sam, **settings).generate(hc18_sample.image)
     assert len(ours) == len(upstream) > 0
@@ -86,7 +86,7 @@ def test_refiner_matches_upstream_box_prompt(tiny_sam, cxr_sample):
 
 
 def test_one_encoder_pass_per_image_for_generator_and_refiner(tiny_sam, hc18_sample, cxr_sample):
-    tiny_sam.predictor.forget()  # earlier tests may have encoded these images already
+    tiny_sam.forget()  # earlier tests may have encoded these images already
     passes = []
     handle = tiny_sam.sam.image_encoder.register_forward_hook(lambda *_: passes.append(1))
     try:
@@ -155,3 +155,16 @@ def test_in_place_upscaling_matches_upstream(tiny_sam, precision):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32"):
         expected, ours = upscaling(x), _upscale(upscaling, x)
     assert ours.dtype == expected.dtype and torch.equal(ours, expected)
+
+
+def test_everything_settings_defaults_are_upstreams():
+    """The engine's knobs default to upstream's generator's, as does the stage plugin's signature."""
+    import inspect
+    from dataclasses import fields
+
+    from salip_bench.engines.sam_grid import EverythingSettings
+
+    upstream = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters
+    plugin = inspect.signature(SamEverythingGenerator.__init__).parameters
+    for field in fields(EverythingSettings):
+        assert field.default == upstream[field.name].default == plugin[field.name].default, field.name

@@ -5,7 +5,6 @@ import csv
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 from scipy.ndimage import binary_fill_holes
 

@@ -20,7 +20,8 @@ from skimage.transform import resize
 from torch import nn
 
 from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines.sam_v1 import ARCH_KEYS, build_sam_model, image_key
+from salip_bench.engines.sam_v1 import ARCH_KEYS, build_sam_model
+from salip_bench.storage.content_keys import image_key
 from salip_bench.engines.weights import WeightsNotFoundError, file_sha256, load_state_dict, resolve_checkpoint
 from salip_bench.registry import ENGINES
 

@@ -6,8 +6,8 @@ stage needs is refused with :func:`require_role`, naming the config key that pic
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -62,6 +62,25 @@ class EverythingGenerator(Protocol):
 
 
 @runtime_checkable
+class SplitEverythingGenerator(EverythingGenerator, Protocol):
+    """Everything generation split as micro-sam splits its generator: an expensive ``initialize``
+    (encoder and decoder passes for one image and grid) and a cheap ``apply`` of the thresholds,
+    so one decoding serves several settings (tuning); proposals cached by the engine."""
+
+    def initialize_everything(self, image: np.ndarray, settings: Mapping[str, object],
+                              min_pred_iou_thresh: float | None = None) -> Any:
+        """The decoder outputs of ``image`` for ``settings``' grid, keeping the masks whose predicted
+        IoU is above ``min_pred_iou_thresh`` (default: ``settings['pred_iou_thresh']``)."""
+
+    def apply_everything(self, decoded: Any, settings: Mapping[str, object]) -> Candidates:
+        """``settings``' thresholds, filters and NMS applied to an :meth:`initialize_everything` result."""
+
+    def cached_proposals(self, image: np.ndarray, settings: Mapping[str, object],
+                         compute: Callable[[], Candidates]) -> Candidates:
+        """``image``'s candidates for ``settings`` from the engine's cache, else ``compute()``."""
+
+
+@runtime_checkable
 class ImageTextEmbedder(Engine, Protocol):
     """Image/text embedding (the retrievers' CLIP): L2-normalised float32 rows on CPU."""
 
@@ -95,6 +114,7 @@ class TextPromptSegmenter(Engine, Protocol):
 
 ROLE_NAMES = {BoxPromptSegmenter: "box-prompted segmentation (segment_boxes)",
               EverythingGenerator: "point-grid everything generation (everything)",
+              SplitEverythingGenerator: "split everything generation (initialize_everything, apply_everything)",
               ImageTextEmbedder: "image/text embedding (encode_images, encode_texts)",
               TextPromptSegmenter: "text-prompted segmentation (segment_text)"}
 

@@ -1,44 +1,229 @@
-"""Engine ``sam``: today's SAM v1 engine (``models/sam.py``) with the role methods stages call.
+"""Engine ``sam``: SAM v1 (ViT-B/L/H, and the tiny test variant), with every role a stage asks of it.
 
-The v1 fast path (memoised predictor, disk cache, the generator's decoder) stays where it is;
-``generators/sam_everything.py`` recognises this engine and keeps using it. This module adds only
-what the role protocols need, so the ``sam_box`` refiner and the run summary treat SAM v1 like any
-other engine.
+The engine owns the model, a memo of image embeddings, the disk feature cache with its keys, and
+its count of image-encoder passes. It composes upstream's parts rather than subclassing them: an
+upstream ``SamPredictor`` is handed the memoised embedding (its public ``features`` /
+``original_size`` / ``input_size``), so the refiner's box prompts on the image the generator
+already encoded cost no encoder pass, nor does a later run on the same image and model; the
+everything mode is ``engines/sam_grid.py`` on that predictor. Each public method opens a
+:func:`~salip_bench.storage.content_keys.hashed_once` scope: an image is hashed once per call
+(once per sample inside the harness's scope) and that key is in every cache key.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+
 import numpy as np
 import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+from torch import nn
 
-from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines.sam_v1 import SamEngine, build_sam
+from salip_bench.engines.sam_grid import (PROPOSALS_VERSION, DecodedGrid, EverythingSettings, apply_grid,
+                                          decode_grid)
+from salip_bench.engines.sam_v1 import load_sam
+from salip_bench.engines.shared import shared_engine
 from salip_bench.registry import ENGINES
+from salip_bench.storage.content_keys import hashed_once, image_key
+from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.types import Candidates
+
+IMAGE_FORMAT = "RGB"  # the predictor's input format, part of every embedding key
 
 
-class SamV1Engine(SamEngine):
-    """SAM v1 with the box-prompted role and a counters report; everything mode is the generator's
-    own fast path (``generators/sam_everything.py``)."""
+def autocast_dtype(device_type: str) -> str | None:
+    """The dtype autocast runs this device's networks in right now (None: autocast is off)."""
+    return str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
+
+
+def _outputs_as_float32(module: nn.Module, inputs: tuple, output: object) -> object:
+    """Forward hook: floating-point tensors in a network's output as float32 (a no-op without autocast)."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    if isinstance(output, tuple):
+        return tuple(_outputs_as_float32(module, inputs, o) for o in output)
+    return output
+
+
+class SamV1Engine(nn.Module):
+    """SAM v1 with the box-prompted and the everything role (split into its expensive and cheap halves).
+
+    Args:
+        sam: the model.
+        identity: where its weights come from (reported in run summaries).
+        arch: its architecture numbers (with the weights, what cached embeddings and proposals depend on).
+        cache: the disk cache of embeddings and proposals, or None.
+        memo_size: image embeddings kept in memory.
+    """
+
+    def __init__(self, sam: Sam, identity: dict, arch: dict | None = None, cache: FeatureCache | None = None,
+                 memo_size: int = 8) -> None:
+        super().__init__()
+        self.sam = sam.eval()
+        self.identity = identity
+        self.encoder_passes = 0
+        # The checkpoint's path is no part of the weights' identity: the same file elsewhere hits.
+        self.model_id = {"weights": {k: v for k, v in identity.items() if k != "file"}, "arch": arch,
+                         "torch": torch.__version__}
+        self.predictor = SamPredictor(self.sam)
+        self.memo_size = memo_size
+        self._memo: OrderedDict[str, tuple] = OrderedDict()
+        self.cache = cache
+        self.sam.image_encoder.register_forward_hook(self._count_pass)
+        # Under autocast (trainer.precision=bf16-mixed) the networks run in bf16, but what they hand
+        # on is float32: upscaling logits and thresholding them at 0 stay as precise as without it,
+        # and upstream's numpy conversions (which reject bf16) keep working.
+        for network in (self.sam.image_encoder, self.sam.mask_decoder):
+            network.register_forward_hook(_outputs_as_float32)
+
+    def _count_pass(self, *_: object) -> None:
+        self.encoder_passes += 1
 
     def counters(self) -> dict[str, int]:
         return {"encoder_passes": self.encoder_passes}
 
+    def use_cache(self, cache: FeatureCache | None) -> None:
+        """Read and write embeddings and proposals in ``cache`` from now on (None: memory only)."""
+        self.cache = cache
+
+    def forget(self) -> None:
+        """Drop the memoised embeddings (the disk cache keeps its own)."""
+        self._memo.clear()
+        self.predictor.reset_image()
+
+    def reset(self) -> None:
+        """Back to the just-built state (no memoised embedding, no passes), for reuse by another run."""
+        self.encoder_passes = 0
+        self.forget()
+
+    def cache_key(self, *parts: object) -> str:
+        """Disk key of a value this model computes from ``parts``. The device and the autocast dtype in
+        effect are part of it because their numerics differ, and a run must give the same result with
+        or without the cache."""
+        device = self.predictor.device.type
+        return FeatureCache.key(self.model_id, device, autocast_dtype(device), *parts)
+
+    @torch.no_grad()
+    def prepared(self, image: np.ndarray, key: str | None = None) -> SamPredictor:
+        """The engine's upstream ``SamPredictor`` holding ``image``'s embedding: from memory if it saw
+        the image recently, else from the disk cache, else one encoder pass (stored in both).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            key: ``image``'s content key when the caller has it (default: computed here).
+        """
+        key = (key or image_key(image)) + IMAGE_FORMAT
+        if key not in self._memo:
+            self._memo[key] = self._stored_or_encoded(image, key)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        self._memo.move_to_end(key)
+        predictor = self.predictor
+        predictor.features, predictor.original_size, predictor.input_size = self._memo[key]
+        predictor.is_image_set = True
+        return predictor
+
+    def _stored_or_encoded(self, image: np.ndarray, key: str) -> tuple:
+        disk_key = self.cache_key("embedding", key) if self.cache is not None and self.cache.embeddings else None
+        stored = self.cache.load_embedding(disk_key) if disk_key else None
+        if stored is not None:
+            return (stored["features"].to(self.predictor.device), tuple(stored["original_size"].tolist()),
+                    tuple(stored["input_size"].tolist()))
+        predictor = self.predictor
+        predictor.set_image(image, IMAGE_FORMAT)
+        if disk_key:
+            self.cache.save_embedding(disk_key, {"features": predictor.features,
+                                                 "original_size": torch.tensor(predictor.original_size),
+                                                 "input_size": torch.tensor(predictor.input_size)})
+        return predictor.features, predictor.original_size, predictor.input_size
+
+    def _prepared_crop(self, image: np.ndarray, key: str, box: list[int]) -> SamPredictor:
+        """The predictor holding the embedding of ``image``'s crop ``box`` (XYXY); a crop's key is
+        derived from the image's, so no crop is hashed."""
+        x0, y0, x1, y1 = box
+        if [x0, y0, x1, y1] == [0, 0, image.shape[1], image.shape[0]]:
+            return self.prepared(image, key)  # the refiner's set_image then finds this very embedding
+        return self.prepared(image[y0:y1, x0:x1, :], f"{key}:crop{x0},{y0},{x1},{y1}")
+
     @torch.no_grad()
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
-        """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool.
-
-        The embedding comes from the memoising predictor: no encoder pass when the generator of
-        this run already encoded ``image`` with this engine.
-        """
-        predictor = self.predictor
-        predictor.set_image(image)
+        """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool."""
+        predictor = self.prepared(image)
         out = np.zeros((len(boxes), *image.shape[:2]), bool)
         for i, box in enumerate(boxes):
             masks, scores, _ = predictor.predict(box=np.asarray(box, np.float32), multimask_output=multimask_output)
             out[i] = masks[int(np.argmax(scores))]
         return out
 
+    @torch.no_grad()
+    def initialize_everything(self, image: np.ndarray, settings: Mapping[str, object],
+                              min_pred_iou_thresh: float | None = None) -> DecodedGrid:
+        """The expensive half of everything mode: the encoder (memoised) and mask decoder of every crop.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            settings: :class:`~salip_bench.engines.sam_grid.EverythingSettings` knobs (only the grid
+                ones are read here).
+            min_pred_iou_thresh: keep the masks whose predicted IoU is above it (default: the
+                settings' ``pred_iou_thresh``; <= 0: all of them).
+        """
+        knobs = EverythingSettings(**settings)
+        floor = knobs.pred_iou_thresh if min_pred_iou_thresh is None else min_pred_iou_thresh
+        with hashed_once():
+            key = image_key(image)
+            return decode_grid(lambda box: self._prepared_crop(image, key, box), image.shape[:2], knobs, floor)
+
+    @torch.no_grad()
+    def apply_everything(self, decoded: DecodedGrid, settings: Mapping[str, object]) -> Candidates:
+        """The cheap half: thresholds, upscaling, stability filter, NMS and uncropping of ``decoded``
+        (from :meth:`initialize_everything` with the same grid settings and a floor at or below
+        ``settings['pred_iou_thresh']``)."""
+        return apply_grid(self.sam, decoded, EverythingSettings(**settings))
+
+    @torch.no_grad()
+    def cached_proposals(self, image: np.ndarray, settings: Mapping[str, object],
+                         compute: Callable[[], Candidates]) -> Candidates:
+        """``image``'s everything-mode candidates from the disk cache, else ``compute()`` (stored).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            settings: every knob (all of them are in the key).
+            compute: the candidates on a miss, e.g. ``apply_everything(initialize_everything(...))``.
+        """
+        cache = self.cache if self.cache is not None and self.cache.proposals else None
+        if cache is None:
+            return compute()
+        with hashed_once():
+            key = self.cache_key("proposals", PROPOSALS_VERSION, EverythingSettings(**settings).as_dict(),
+                                 image_key(image))
+            candidates = cache.load_candidates(key)
+            if candidates is None:
+                candidates = compute()
+                cache.save_candidates(key, candidates)
+        return candidates
+
+    def everything(self, image: np.ndarray, **settings: object) -> Candidates:
+        """Upstream ``SamAutomaticMaskGenerator(sam, **settings).generate(image)``'s masks, scores and
+        order as :class:`Candidates` (boxes: the masks' tight boxes), through the proposals cache."""
+        return self.cached_proposals(
+            image, settings, lambda: self.apply_everything(self.initialize_everything(image, settings), settings))
+
 
 @ENGINES.register("sam")
-def build_sam_engine(cfg: dict, weights: str, cache: FeatureCache | None = None) -> SamV1Engine:
-    """SAM v1 from a ``conf/model/sam_*.yaml`` entry (``weights``: 'pretrained' | 'random')."""
-    return build_sam(cfg, weights, cache, engine_class=SamV1Engine)  # type: ignore[return-value]
+def build_sam_engine(cfg: dict, weights: str, cache: FeatureCache | None = None, reuse: bool = False) -> SamV1Engine:
+    """SAM v1 from a ``conf/model/sam_*.yaml`` entry.
+
+    Args:
+        cfg: the entry.
+        weights: ``pretrained`` or ``random``.
+        cache: disk cache of embeddings and proposals (None: none).
+        reuse: take the engine this process built last from the same ``cfg`` and ``weights`` (the
+            previous job of a multirun) instead of loading it again.
+    """
+    def build() -> SamV1Engine:
+        return SamV1Engine(*load_sam(cfg, weights))
+
+    engine = shared_engine("sam", [cfg, weights], build) if reuse else build()
+    engine.use_cache(cache)
+    return engine

@@ -85,7 +85,7 @@ def build_sam2_engine(cfg: dict, weights: str, cache: FeatureCache | None = None
         cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
         weights: ``pretrained`` (resolved as :func:`~salip_bench.engines.weights.resolve_checkpoint`
             does) or ``random``.
-        cache: unused for now: SAM 2 embeddings are memoised in memory only.
+        cache: disk cache of image features (None: memory only).
 
     Returns:
         The engine.
@@ -107,4 +107,5 @@ def build_sam2_engine(cfg: dict, weights: str, cache: FeatureCache | None = None
                     "sha256": file_sha256(path)}
     from salip_bench.engines.sam2_engine import Sam2Engine
 
-    return Sam2Engine(model, identity)
+    arch = {"config": cfg["config"], "arch_overrides": cfg.get("arch_overrides")}
+    return Sam2Engine(model, identity, arch, cache)

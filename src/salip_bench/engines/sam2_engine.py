@@ -1,4 +1,5 @@
-"""The SAM 2.1 engine: the official predictor and automatic mask generator, embeddings memoised.
+"""The SAM 2.1 engine: the official predictor and automatic mask generator, embeddings memoised
+(in memory, and on disk in the run's feature cache).
 
 Imported only when a ``sam2`` engine is built (``engines/sam2.py``): importing ``sam2`` costs
 time and touches Hydra's global state, which :func:`import_leaving_hydra_alone` puts back.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -14,7 +16,9 @@ import torch
 from torch import nn
 
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
-from salip_bench.engines.sam_v1 import image_key
+from salip_bench.engines.sam import autocast_dtype
+from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.storage.content_keys import image_key
 from salip_bench.types import Candidates
 
 SAM2ImagePredictor = import_leaving_hydra_alone("sam2.sam2_image_predictor").SAM2ImagePredictor
@@ -46,51 +50,114 @@ def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
     return [(image_size // stride, image_size // stride) for stride in (4, 8, 16)]
 
 
-class MemoSam2Predictor(SAM2ImagePredictor):
-    """``SAM2ImagePredictor`` whose ``set_image`` takes an image's features from a shared memo
-    when it has seen the image: the automatic mask generator and the box refiner of one run then
-    encode each image once. Everything else is upstream's.
+class Sam2FeatureMemo:
+    """Image features of one SAM 2 engine by image content: in memory, and in a disk
+    :class:`~salip_bench.storage.feature_cache.FeatureCache` when one is attached.
 
-    memo: image key -> (original size, features), shared by every predictor of one engine;
-    memo_size: entries kept.
+    memo_size: entries kept in memory; cache_key: parts -> the disk key (carries the engine's
+    identity, device and autocast dtype); cache: the disk layer, or None.
     """
 
-    def __init__(self, sam_model: nn.Module, memo: OrderedDict, memo_size: int = 8, **kwargs: object) -> None:
+    def __init__(self, cache_key: Callable[..., str], memo_size: int = 8) -> None:
+        self.cache_key = cache_key
+        self.memo_size = memo_size
+        self.cache: FeatureCache | None = None
+        self._memo: OrderedDict[str, tuple] = OrderedDict()
+
+    def get(self, image: np.ndarray, device: torch.device, encode: Callable[[], tuple]) -> tuple:
+        """(original size, features) of ``image``: memoised, stored on disk, else ``encode()`` (stored)."""
+        key = image_key(image)
+        if key not in self._memo:
+            self._memo[key] = self._stored(key, device) or self._encoded(key, encode)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        self._memo.move_to_end(key)
+        return self._memo[key]
+
+    def _stored(self, key: str, device: torch.device) -> tuple | None:
+        if self.cache is None or not self.cache.embeddings:
+            return None
+        stored = self.cache.load_embedding(self.cache_key("embedding", key))
+        if stored is None:
+            return None
+        high_res = sorted((k for k in stored if k.startswith("high_res_feats.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+        features = {"image_embed": stored["image_embed"].to(device),
+                    "high_res_feats": [stored[k].to(device) for k in high_res]}
+        return [tuple(stored["orig_hw"].tolist())], features
+
+    def _encoded(self, key: str, encode: Callable[[], tuple]) -> tuple:
+        orig_hw, features = encode()
+        if self.cache is not None and self.cache.embeddings:
+            tensors = {"image_embed": features["image_embed"], "orig_hw": torch.tensor(orig_hw[0])}
+            tensors |= {f"high_res_feats.{i}": t for i, t in enumerate(features["high_res_feats"])}
+            self.cache.save_embedding(self.cache_key("embedding", key), tensors)
+        return orig_hw, features
+
+    def clear(self) -> None:
+        self._memo.clear()
+
+
+class MemoSam2Predictor(SAM2ImagePredictor):
+    """``SAM2ImagePredictor`` whose ``set_image`` takes an image's features from the engine's
+    :class:`Sam2FeatureMemo`: the automatic mask generator and the box refiner of one run then
+    encode each image once, and a later run none. Everything else is upstream's.
+
+    memo: shared by every predictor of one engine.
+    """
+
+    def __init__(self, sam_model: nn.Module, memo: Sam2FeatureMemo, **kwargs: object) -> None:
         super().__init__(sam_model, **kwargs)
         self._bb_feat_sizes = backbone_feature_sizes(sam_model.image_size)
         self.memo = memo
-        self.memo_size = memo_size
 
     @torch.no_grad()
     def set_image(self, image: np.ndarray) -> None:
         """Make ``image`` (H, W, 3 uint8 RGB) the predictor's image, its encoding memoised by content."""
-        key = image_key(image)
-        if key not in self.memo:
-            with root_info_muted():
-                super().set_image(image)
-            self.memo[key] = (self._orig_hw, self._features)
-            while len(self.memo) > self.memo_size:
-                self.memo.popitem(last=False)
-        self.memo.move_to_end(key)
+        orig_hw, features = self.memo.get(image, self.device, lambda: self._encode(image))
         self.reset_predictor()
-        self._orig_hw, self._features = self.memo[key]
+        self._orig_hw, self._features = orig_hw, features
         self._is_image_set = True
+
+    def _encode(self, image: np.ndarray) -> tuple:
+        with root_info_muted():
+            super().set_image(image)
+        return self._orig_hw, self._features
 
 
 class Sam2Engine(nn.Module):
     """SAM 2.1 with the box-prompted and the everything role, and a count of encoder passes.
 
-    model: a ``SAM2Base``; identity: where its weights come from (reported in run summaries).
+    Args:
+        model: a ``SAM2Base``.
+        identity: where its weights come from (reported in run summaries).
+        arch: what else its features depend on (architecture yaml and overrides); with the
+            identity, part of every disk key.
+        cache: disk cache of image features, or None (memory only).
     """
 
-    def __init__(self, model: nn.Module, identity: dict) -> None:
+    def __init__(self, model: nn.Module, identity: dict, arch: dict | None = None,
+                 cache: FeatureCache | None = None) -> None:
         super().__init__()
         self.model = model.eval()
         self.identity = identity
         self.encoder_passes = 0
-        self._memo: OrderedDict = OrderedDict()
+        # The checkpoint's path is no part of the weights' identity: the same file elsewhere hits.
+        self.model_id = {"weights": {k: v for k, v in identity.items() if k != "file"}, "arch": arch,
+                         "torch": torch.__version__}
+        self._memo = Sam2FeatureMemo(self.cache_key)
+        self.use_cache(cache)
         self.predictor = MemoSam2Predictor(self.model, self._memo)
         self.model.image_encoder.register_forward_hook(self._count_pass)
+
+    def cache_key(self, *parts: object) -> str:
+        """Disk key of a value this model computes from ``parts`` (device and autocast dtype included:
+        their numerics differ)."""
+        device = next(self.model.parameters()).device.type
+        return FeatureCache.key(self.model_id, device, autocast_dtype(device), *parts)
+
+    def use_cache(self, cache: FeatureCache | None) -> None:
+        """Read and write image features in ``cache`` from now on (None: memory only)."""
+        self._memo.cache = cache
 
     def _count_pass(self, *_: object) -> None:
         self.encoder_passes += 1

@@ -91,7 +91,7 @@ def decode_points_iou_first(model: Sam, features: torch.Tensor, points: torch.Te
     upscaled = upscaled[:len(kept_keys)]
     n, c, h, w = upscaled.shape
     masks = (hyper_in[kept_rows] @ upscaled.view(n, c, h * w)).view(n, len(hyper_in[0]), h, w)[:, 1:]
-    # float32 under autocast too, as SamEngine's hooks make upstream's decoder return
+    # float32 under autocast too, as SamV1Engine's hooks make upstream's decoder return
     return masks.float(), iou_pred[kept_rows].float(), kept_rows
 
 

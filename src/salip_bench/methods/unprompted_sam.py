@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip_bench.engines.sam_v1 import SamEngine
+from salip_bench.engines.sam import SamV1Engine
 from salip_bench.registry import METHODS, PluginError
 from salip_bench.types import Prediction, Sample
 
@@ -17,8 +17,8 @@ class UnpromptedSamMethod:
     mask. ``sam`` is injected.
     """
 
-    def __init__(self, sam: SamEngine, multimask_output: bool = False) -> None:
-        if not isinstance(sam, SamEngine):  # SAM 2.1 / MedSAM engines offer box prompts, not this
+    def __init__(self, sam: SamV1Engine, multimask_output: bool = False) -> None:
+        if not isinstance(sam, SamV1Engine):  # SAM 2.1 / MedSAM engines offer box prompts, not this
             raise PluginError(f"method unprompted_sam runs SAM v1 only (model=sam_vit_b|l|h|sam_tiny), "
                               f"not {sam.identity.get('model')!r}")
         self.sam = sam
@@ -26,8 +26,7 @@ class UnpromptedSamMethod:
 
     @torch.no_grad()
     def __call__(self, sample: Sample) -> Prediction:
-        predictor = self.sam.predictor
-        predictor.set_image(sample.image)
+        predictor = self.sam.prepared(sample.image)
         masks, scores, _ = predictor.predict(multimask_output=self.multimask_output)
         best = int(np.argmax(scores))
         return Prediction(mask=masks[best], info={"sam_predicted_iou": round(float(scores[best]), 5)})

@@ -99,8 +99,8 @@ def _upscale(upscaling: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """Upstream's ``output_upscaling`` (transposed convolution, ``LayerNorm2d``, activation, transposed
     convolution, activation) with the layer norm's elementwise steps and GELUs in place, in the same
     order on the same layouts. Upstream's norm makes six fresh 4 MiB-per-prompt tensors (computing
-    ``x - u`` twice) and each GELU one more: allocating and filling them cost more than the
-    convolutions (40 vs 22 ms per released-size prompt on 2 cores). In place only where the result's
+    ``x - u`` twice) and each GELU one more: allocating and filling them costs more than the
+    convolutions themselves (benchmarks/pipeline.py measures it). In place only where the result's
     dtype is the one upstream gets: under bf16 autocast its float32 scale and shift promote."""
     if len(upscaling) != 5 or not isinstance(upscaling[1], LayerNorm2d):
         return upscaling(x)  # not upstream's layout: run it as it is
@@ -153,7 +153,7 @@ class _SharedImageTokens:
     dense: the same values, contiguous, for the block's residual sum: upstream sums per-prompt
     attention outputs with the transposed view, which is slow and makes the layer norm after it copy.
     key_pe: the positional encoding, contiguous, for every later per-prompt ``keys + key_pe`` (the
-    same sums, in the same contiguous layout, 4x faster than reading the transposed view).
+    same sums, in the same contiguous layout, without re-reading the transposed view each time).
     """
 
     def __init__(self, block: TwoWayAttentionBlock, tokens: torch.Tensor, key_pe: torch.Tensor) -> None:

@@ -1,8 +1,8 @@
 """Content keys of arrays for the caches, and a scope in which each image is hashed only once.
 
 A sample's image is looked up by several caches (SAM's embeddings and proposals, CLIP's
-embeddings) and by the refiner's ``set_image``. Hashing a large image costs milliseconds each
-time; inside :func:`hashed_once` an image *object* is hashed once and its key reused. The scope
+embeddings) and by the refiner's ``set_image``. Hashing a large image is a full pass over its
+bytes each time; inside :func:`hashed_once` an image *object* is hashed once and its key reused. The scope
 exists because the reuse is only sound while nobody writes into the array: the harness opens it
 around one sample's method call (the pipeline never modifies a sample's image), and outside it
 every call hashes the bytes again.

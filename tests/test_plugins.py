@@ -205,8 +205,11 @@ def test_reverse_blur_blurs_once_per_image(tiny_clip, cxr_sample, monkeypatch):
     retriever = RETRIEVERS.build(yaml_config("retriever", "reverse_blur"), clip=tiny_clip,
                                  class_prompts={"lung": ["a dark lung field"]}, top_k={"lung": 1})
     state = dict(vars(retriever))
+    tiny_clip.embedding_cache.clear()  # the shared engine may hold these candidates from an earlier test
     retriever.scores(cxr_sample.image, candidates_from(cxr_sample))
     assert len(blurs) == 1  # once for three candidates
+    retriever.scores(cxr_sample.image, candidates_from(cxr_sample))
+    assert len(blurs) == 1  # every embedding cached: nothing drawn, no blur
     assert vars(retriever).keys() == state.keys() and all(vars(retriever)[k] is v for k, v in state.items())
 
 

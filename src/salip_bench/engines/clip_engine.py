@@ -21,7 +21,7 @@ from torch import nn
 
 from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.engines.clip_cache import ClipEmbeddingCache
-from salip_bench.engines.weights import (WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
+from salip_bench.engines.weights import (weights_id, WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
                                         how_to_provide, is_offline, search_dirs)
 from salip_bench.registry import ENGINES
 
@@ -44,7 +44,7 @@ class ClipEngine(nn.Module):
         self.tokenizer = tokenizer
         self.identity = identity
         # What the embeddings depend on (weights, architecture), part of every embedding-cache key.
-        self.model_id = model_id or {k: v for k, v in identity.items() if k != "file"}
+        self.model_id = model_id or weights_id(identity)
         self.embedding_cache = ClipEmbeddingCache()
         self.images_encoded = 0
         self.texts_encoded = 0

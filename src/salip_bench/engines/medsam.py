@@ -90,13 +90,7 @@ class MedSamEngine(nn.Module):
         """One mask per box. MedSAM was trained for one mask per box; with ``multimask_output`` the
         best-scored of SAM's three heads is kept (off MedSAM's recipe).
 
-        Args:
-            image: (H, W, 3) uint8 RGB.
-            boxes: (K, 4) XYXY pixel boxes.
-            multimask_output: ask for three masks per box and keep the best-scored.
-
-        Returns:
-            (K, H, W) bool masks.
+        The :class:`~salip_bench.engines.roles.BoxPromptSegmenter` role: (K, H, W) bool masks.
         """
         height, width = image.shape[:2]
         embedding = self.embedding(image)

@@ -26,6 +26,7 @@ from salip_bench.engines.sam_v1 import load_sam
 from salip_bench.engines.shared import shared_engine
 from salip_bench.registry import ENGINES
 from salip_bench.storage.content_keys import hashed_once, image_key
+from salip_bench.engines.weights import sam_model_id
 from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.types import Candidates
 
@@ -63,9 +64,7 @@ class SamV1Engine(nn.Module):
         self.sam = sam.eval()
         self.identity = identity
         self.encoder_passes = 0
-        # The checkpoint's path is no part of the weights' identity: the same file elsewhere hits.
-        self.model_id = {"weights": {k: v for k, v in identity.items() if k != "file"}, "arch": arch,
-                         "torch": torch.__version__}
+        self.model_id = sam_model_id(identity, arch)
         self.predictor = SamPredictor(self.sam)
         self.memo_size = memo_size
         self._memo: OrderedDict[str, tuple] = OrderedDict()

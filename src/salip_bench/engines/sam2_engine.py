@@ -17,6 +17,7 @@ from torch import nn
 
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
 from salip_bench.engines.sam import autocast_dtype
+from salip_bench.engines.weights import sam_model_id
 from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.storage.content_keys import image_key
 from salip_bench.types import Candidates
@@ -141,9 +142,7 @@ class Sam2Engine(nn.Module):
         self.model = model.eval()
         self.identity = identity
         self.encoder_passes = 0
-        # The checkpoint's path is no part of the weights' identity: the same file elsewhere hits.
-        self.model_id = {"weights": {k: v for k, v in identity.items() if k != "file"}, "arch": arch,
-                         "torch": torch.__version__}
+        self.model_id = sam_model_id(identity, arch)
         self._memo = Sam2FeatureMemo(self.cache_key)
         self.use_cache(cache)
         self.predictor = MemoSam2Predictor(self.model, self._memo)
@@ -175,13 +174,7 @@ class Sam2Engine(nn.Module):
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
         """One mask per box (the best-scored of three when ``multimask_output``).
 
-        Args:
-            image: (H, W, 3) uint8 RGB.
-            boxes: (K, 4) XYXY pixel boxes.
-            multimask_output: ask for three masks per box and keep the best-scored.
-
-        Returns:
-            (K, H, W) bool masks.
+        The :class:`~salip_bench.engines.roles.BoxPromptSegmenter` role: (K, H, W) bool masks.
         """
         self.predictor.set_image(image)
         out = np.zeros((len(boxes), *image.shape[:2]), bool)

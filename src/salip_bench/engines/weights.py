@@ -231,6 +231,32 @@ def download(url: str, target: Path, timeout_s: float, sha256_prefix: str | None
     return target
 
 
+def weights_id(identity: dict) -> dict:
+    """What a set of weights is, for cache keys: its identity without the file's path (the same file
+    elsewhere must still hit).
+
+    Args:
+        identity: an engine's weights identity (``file``, ``sha256``, ``source``, ...).
+
+    Returns:
+        ``identity`` without ``file``.
+    """
+    return {k: v for k, v in identity.items() if k != "file"}
+
+
+def sam_model_id(identity: dict, arch: dict | None) -> dict:
+    """What a SAM-family engine's image features depend on: weights, architecture, torch version.
+
+    Args:
+        identity: the engine's weights identity.
+        arch: its architecture numbers, or None.
+
+    Returns:
+        The part of every feature-cache key that names the model.
+    """
+    return {"weights": weights_id(identity), "arch": arch, "torch": torch.__version__}
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in blocks: the identity of the weights a run used.
 

@@ -8,6 +8,7 @@ live here once. A third-party retriever may instead subclass :class:`ClipRetriev
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -76,10 +77,10 @@ class ClipRetriever:
     def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
         """(N, C) cosine similarity of every candidate to every class prototype; embeddings CLIP made
         before for this image, prompt and candidate come from its embedding cache."""
-        draw = self.drawer(image)
+        draw = lazy_drawer(lambda: self.drawer(image))  # nothing drawn (no blur) when every embedding is cached
 
         def build(i: int) -> np.ndarray:
-            return draw(candidates.masks[i], candidates.boxes[i])
+            return draw()(candidates.masks[i], candidates.boxes[i])
 
         cache = getattr(self.clip, "embedding_cache", None)
         if cache is None:
@@ -133,6 +134,19 @@ class PromptRetriever(ClipRetriever):
         """The embedding cache's key for the pictures: the prompt function and its parameters."""
         prompt = type(self).prompt
         return {"kind": f"{prompt.__module__}.{prompt.__qualname__}", **self.params}
+
+
+def lazy_drawer(make: Callable[[], Draw]) -> Callable[[], Draw]:
+    """``make()`` on the first call, from any of the prompt-building threads, and its result after."""
+    made: list[Draw] = []
+    lock = threading.Lock()
+
+    def get() -> Draw:
+        with lock:
+            if not made:
+                made.append(make())
+        return made[0]
+    return get
 
 
 def prompt_parameters(prompt: VisualPrompt) -> dict[str, Any]:

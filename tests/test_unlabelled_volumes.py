@@ -16,7 +16,7 @@ from salip_bench.datasets.cc359 import display_slice
 from salip_bench.evaluation.nifti_out import write_volumes
 from salip_bench.evaluation.harness import run
 from salip_bench.evaluation.overlays import first_overlays
-from salip_bench.evaluation.records import RecordStore
+from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import typed_table
 from salip_bench.metrics import boundary_metrics
 from salip_bench.registry import DATASETS
@@ -112,6 +112,20 @@ def test_hc18_boundary_metrics_in_mm_from_the_pixel_size_csv(tmp_path):
     expected = boundary_metrics(predicted, target, [pixel_size] * 2, 2.0)
     assert row["nsd"] == pytest.approx(expected["nsd"])
     assert row["hd95"] == pytest.approx(expected["hd95"]) if expected["hd95"] is not None else pd.isna(row["hd95"])
+
+
+def test_wandb_table_accepts_a_failed_sample_first():
+    """results.csv's counters are nullable Int64 (empty for a failed sample); W&B's table must take
+    them whichever row comes first."""
+    import wandb
+
+    frame = results_frame([{"id": "broken", "status": "failed", "failure": "OSError: truncated"},
+                           {"id": "ok", "status": "ok", "dice": 0.5, "sam_encoder_passes": 1,
+                            "clip_images_encoded": 3, "n_candidates": 4}])
+    typed = typed_table(frame)
+    assert typed["sam_encoder_passes"].tolist()[1] == 1 and np.isnan(typed["sam_encoder_passes"].tolist()[0])
+    table = wandb.Table(dataframe=typed)
+    assert len(table.data) == 2
 
 
 def test_wandb_table_keeps_numbers_and_overlays_are_the_first_of_the_run(tmp_path):

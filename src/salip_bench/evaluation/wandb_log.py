@@ -57,7 +57,9 @@ def typed_table(frame: pd.DataFrame) -> pd.DataFrame:
         values = frame[column]
         numeric = pd.to_numeric(values, errors="coerce")
         if values.dtype != bool and numeric.notna().sum() == values.notna().sum():
-            typed[column] = numeric
+            # A nullable Int64 column holds pd.NA where a sample failed; W&B types a column by its
+            # first cell and rejects numbers after an NA, so a column with gaps goes as float + NaN.
+            typed[column] = numeric.astype("float64") if numeric.isna().any() else numeric
         else:
             typed[column] = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
     return pd.DataFrame(typed, index=frame.index)

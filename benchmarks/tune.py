@@ -6,8 +6,9 @@ split (the evaluation dataset, never scored here, is only checked to be disjoint
 - today's: ``tune.reuse=false`` and no CLIP embedding cache (``cache.clip=false``): each trial is a
   ``harness.run``; the SAM feature cache (on by default) spares the encoder after the first trial,
   but every trial decodes every image again and CLIP embeds every candidate it keeps;
-- new: ``tune.reuse=true`` with the CLIP cache: each image is decoded once per point grid and each
-  visual prompt embedded once, whatever the number of trials.
+- new: ``tune.reuse=true`` with the CLIP cache: each image is decoded once per point grid, its
+  masks upscaled once, each visual prompt embedded once, each distinct set of retrieved boxes
+  prompted once and each distinct predicted mask scored once, whatever the number of trials.
 
 Each gets a fresh feature-cache directory. The SAM is the released models' prompt encoder and
 decoder (1024-px input) behind the tiny test encoder, as in ``benchmarks/pipeline.py``: on CPU the
@@ -98,11 +99,18 @@ def calibrate(sam: SamV1Engine) -> None:
 
 
 class DecoderCounter:
-    """Counts the generator's grid decodings and decoder batches (prompts decoded together)."""
+    """Counts the generator's grid decodings and decoder batches (prompts decoded together), and the
+    refiner's box-prompt calls that reached SAM."""
 
     def __init__(self) -> None:
-        self.grids = self.batches = self.prompts = 0
+        self.grids = self.batches = self.prompts = self.box_calls = 0
         decode, initialize = sam_grid.decode_points_iou_first, sam_everything.SamEverythingGenerator.initialize
+        segment_boxes = SamV1Engine.segment_boxes
+
+        def counted_segment_boxes(engine, *rest):  # noqa: ANN001, ANN202
+            self.box_calls += 1
+            return segment_boxes(engine, *rest)
+        SamV1Engine.segment_boxes = counted_segment_boxes
 
         def counted_decode(model, features, points, *rest):  # noqa: ANN001, ANN202
             self.batches += 1
@@ -116,8 +124,9 @@ class DecoderCounter:
         sam_everything.SamEverythingGenerator.initialize = counted_initialize
 
     def take(self) -> dict:
-        counts = {"grid_decodings": self.grids, "decoder_batches": self.batches, "prompts_decoded": self.prompts}
-        self.grids = self.batches = self.prompts = 0
+        counts = {"grid_decodings": self.grids, "decoder_batches": self.batches, "prompts_decoded": self.prompts,
+                  "refiner_box_calls": self.box_calls}
+        self.grids = self.batches = self.prompts = self.box_calls = 0
         return counts
 
 
@@ -158,8 +167,8 @@ def main() -> None:
     identical = {"trials_csv": today["trials_csv"] == new["trials_csv"],
                  "tuned_yaml": today["tuned_yaml"] == new["tuned_yaml"]}
     speedup = today["seconds"] / new["seconds"]
-    keys = ("seconds", "grid_decodings", "decoder_batches", "prompts_decoded", "sam_encoder_passes",
-            "clip_images_encoded")
+    keys = ("seconds", "grid_decodings", "decoder_batches", "prompts_decoded", "refiner_box_calls",
+            "sam_encoder_passes", "clip_images_encoded")
     print(f"\ntuning, {args.trials} trials x {args.images} image(s) of {args.split}, default space with grids "
           f"{args.grids}; SAM: tiny encoder + released decoder, CLIP {args.clip_arch} (random weights, calibrated "
           f"decoder outputs); engines loaded ({load_seconds:.1f} s) and warmed up beforehand, not counted\n")

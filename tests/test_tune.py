@@ -112,16 +112,22 @@ REUSE_SPACE = ["tune.baseline=true", "tune.n_trials=5", "tune.n_images=2", "~tun
 
 
 def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_and_grid(tmp_path, monkeypatch):
+    from salip_bench.engines.sam import SamV1Engine
+    from salip_bench.evaluation.lightning_module import PredictModule
     from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 
-    decodings = []
-    initialize = SamEverythingGenerator.initialize
+    decodings, box_calls, scorings = [], {}, {}
+    initialize, segment_boxes, score = SamEverythingGenerator.initialize, SamV1Engine.segment_boxes, PredictModule.score
     monkeypatch.setattr(SamEverythingGenerator, "initialize",
                         lambda self, image, *a: decodings.append(self.grid["points_per_side"]) or initialize(self, image, *a))
-    files = {}
+    monkeypatch.setattr(SamV1Engine, "segment_boxes",
+                        lambda self, *a: box_calls.update(n=box_calls["n"] + 1) or segment_boxes(self, *a))
+    monkeypatch.setattr(PredictModule, "score", lambda self, *a: scorings.update(n=scorings["n"] + 1) or score(self, *a))
+    files, calls = {}, {}
     for reuse in ("false", "true"):
         out = tmp_path / reuse
         decodings.clear()
+        box_calls["n"] = scorings["n"] = 0
         tuned = tune(tune_config(out, *REUSE_SPACE, f"tune.reuse={reuse}"), out)
         files[reuse] = [(out / name).read_text() for name in ("trials.csv", "tuned.yaml")]
         counts = {side: decodings.count(side) for side in set(decodings)}
@@ -129,11 +135,16 @@ def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_an
         grids = trials["generator.points_per_side"].tolist()
         assert counts == ({side: 2 * grids.count(side) for side in set(grids)} if reuse == "false"
                           else {side: 2 for side in set(grids)})  # 2 images
+        calls[reuse] = (box_calls["n"], scorings["n"])
+    # A trial that refines the same boxes, or predicts the same mask, as an earlier one on the image
+    # prompts SAM and scores nothing again.
+    assert calls == {"false": (8, 10), "true": (2, 4)}  # (2 trials of 10 retrieve nothing: no box prompt)
     assert len(set(grids)) == 2 and trials["n_ok"].tolist() == [2] * 5 and tuned["split"]["n_images"] == 2
     assert files["true"] == files["false"]
     for number in range(5):  # the trials' own runs agree too, sample by sample
         per_image = [pd.read_csv(tmp_path / reuse / "trials" / str(number) / "results.csv") for reuse in ("false", "true")]
-        columns = ["id", "dice", "iou", "n_candidates", "n_kept", "retrieved_scores", "retrieved_boxes"]
+        columns = ["id", "dice", "iou", "nsd", "hd95", "n_candidates", "n_kept", "retrieved_scores",
+                   "retrieved_boxes", "pred_area"]
         assert per_image[0][columns].equals(per_image[1][columns]) and per_image[0]["n_candidates"].sum() > 0
     resumed = tune(tune_config(tmp_path / "true", *REUSE_SPACE), tmp_path / "true")  # all done: nothing re-run
     assert resumed == tuned and (tmp_path / "true" / "trials.csv").read_text() == files["true"][0]

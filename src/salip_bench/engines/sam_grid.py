@@ -18,13 +18,15 @@ order. Three things are done differently, and faster:
 Split as micro-sam splits its generator: :func:`decode_grid` runs the expensive passes (encoder
 and mask decoder of every crop), :func:`apply_grid` the cheap settings acting on their outputs. One
 decoding serves any ``pred_iou_thresh`` at or above the one it was decoded for: a kept prompt's
-logits do not depend on which other prompts are kept (``engines/sam_decoder.py``).
+logits do not depend on which other prompts are kept (``engines/sam_decoder.py``). The decoding also
+keeps its masks once upscaled and binarised (per stability offset), so applying further settings
+to it (tuning's trials) costs only the filters and NMS.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -83,15 +85,32 @@ class EverythingSettings:
 
 
 @dataclass
+class UpscaledBatch:
+    """What one decoder batch's masks become at crop size, before any setting but the stability
+    offset acts on them: per mask its stability score, its binary mask's box (in the crop), whether
+    that box stays off the crop's inner edges, and the binary mask bit-packed; (M, ...) rows in the
+    batch's order."""
+
+    stability_score: torch.Tensor
+    boxes: torch.Tensor
+    inside: torch.Tensor
+    masks: np.ndarray
+
+
+@dataclass
 class DecodedCrop:
     """One crop's decoder outputs. box: XYXY in the image; input_size / original_size: the
     predictor's resized and original crop sizes (for upscaling); batches: per decoder batch, the
-    low-res logits (M, 4h, 4w) and predicted IoUs (M,) of the masks kept, in upstream's order."""
+    low-res logits (M, 4h, 4w) and predicted IoUs (M,) of the masks kept, in upstream's order.
+    upscaled: per (stability offset, batch) the :class:`UpscaledBatch` of every kept mask, filled by
+    the first :func:`apply_grid` that needs it, so that further settings applied to the same
+    decoding (tuning trials) upscale nothing again."""
 
     box: list[int]
     input_size: tuple[int, int]
     original_size: tuple[int, int]
     batches: list[tuple[torch.Tensor, torch.Tensor]]
+    upscaled: dict[tuple[float, int], UpscaledBatch] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -195,8 +214,8 @@ def apply_grid(model: Sam, decoded: DecodedGrid, settings: EverythingSettings) -
 
 def _process_crop(model: Sam, crop: DecodedCrop, orig_size: tuple[int, ...], settings: EverythingSettings) -> dict:
     """Upstream's crop step after decoding; boxes in image coordinates, masks packed at crop size."""
-    batches = [_process_batch(model, low_res, iou_preds, crop, orig_size, settings)
-               for low_res, iou_preds in crop.batches]
+    batches = [_process_batch(_upscaled(model, crop, index, orig_size, settings.stability_score_offset),
+                              iou_preds, settings) for index, (_, iou_preds) in enumerate(crop.batches)]
     data = {k: torch.cat([b[k] for b in batches]) for k in ("iou_preds", "stability_score", "boxes")}
     masks = np.concatenate([b["masks"] for b in batches])
     keep = batched_nms(data["boxes"].float(), data["iou_preds"], torch.zeros(len(data["boxes"])),
@@ -207,27 +226,37 @@ def _process_crop(model: Sam, crop: DecodedCrop, orig_size: tuple[int, ...], set
     return data
 
 
-def _process_batch(model: Sam, low_res: torch.Tensor, iou_preds: torch.Tensor, crop: DecodedCrop,
-                   orig_size: tuple[int, ...], settings: EverythingSettings) -> dict:
-    """Upstream's batch step, reordered so only masks that pass the predicted-IoU filter are
-    upscaled to full resolution; masks come back bit-packed at crop size."""
-    orig_h, orig_w = orig_size
+def _upscaled(model: Sam, crop: DecodedCrop, index: int, orig_size: tuple[int, ...], offset: float) -> UpscaledBatch:
+    """Batch ``index`` of ``crop`` upscaled to crop size, binarised and scored (memoised on the crop).
+
+    Every mask the decoding kept is upscaled, as the lowest threshold it was decoded for needs; a
+    mask's values do not depend on the others in its batch, so a threshold applied afterwards
+    selects exactly the rows upstream's filter-then-upscale order computes."""
+    memo_key = (float(offset), index)
+    if memo_key not in crop.upscaled:
+        low_res, _ = crop.batches[index]
+        logits = model.postprocess_masks(low_res[:, None], crop.input_size, crop.original_size)[:, 0]
+        stability = calculate_stability_score(logits, model.mask_threshold, offset)
+        masks = logits > model.mask_threshold
+        del logits  # full-resolution float logits: only their binary masks are kept
+        boxes = batched_mask_to_box(masks)
+        inside = ~is_box_near_crop_edge(boxes, crop.box, [0, 0, orig_size[1], orig_size[0]])
+        packed = np.packbits(masks.flatten(1).cpu().numpy(), axis=1)
+        crop.upscaled[memo_key] = UpscaledBatch(stability, boxes, inside, packed)
+    return crop.upscaled[memo_key]
+
+
+def _process_batch(upscaled: UpscaledBatch, iou_preds: torch.Tensor, settings: EverythingSettings) -> dict:
+    """Upstream's batch step on the upscaled masks: the predicted-IoU and stability filters, then
+    the crop-edge filter; masks come back bit-packed at crop size."""
+    keep = torch.ones_like(iou_preds, dtype=torch.bool)
     if settings.pred_iou_thresh > 0.0:
-        keep = iou_preds > settings.pred_iou_thresh
-    else:
-        keep = torch.ones_like(iou_preds, dtype=torch.bool)
-    masks = model.postprocess_masks(low_res[keep][:, None], crop.input_size, crop.original_size)[:, 0]
-    iou_preds = iou_preds[keep]
-    stability = calculate_stability_score(masks, model.mask_threshold, settings.stability_score_offset)
+        keep &= iou_preds > settings.pred_iou_thresh
     if settings.stability_score_thresh > 0.0:
-        stable = stability >= settings.stability_score_thresh
-        masks, iou_preds, stability = masks[stable], iou_preds[stable], stability[stable]
-    masks = masks > model.mask_threshold
-    boxes = batched_mask_to_box(masks)
-    inside = ~is_box_near_crop_edge(boxes, crop.box, [0, 0, orig_w, orig_h])
-    masks, iou_preds, stability, boxes = masks[inside], iou_preds[inside], stability[inside], boxes[inside]
-    packed = np.packbits(masks.flatten(1).cpu().numpy(), axis=1)
-    return {"iou_preds": iou_preds, "stability_score": stability, "boxes": boxes, "masks": packed}
+        keep &= upscaled.stability_score >= settings.stability_score_thresh
+    keep &= upscaled.inside
+    return {"iou_preds": iou_preds[keep], "stability_score": upscaled.stability_score[keep],
+            "boxes": upscaled.boxes[keep], "masks": upscaled.masks[keep.cpu().numpy()]}
 
 
 def _remove_small_regions(masks: np.ndarray, settings: EverythingSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -27,6 +27,7 @@ from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.metrics import NSD_TOLERANCE_MM
+from salip_bench.engines.box_memo import BoxMemoStore
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.shared import shared_engine
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError, file_sha256
@@ -71,9 +72,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None) -> dict[str, Lazy]:  # noqa: ANN001
+def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # noqa: ANN001
+                  box_memo: BoxMemoStore | None = None) -> dict[str, Lazy]:
     """Everything a method or stage plugin may ask for by parameter name, built on first use
-    (``sam`` / ``clip`` / ``refiner_sam``: already-built engines to use instead, e.g. in tests).
+    (``sam`` / ``clip`` / ``refiner_sam``: already-built engines to use instead, e.g. in tests;
+    ``box_memo``: where the refiner's box prompts are memoised, for tuning's trials).
 
     ``sam`` is the engine of ``cfg["model"]``; ``refiner_sam`` that of ``cfg["refiner_model"]``
     (``model@refiner_model=NAME``) or, when that is unset or the same entry, the very same object,
@@ -83,10 +86,12 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None) -> 
     """
     def refiner_engine():  # noqa: ANN202
         if refiner_sam is not None:
-            return refiner_sam
-        if not cfg.get("refiner_model") or cfg["refiner_model"] == cfg["model"]:
-            return models["sam"]()
-        return build_engine(cfg, "refiner_model")
+            engine = refiner_sam
+        elif not cfg.get("refiner_model") or cfg["refiner_model"] == cfg["model"]:
+            engine = models["sam"]()
+        else:
+            engine = build_engine(cfg, "refiner_model")
+        return box_memo.around(engine) if box_memo is not None else engine
 
     settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, not the dataset's
     # reuse: the jobs of a multirun share each engine and CLIP instead of reloading them.

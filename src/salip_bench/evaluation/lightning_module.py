@@ -40,6 +40,29 @@ class WorkCounters:
                 CLIP_IMAGES_ENCODED: clip.counters().get(ENGINE_COUNTER[CLIP_IMAGES_ENCODED], 0) if clip else 0}
 
 
+class ScoreMemo:
+    """Scores of the predictions already scored against the image being evaluated: tuning's trials
+    often predict the very same mask for an image, and the boundary metrics (distance transforms at
+    full resolution) are then computed once. Keyed by the sample and the mask's bytes; :meth:`clear`
+    when the next image starts."""
+
+    def __init__(self) -> None:
+        self._scores: dict[tuple, tuple[dict, dict]] = {}
+
+    def clear(self) -> None:
+        self._scores.clear()
+
+    def get(self, sample: Sample, mask: np.ndarray, tolerance: float,
+            compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
+        """``compute()`` (scores, confusion counts) of ``mask`` on ``sample`` at NSD ``tolerance``,
+        once per distinct mask."""
+        key = (sample.id, id(sample.mask), tolerance, mask.shape, np.packbits(mask.astype(bool)).tobytes())
+        if key not in self._scores:
+            self._scores[key] = compute()
+        scores, confusion = self._scores[key]
+        return dict(scores), dict(confusion)
+
+
 class PredictModule(L.LightningModule):
     """Runs a method on every sample of a batch and scores it; never trains.
 
@@ -50,14 +73,16 @@ class PredictModule(L.LightningModule):
     nsd_tolerance: NSD tolerance in the units of the sample's ``meta["spacing"]`` (mm where known);
     max_side: evaluate images with a longer side above it downscaled, scored at full size;
     memory: per-sample memory estimate check (None: none). See :mod:`salip_bench.evaluation.memory`.
+    score_memo: shared with other modules that score the same samples (tuning's trials), or None.
     """
 
     def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
                  fail_fast: bool, fingerprint: str,
                  extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None,
                  nsd_tolerance: float = NSD_TOLERANCE_MM, max_side: int | None = None,
-                 memory: MemoryGuard | None = None) -> None:
+                 memory: MemoryGuard | None = None, score_memo: ScoreMemo | None = None) -> None:
         super().__init__()
+        self.score_memo = score_memo
         self.nsd_tolerance = nsd_tolerance
         self.max_side = max_side
         self.memory = memory
@@ -116,11 +141,10 @@ class PredictModule(L.LightningModule):
         record.gt_area = int(sample.mask.sum()) if sample.mask is not None else None
         record.pred_area = int(prediction.mask.sum())
         if sample.mask is not None:
-            dice, iou = dice_iou(prediction.mask, sample.mask)
-            boundary = boundary_metrics(prediction.mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance)
-            record.scores = {"dice": dice, "iou": iou, **{m: boundary[m] for m in METRICS if m in boundary}}
-            counts = confusion_counts(prediction.mask, sample.mask)
-            record.confusion = {k: counts[k] for k in CONFUSION}
+            def score() -> tuple[dict, dict]:
+                return self.score(prediction.mask, sample)
+            memo = self.score_memo
+            record.scores, record.confusion = memo.get(sample, prediction.mask, self.nsd_tolerance, score) if memo else score()
         if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)
             record.boxes = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
         record.counters = {k: after[k] - before[k] for k in after}
@@ -129,6 +153,15 @@ class PredictModule(L.LightningModule):
                  **prediction.info}
         record = SampleRecord.from_dict({**record.to_dict(), **extra})
         return record, prediction.mask, prediction, sample
+
+
+    def score(self, mask: np.ndarray, sample: Sample) -> tuple[dict, dict]:
+        """The scores (Dice, IoU, NSD, HD95) and confusion counts of ``mask`` against ``sample.mask``."""
+        dice, iou = dice_iou(mask, sample.mask)
+        boundary = boundary_metrics(mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance)
+        counts = confusion_counts(mask, sample.mask)
+        return ({"dice": dice, "iou": iou, **{m: boundary[m] for m in METRICS if m in boundary}},
+                {k: counts[k] for k in CONFUSION})
 
 
 class RecordWriter(BasePredictionWriter):

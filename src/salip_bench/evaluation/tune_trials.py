@@ -26,14 +26,16 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from salip_bench.evaluation.harness import (build_context, check_launchable, config_fingerprint, finalize, pending_indices,
-                                 sum_after_all_ranks)
+from salip_bench.evaluation.harness import (build_context, check_launchable, config_fingerprint, finalize,
+                                            nsd_tolerance, pending_indices, sum_after_all_ranks)
+from salip_bench.evaluation.memory import MemoryGuard
+from salip_bench.engines.box_memo import BoxMemoStore
 from salip_bench.storage.content_keys import hashed_once
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.evaluation.extra_metrics import extra_metrics
-from salip_bench.evaluation.lightning_module import PredictModule
+from salip_bench.evaluation.lightning_module import PredictModule, ScoreMemo
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER
 from salip_bench.registry import DATASETS, METHODS, Lazy
 from salip_bench.evaluation.tuned import apply_tuned
@@ -109,10 +111,12 @@ class TrialsModule(L.LightningModule):
     """Evaluates every trial that still needs a sample, trials of one grid after one another."""
 
     def __init__(self, trials: list[PredictModule], pending: list[set[str]], groups: list[tuple[str | None, list[int]]],
-                 engines: dict[str, nn.Module], shared: SharedDecoding) -> None:
+                 engines: dict[str, nn.Module], shared: SharedDecoding, box_memo: BoxMemoStore,
+                 score_memo: ScoreMemo) -> None:
         super().__init__()
         self.engines = nn.ModuleDict(engines)  # moved to the accelerator by the Trainer; the trials use them
         self.trials, self.pending, self.groups, self.shared = trials, pending, groups, shared
+        self.box_memo, self.score_memo = box_memo, score_memo
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
         return batch
@@ -127,6 +131,8 @@ class TrialsModule(L.LightningModule):
                     if key is not None:
                         self.shared.release(key)  # its low-res logits: 256 KB a mask
             self.shared.start(None)
+            self.box_memo.clear()  # trials go image by image: no later call repeats this image's boxes
+            self.score_memo.clear()
         return out
 
 
@@ -168,10 +174,10 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
         return [finalize(c, d, s, ids, f, engines={}, texts_encoded=None)
                 for c, d, s, f in zip(configs, out_dirs, stores, fingerprints)]
 
-    shared, models = SharedDecoding(), {}
+    shared, models, box_memo, score_memo = SharedDecoding(), {}, BoxMemoStore(), ScoreMemo()
     trials, texts, groups = [], [], {}
     for number, cfg in enumerate(configs):
-        context = build_context(cfg, dataset, **models)
+        context = build_context(cfg, dataset, **models, box_memo=box_memo)
         inner = context["generator"]
         context["generator"] = Lazy(lambda inner=inner: shared.wrap(inner()))
         before = {k: getattr(e, "texts_encoded", 0) for k, e in models.items()}
@@ -182,7 +188,11 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
         key = generator.key if isinstance(generator, _SharingGenerator) else None
         groups.setdefault(key or f"alone:{number}", (key, []))[1].append(number)
         columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
-        trials.append(PredictModule(method, models, cfg["fail_fast"], fingerprints[number], columns))
+        # As harness.run builds it: a trial's records are those of its own run.
+        memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if generator is not None else None)
+        trials.append(PredictModule(method, models, cfg["fail_fast"], fingerprints[number], columns,
+                                    nsd_tolerance(cfg), max_side=cfg["dataset"].get("max_side"), memory=memory,
+                                    score_memo=score_memo))
     for trial in trials:  # engines a later trial built first are counted for every trial
         trial.counters.engines = models
     if base["weights"] == "random":
@@ -192,7 +202,7 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
     trainer = L.Trainer(**base["trainer"], logger=False, callbacks=[writer], enable_checkpointing=False)
     check_launchable(trainer)
     pending_ids = [{ids[i] for i in p} for p in pending]
-    module = TrialsModule(trials, pending_ids, list(groups.values()), models, shared)
+    module = TrialsModule(trials, pending_ids, list(groups.values()), models, shared, box_memo, score_memo)
     loader = DataLoader(Subset(dataset, needed), batch_size=1, collate_fn=list, num_workers=base["num_workers"])
     summaries: list[dict] = []
     try:

@@ -29,10 +29,16 @@ class TuningError(ValueError):
 _ABSENT = object()
 
 
-def _as_config(cfg: Mapping) -> DictConfig:
+def _as_config(cfg: Mapping, key: str) -> DictConfig:
+    """``cfg`` as a DictConfig for looking up ``key``: a plain dict's top-level entry of ``key`` only,
+    so that a lookup wraps one config group, not the whole run config (tuning sets a few keys in
+    each of its trials' configs)."""
+    if isinstance(cfg, DictConfig):
+        return cfg
+    top = key.split(".", 1)[0]
     # allow_objects: a plain run config may hold values OmegaConf does not type (numpy scalars drawn by
     # the tuner, paths); they pass through unchanged instead of failing the lookup.
-    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg), flags={"allow_objects": True})
+    return OmegaConf.create({top: cfg[top]} if top in cfg else {}, flags={"allow_objects": True})
 
 
 def get_dotted(cfg: Mapping, key: str) -> Any:
@@ -49,7 +55,7 @@ def get_dotted(cfg: Mapping, key: str) -> Any:
         TuningError: the key does not exist, or names a whole config group (not a value).
     """
     try:
-        value = OmegaConf.select(_as_config(cfg), key, default=_ABSENT, throw_on_missing=True)
+        value = OmegaConf.select(_as_config(cfg, key), key, default=_ABSENT, throw_on_missing=True)
     except MissingMandatoryValue:
         return MISSING
     if value is _ABSENT:
@@ -71,11 +77,10 @@ def set_dotted(cfg: dict, key: str, value: Any) -> None:
         TuningError: as :func:`get_dotted`.
     """
     get_dotted(cfg, key)
-    node = _as_config(cfg)
+    node = _as_config(cfg, key)
     OmegaConf.update(node, key, value, merge=False)
     if node is not cfg:
-        cfg.clear()
-        cfg.update(OmegaConf.to_container(node))
+        cfg.update(OmegaConf.to_container(node))  # the one top-level entry the key is in
 
 
 def resolved_root(root: Any) -> str | None:

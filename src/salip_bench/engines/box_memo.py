@@ -1,0 +1,91 @@
+"""A memo of box-prompted masks, composed around any engine with the box role.
+
+Tuning's trials on one image often retrieve the very same boxes (a trial that changes a threshold
+the winning candidates pass anyway), and each would prompt the refiner's SAM again: a prompt-encoder
+and mask-decoder pass and a full-resolution upscale per box. :class:`BoxMemo` keeps the masks of
+one call, keyed by the engine's identity, the image's content key, the boxes' bytes and
+``multimask_output``, so a repeated call returns the stored masks. It keys the whole call rather
+than each box: an engine may decode the boxes of one call as a batch, and a batch's numerics are
+only guaranteed for that same batch, so a hit is bit-identical to the call it replaces.
+"""
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from salip_bench.engines.roles import BoxPromptSegmenter
+from salip_bench.storage.content_keys import hashed_once, image_key
+
+
+class BoxMemoStore:
+    """The stored calls of every engine a tuning shares, least recently used first out.
+
+    Args:
+        max_calls: calls kept (each holds K full-size boolean masks).
+    """
+
+    def __init__(self, max_calls: int = 64) -> None:
+        self.max_calls = max_calls
+        self._calls: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> np.ndarray | None:
+        masks = self._calls.get(key)
+        if masks is not None:
+            self._calls.move_to_end(key)
+        return masks
+
+    def put(self, key: tuple, masks: np.ndarray) -> None:
+        self._calls[key] = masks
+        while len(self._calls) > self.max_calls:
+            self._calls.popitem(last=False)
+
+    def clear(self) -> None:
+        self._calls.clear()
+
+    def around(self, engine: Any) -> Any:
+        """``engine`` with its box role memoised in this store (an engine without the role: itself).
+
+        Args:
+            engine: any engine; one already wrapped is returned as it is.
+        """
+        if isinstance(engine, BoxMemo) or not isinstance(engine, BoxPromptSegmenter):
+            return engine
+        return BoxMemo(engine, self)
+
+
+class BoxMemo:
+    """``engine`` whose :meth:`segment_boxes` answers a repeated call from ``store``; every other
+    attribute (identity, counters, the other roles) is the engine's own.
+
+    Args:
+        engine: an engine with the box role (``engines/roles.py``).
+        store: where the calls are kept (shared by the wrappers of one tuning).
+    """
+
+    def __init__(self, engine: BoxPromptSegmenter, store: BoxMemoStore) -> None:
+        self.engine, self.store = engine, store
+        self._engine_key = json.dumps(getattr(engine, "identity", {}), sort_keys=True, default=str)
+
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+        """The engine's masks for ``boxes`` on ``image`` ((K, H, W) bool), computed once per
+        distinct call. The result is shared with later hits: callers must not write into it."""
+        boxes = np.ascontiguousarray(boxes, np.float32)
+        with hashed_once():
+            key = (self._engine_key, image_key(image), image.shape, boxes.shape, boxes.tobytes(),
+                   bool(multimask_output))
+            masks = self.store.get(key)
+            if masks is None:
+                self.store.misses += 1
+                masks = self.engine.segment_boxes(image, boxes, multimask_output)
+                masks.setflags(write=False)
+                self.store.put(key, masks)
+            else:
+                self.store.hits += 1
+        return masks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)

@@ -148,3 +148,19 @@ def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_an
         assert per_image[0][columns].equals(per_image[1][columns]) and per_image[0]["n_candidates"].sum() > 0
     resumed = tune(tune_config(tmp_path / "true", *REUSE_SPACE), tmp_path / "true")  # all done: nothing re-run
     assert resumed == tuned and (tmp_path / "true" / "trials.csv").read_text() == files["true"][0]
+
+
+def test_image_by_image_trials_honour_the_runs_scoring_and_downscaling_settings(tmp_path):
+    # A trial's records are those of its own run also where a setting acts outside the method: the NSD
+    # tolerance and the downscaled evaluation of large images.
+    extra = [*REUSE_SPACE, "tune.n_trials=2", "tune.n_images=1", "metrics.nsd_tolerance_mm=0.5",
+             "dataset.max_side=300", "tune.split.max_side=300"]
+    results = {}
+    for reuse in ("false", "true"):
+        out = tmp_path / reuse
+        tune(tune_config(out, *extra, f"tune.reuse={reuse}"), out)
+        results[reuse] = pd.read_csv(out / "trials" / "1" / "results.csv")
+        summary = json.loads((out / "trials" / "1" / "summary.json").read_text())
+        assert summary["config"]["metrics"]["nsd_tolerance_mm"] == 0.5
+    columns = ["id", "dice", "nsd", "hd95", "pred_area", "retrieved_boxes"]
+    assert results["true"][columns].equals(results["false"][columns]) and results["true"]["nsd"].notna().all()

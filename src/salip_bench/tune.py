@@ -48,6 +48,7 @@ from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.registry import DATASETS, PluginError
 from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
 from salip_bench.evaluation.validation import ConfigError, check_dataset, validate
+from salip_bench.storage.files import atomic_write_text
 
 log = logging.getLogger("salip_bench")
 
@@ -156,7 +157,7 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     best = int(scores.to_numpy().argmax())  # first maximum: the earliest trial wins a tie
     frame["chosen"] = frame["trial"] == best
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_dir / "trials.csv", index=False)
+    atomic_write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     tuned = {"params": trials[best],
              "score": {"dice_mean": rows[best]["dice_mean"], "trial": best, "n_trials": len(trials)},
              "seed": settings["seed"],
@@ -164,7 +165,7 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
                        "n_images": len(split_ids), "ids": list(split_ids)}}
     header = ("# Written by salip-bench-tune: apply with `salip-bench tuned=THIS_FILE ...` (the evaluation "
               "dataset must not share images with split).\n")
-    (out_dir / TUNED_FILE).write_text(header + yaml.safe_dump(tuned, sort_keys=False))
+    atomic_write_text(out_dir / TUNED_FILE, header + yaml.safe_dump(tuned, sort_keys=False))
     log.info("chosen: trial %d, dice_mean=%s on %d tuning images: %s -> %s", best, rows[best]["dice_mean"],
              len(split_ids), trials[best], out_dir / TUNED_FILE)
     return tuned

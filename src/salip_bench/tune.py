@@ -45,9 +45,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
-from salip_bench.registry import DATASETS, PluginError
+from salip_bench.registry import DATASETS, METHODS, PluginError
 from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
-from salip_bench.evaluation.validation import ConfigError, check_dataset, validate
+from salip_bench.evaluation.validation import ConfigError, check_dataset, check_method_inputs, validate
 from salip_bench.storage.files import atomic_write_text
 
 log = logging.getLogger("salip_bench")
@@ -174,10 +174,14 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
 def check_tune_config(cfg: DictConfig | Mapping) -> None:
     """The evaluation settings as ``salip-bench`` checks them, and ``tune.split`` as a dataset.
 
+    Args:
+        cfg: the tuning config.
+
     Raises:
         ConfigError: the first bad setting, in one line (the split's keys named ``tune.split.*``).
     """
     plain = validate(cfg)
+    check_method_inputs(METHODS.get(plain["method"]["name"]), plain["dataset"])
     try:
         check_dataset(plain["tune"]["split"], needs_prompts=True)
     except ConfigError as err:

@@ -33,7 +33,7 @@ from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundEr
 from salip_bench.registry import (DATASETS, ENGINES, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy,
                                   PluginError)
 from salip_bench.evaluation.tuned import apply_tuned
-from salip_bench.evaluation.validation import ConfigError, resume_settings, validate
+from salip_bench.evaluation.validation import ConfigError, check_method_inputs, resume_settings, validate
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
     validate(cfg)  # the command line checked it already; tuned values and library callers are checked here
+    check_method_inputs(METHODS.get(cfg["method"]["name"]), cfg["dataset"])  # the class's declared inputs
     out_dir = Path(out_dir)
     L.seed_everything(cfg["seed"], verbose=False)
     dataset = build_dataset(cfg["dataset"])

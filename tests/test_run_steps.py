@@ -1,11 +1,52 @@
-"""The steps of a run that the harness composes: the inputs methods declare."""
+"""The steps of a run that the harness composes: the resume fingerprint and the files plugins
+declare for it, the inputs methods declare."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from conftest import CONF
+from conftest import CONF, SMOKE, compose_config
+from salip_bench.evaluation.fingerprint import config_fingerprint, prediction_files
 from salip_bench.evaluation.validation import ConfigError, check_method_inputs, validate
 from salip_bench.registry import METHODS
+
+
+# Fingerprints as the harness computed them before plugins declared their files (main at 9652e6c):
+# existing runs must keep resuming, so these values may never change.
+UNET_RUN = {"seed": 0, "weights": "random", "method": {"name": "unet", "checkpoint": "unet.ckpt", "threshold": 0.5},
+            "dataset": {"name": "folder", "root": "data", "max_side": None}, "trainer": {"precision": "bf16-mixed"},
+            "retriever": {"name": "crop", "workers": 2}, "output_dir": "x", "limit": 3}
+PINNED = {b"not really a checkpoint": "6a14c30f011d8c9c", b"retrained": "a18c11709e5c9f1f", None: "150d37a6902c5453"}
+
+
+@pytest.mark.parametrize("content", list(PINNED), ids=["checkpoint", "retrained", "no_file"])
+def test_fingerprint_values_are_those_of_existing_runs(content, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config names the checkpoint relative to here
+    if content is not None:
+        Path("unet.ckpt").write_bytes(content)
+    assert config_fingerprint(UNET_RUN) == PINNED[content]
+
+
+def test_a_retrained_checkpoint_is_another_configuration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("unet.ckpt").write_bytes(b"first training")
+    assert prediction_files(UNET_RUN) == {"method_checkpoint_sha256": Path("unet.ckpt")}
+    first = config_fingerprint(UNET_RUN)
+    Path("unet.ckpt").write_bytes(b"second training")  # same path, other weights
+    assert config_fingerprint(UNET_RUN) != first
+    Path("unet.ckpt").write_bytes(b"first training")
+    assert config_fingerprint(UNET_RUN) == first
+
+
+def test_only_declared_files_are_hashed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("sam.pth").write_bytes(b"weights")
+    assert METHODS.get("unet").prediction_files({"checkpoint": "~/unet.ckpt"}) == {
+        "checkpoint": Path("~/unet.ckpt").expanduser()}
+    # A key named checkpoint in a plugin that declares no files (here an unregistered one) is config only.
+    assert prediction_files({**UNET_RUN, "method": {"name": "no_such_method", "checkpoint": "sam.pth"}}) == {}
+    assert prediction_files(compose_config(SMOKE)) == {}
 
 
 @pytest.mark.parametrize("name", ["salip", "sam_clip", "sam3_text"])

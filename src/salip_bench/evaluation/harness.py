@@ -1,8 +1,6 @@
 """A whole evaluation run: config → dataset, models, method → Lightning predict → outputs."""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import platform
 from importlib import metadata
@@ -14,7 +12,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Subset
 
-from salip_bench.config_keys import FULL_PRECISION, NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED
 from salip_bench.datasets.base import check_unique_ids
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.storage.feature_cache import FeatureCache
@@ -26,10 +23,11 @@ from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.extra_metrics import extra_metrics
+from salip_bench.evaluation.fingerprint import config_fingerprint
 from salip_bench.metrics import NSD_TOLERANCE_MM
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.shared import shared_engine
-from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError, file_sha256
+from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError
 from salip_bench.registry import (DATASETS, ENGINES, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy,
                                   PluginError)
 from salip_bench.evaluation.tuned import apply_tuned
@@ -39,26 +37,6 @@ log = logging.getLogger(__name__)
 
 PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything", "sam2",
             "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
-
-
-def config_fingerprint(cfg: dict) -> str:
-    """Hash of everything that changes predictions: the semantic config and, for a method that
-    loads a file of its own (the U-Net's checkpoint), that file's contents, so a retrained
-    checkpoint at the same path is not mistaken for the old one on resume."""
-    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    if isinstance(semantic.get("dataset"), dict) and semantic["dataset"].get("max_side", 0) is None:
-        # max_side=null (the default) changes nothing: runs from before the key existed still resume.
-        semantic["dataset"] = {k: v for k, v in semantic["dataset"].items() if k != "max_side"}
-    for group, key in (dotted.split(".") for dotted in NON_SEMANTIC_NESTED):
-        if isinstance(semantic.get(group), dict):
-            semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
-    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
-    if precision not in FULL_PRECISION:  # bf16 autocast changes predictions (slightly): another configuration
-        semantic["precision"] = precision
-    checkpoint = cfg.get("method", {}).get("checkpoint")
-    if isinstance(checkpoint, str) and Path(checkpoint).expanduser().is_file():
-        semantic["method_checkpoint_sha256"] = file_sha256(Path(checkpoint).expanduser())
-    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def package_versions() -> dict[str, str]:

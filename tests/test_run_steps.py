@@ -1,15 +1,53 @@
-"""The steps of a run that the harness composes: the resume fingerprint and the files plugins
-declare for it, the inputs methods declare."""
+"""The steps of a run that the harness composes: the launching job (Hydra read once, at the entry
+points), the resume fingerprint and the files plugins declare for it, the inputs methods declare."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
 from conftest import CONF, SMOKE, compose_config
+from salip_bench.evaluation.harness import finalize
 from salip_bench.evaluation.fingerprint import config_fingerprint, prediction_files
+from salip_bench.evaluation.job import Job
+from salip_bench.evaluation.records import RecordStore
 from salip_bench.evaluation.validation import ConfigError, check_method_inputs, validate
 from salip_bench.registry import METHODS
+
+
+def hydra_job(overrides: list[str], mode: RunMode) -> Job:
+    """:meth:`Job.from_hydra` while Hydra runs a job composed with ``overrides`` in ``mode``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    cfg.hydra.mode = mode
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return Job.from_hydra()
+    finally:
+        HydraConfig.instance().cfg = None  # other tests see no Hydra job
+
+
+def test_without_hydra_the_job_is_a_library_call():
+    assert not HydraConfig.initialized()
+    assert Job.from_hydra() == Job() == Job(overrides=[], multirun=False)
+
+
+def test_the_job_holds_hydras_overrides_and_mode():
+    job = hydra_job(["limit=2", "method=sam_clip"], RunMode.MULTIRUN)
+    assert job == Job(overrides=["limit=2", "method=sam_clip"], multirun=True)
+    assert hydra_job([], RunMode.RUN) == Job()
+
+
+def test_the_summary_keeps_the_jobs_overrides(tmp_path):
+    cfg = compose_config(SMOKE)
+    for job, expected in ((Job(overrides=["limit=1"]), ["limit=1"]), (None, [])):
+        summary = finalize(cfg, tmp_path, RecordStore(tmp_path), [], "0" * 16, engines={}, texts_encoded=0, job=job)
+        assert summary["overrides"] == expected
+        assert json.loads((tmp_path / "summary.json").read_text())["overrides"] == expected
 
 
 # Fingerprints as the harness computed them before plugins declared their files (main at 9652e6c):

@@ -24,6 +24,7 @@ from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.evaluation.fingerprint import config_fingerprint
+from salip_bench.evaluation.job import Job, check_launchable
 from salip_bench.metrics import NSD_TOLERANCE_MM
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.shared import shared_engine
@@ -134,11 +135,17 @@ def engine_report(cfg: dict, engines: dict, stages: dict[str, str]) -> tuple[dic
     return report, by_stage
 
 
-def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
+def run(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) -> dict:
     """Evaluate ``cfg.method`` on ``cfg.dataset`` into ``out_dir``; returns the summary dict.
 
     One run per ``out_dir`` at a time (:class:`~salip_bench.evaluation.run_lock.RunLock`, held by global
     rank 0); a second one raises :class:`~salip_bench.evaluation.run_lock.RunLockedError`.
+
+    Args:
+        cfg: the run config (a DictConfig is resolved).
+        out_dir: the run's folder.
+        job: the launching command, read from Hydra by the entry points (None: a library call, with no
+            overrides and no multirun).
     """
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
@@ -150,9 +157,9 @@ def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     refuse_unlabelled(cfg["method"]["name"], dataset)
     ids = dataset.ids[: cfg["limit"]] if cfg.get("limit") else dataset.ids
     if rank_zero_only.rank != 0:  # the ranks Lightning or the cluster started: rank 0 holds the lock
-        return _run(cfg, out_dir, dataset, ids)
+        return _run(cfg, out_dir, dataset, ids, job)
     with RunLock(out_dir):
-        return _run(cfg, out_dir, dataset, ids)
+        return _run(cfg, out_dir, dataset, ids, job)
 
 
 def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
@@ -169,7 +176,7 @@ def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
     return dataset
 
 
-def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: ANN001
+def _run(cfg: dict, out_dir: Path, dataset, ids: list[str], job: Job | None) -> dict:  # noqa: ANN001
     fingerprint = config_fingerprint(cfg)
     store = RecordStore(out_dir)
     resume = resume_settings(cfg["resume"])
@@ -181,7 +188,8 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
     pending = pending_indices(store, ids, fingerprint, resume)
     log.info("%d samples, %d already done, %d to run -> %s", len(ids), len(ids) - len(pending), len(pending), out_dir)
     if not pending:  # no Trainer: under SLURM/torchrun the rank comes from the environment
-        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None, dataset=dataset) \
+        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None, dataset=dataset,
+                        job=job) \
             if rank_zero_only.rank == 0 else {}
 
     context = build_context(cfg, dataset)
@@ -199,7 +207,7 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
     # without them does the writer keep its own first samples in memory.
     writer = RecordWriter(store, cfg["save_masks"], 0 if cfg["save_masks"] else overlays)
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
-    check_launchable(trainer)
+    check_launchable(trainer, job)
     loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
     memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if context["generator"].built else None)
     columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
@@ -211,7 +219,7 @@ def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: AN
     finally:  # a failed or interrupted run still leaves tables of everything finished
         store.clear_own_markers([ids[i] for i in pending])  # an interrupted sample is pending, not crashed
         # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
-        summary = (finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded, stages, dataset)
+        summary = (finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded, stages, dataset, job)
                    if trainer.is_global_zero else {})
     if trainer.world_size > 1:
         log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
@@ -273,42 +281,18 @@ def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume
     return pending
 
 
-def check_launchable(trainer: L.Trainer) -> None:
-    """Refuses DDP inside a local Hydra multirun (``-m`` with the basic or joblib launcher).
-
-    Lightning starts ranks 1..N-1 by re-running the command line, which under ``-m`` re-runs the
-    whole sweep in every rank and mixes up jobs (Lightning-AI/pytorch-lightning#18175). Where the
-    ranks are started by the cluster (SLURM tasks via hydra/launcher=slurm, torchrun) it is fine.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    if (trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
-            and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-        raise ValueError("trainer=ddp cannot run inside a local multirun (-m): Lightning would re-run the whole "
-                         "sweep in every rank. Run one DDP job per command, or sweep with hydra/launcher=slurm "
-                         "(each job's ranks are then SLURM tasks)")
-
-
-def overrides() -> list[str]:
-    """The command-line overrides of this (Hydra) job, for labelling runs in reports."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
              engines: dict, texts_encoded: int | None, stages: dict[str, str] | None = None,
-             dataset=None) -> dict:  # noqa: ANN001
+             dataset=None, job: Job | None = None) -> dict:  # noqa: ANN001
     """(Re)write results.csv and summary.json from the records on disk (and, for a volume dataset,
     ``volumes/<id>.nii.gz`` with per-volume 3D NSD / HD95); unchanged files are left alone.
     See :func:`salip_bench.evaluation.summary.write_tables`.
 
-    stages: which ``engines`` key each stage used (:func:`stage_engines`), for the per-engine report."""
+    stages: which ``engines`` key each stage used (:func:`stage_engines`), for the per-engine report;
+    job: the launching command, whose overrides the summary keeps (None: a library call, none)."""
     invocation = Invocation(texts_encoded)
     if engines:  # without engines (every sample done) the engine keys are the last evaluating run's
         invocation.weights_identity = {k: e.identity for k, e in engines.items()}
         invocation.engines, invocation.stage_engines = engine_report(cfg, engines, stages or {})
-    info = RunInfo(cfg, fingerprint, overrides(), package_versions(), nsd_tolerance(cfg), dataset)
+    info = RunInfo(cfg, fingerprint, list((job or Job()).overrides), package_versions(), nsd_tolerance(cfg), dataset)
     return write_tables(info, out_dir, store, ids, invocation).to_dict()

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from conftest import CONF, SMOKE, compose_config
-from salip_bench.evaluation.harness import finalize
+from salip_bench.evaluation.finalize import finalize
 from salip_bench.evaluation.fingerprint import config_fingerprint, prediction_files
 from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.records import RecordStore

@@ -18,6 +18,7 @@ from hydra.types import RunMode
 
 from conftest import CONF, CXR, compose_config
 from salip_bench.evaluation.harness import check_launchable, run
+from salip_bench.evaluation.job import Job
 from test_cli import run_cli
 
 # Smoke models, and 2x2 generator points instead of 4x4: fewer candidates, same code paths.
@@ -72,9 +73,11 @@ def test_ddp_inside_a_local_multirun_is_refused():
     cfg.hydra.mode = RunMode.MULTIRUN
     HydraConfig.instance().set_config(cfg)
     try:
-        check_launchable(single)
-        with pytest.raises(ValueError, match="local multirun"):
-            check_launchable(ddp)
+        job = Job.from_hydra()  # what the entry points read, once
     finally:
         HydraConfig.instance().cfg = None  # other tests see no Hydra job, as before
-    check_launchable(ddp)  # a plain (single-run) DDP job is fine
+    check_launchable(single, job)
+    with pytest.raises(ValueError, match="local multirun"):
+        check_launchable(ddp, job)
+    check_launchable(ddp, Job(multirun=False))  # a plain (single-run) DDP job is fine
+    check_launchable(ddp)  # and so is a library call

@@ -23,14 +23,15 @@ def _main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
     from salip_bench.evaluation.harness import run
+    from salip_bench.evaluation.job import Job
     from salip_bench.evaluation.run_lock import RunLockedError
     from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
     from salip_bench.registry import PluginError
     from salip_bench.evaluation.tuned import TuningError
 
-    out_dir = HydraConfig.get().runtime.output_dir
+    out_dir = HydraConfig.get().runtime.output_dir  # Hydra is read here and in Job.from_hydra, never below
     try:
-        summary = run(cfg, out_dir)
+        summary = run(cfg, out_dir, Job.from_hydra())
     except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)

@@ -45,9 +45,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
-from salip_bench.registry import DATASETS, PluginError
+from salip_bench.registry import DATASETS, METHODS, PluginError
+from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
-from salip_bench.evaluation.validation import ConfigError, check_dataset, validate
+from salip_bench.evaluation.validation import ConfigError, check_dataset, check_method_inputs, validate
+from salip_bench.storage.files import atomic_write_text
 
 log = logging.getLogger("salip_bench")
 
@@ -113,8 +115,14 @@ def trial_config(cfg: Mapping, split: dict, params: Mapping[str, Any], out_dir: 
     return trial
 
 
-def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
-    """Run the search into ``out_dir``; returns what ``tuned.yaml`` holds."""
+def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) -> dict:
+    """Run the search into ``out_dir``; returns what ``tuned.yaml`` holds.
+
+    Args:
+        cfg: the tuning config (``conf/tune.yaml``: an evaluation config plus ``tune``).
+        out_dir: where the trials, ``trials.csv`` and ``tuned.yaml`` go.
+        job: the launching command, read from Hydra by the entry point (None: a library call).
+    """
     from salip_bench.evaluation.harness import run  # torch and Lightning only once the config is known to be good
     from salip_bench.evaluation.tune_trials import run_trials, share_engines
 
@@ -145,9 +153,9 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     for number, params in enumerate(trials):
         log.info("trial %d/%d: %s", number + 1, len(trials), params)
     if settings.get("reuse", True) and share_engines(configs):
-        summaries = run_trials(configs, trial_dirs)  # image by image: each image and grid decoded once
+        summaries = run_trials(configs, trial_dirs, job)  # image by image: each image and grid decoded once
     else:  # a trial changes the models or the data: one ordinary run each
-        summaries = [run(c, d) for c, d in zip(configs, trial_dirs)]
+        summaries = [run(c, d, job) for c, d in zip(configs, trial_dirs)]
     rows = [{"trial": number, "dice_mean": summary.get("dice_mean"), "iou_mean": summary.get("iou_mean"),
              "n_ok": summary.get("n_ok"), "n_failed": summary.get("n_failed"), **params}
             for number, (params, summary) in enumerate(zip(trials, summaries))]
@@ -156,7 +164,7 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     best = int(scores.to_numpy().argmax())  # first maximum: the earliest trial wins a tie
     frame["chosen"] = frame["trial"] == best
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_dir / "trials.csv", index=False)
+    atomic_write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     tuned = {"params": trials[best],
              "score": {"dice_mean": rows[best]["dice_mean"], "trial": best, "n_trials": len(trials)},
              "seed": settings["seed"],
@@ -164,7 +172,7 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
                        "n_images": len(split_ids), "ids": list(split_ids)}}
     header = ("# Written by salip-bench-tune: apply with `salip-bench tuned=THIS_FILE ...` (the evaluation "
               "dataset must not share images with split).\n")
-    (out_dir / TUNED_FILE).write_text(header + yaml.safe_dump(tuned, sort_keys=False))
+    atomic_write_text(out_dir / TUNED_FILE, header + yaml.safe_dump(tuned, sort_keys=False))
     log.info("chosen: trial %d, dice_mean=%s on %d tuning images: %s -> %s", best, rows[best]["dice_mean"],
              len(split_ids), trials[best], out_dir / TUNED_FILE)
     return tuned
@@ -173,10 +181,14 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
 def check_tune_config(cfg: DictConfig | Mapping) -> None:
     """The evaluation settings as ``salip-bench`` checks them, and ``tune.split`` as a dataset.
 
+    Args:
+        cfg: the tuning config.
+
     Raises:
         ConfigError: the first bad setting, in one line (the split's keys named ``tune.split.*``).
     """
     plain = validate(cfg)
+    check_method_inputs(METHODS.get(plain["method"]["name"]), plain["dataset"])
     try:
         check_dataset(plain["tune"]["split"], needs_prompts=True)
     except ConfigError as err:
@@ -189,7 +201,7 @@ def check_tune_config(cfg: DictConfig | Mapping) -> None:
 def _main(cfg: DictConfig) -> float | None:
     try:
         check_tune_config(cfg)  # before any model loads
-        tuned = tune(cfg, HydraConfig.get().runtime.output_dir)
+        tuned = tune(cfg, HydraConfig.get().runtime.output_dir, Job.from_hydra())  # Hydra is read here, never below
     except (TuningError, WeightsNotFoundError, PluginError, ConfigError) as err:
         log.error("%s", err)
         sys.exit(2)

@@ -1,189 +1,105 @@
-"""A whole evaluation run: config → dataset, models, method → Lightning predict → outputs."""
+"""A whole evaluation run: config → dataset, models, method → Lightning predict → outputs.
+
+:func:`run` is the sequence of steps; each step lives in its own module: the resume fingerprint
+(:mod:`~salip_bench.evaluation.fingerprint`), resume (:mod:`~salip_bench.evaluation.resume`), the
+engine wiring (:mod:`~salip_bench.evaluation.context`), the predict loop
+(:mod:`~salip_bench.evaluation.predict_loop`) and the tables (:mod:`~salip_bench.evaluation.finalize`).
+The names other modules, tests and benchmarks import from here stay importable from here.
+"""
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import platform
-from importlib import metadata
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Subset
 
-from salip_bench.config_keys import FULL_PRECISION, NON_SEMANTIC_KEYS, NON_SEMANTIC_NESTED
 from salip_bench.datasets.base import check_unique_ids
 from salip_bench.datasets.settings import DatasetSettings
-from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.evaluation.records import CRASH_FAILURE, RecordStore, results_frame
-from salip_bench.evaluation.summary import Invocation, RunInfo, write_tables
-from salip_bench.evaluation.run_lock import RunLock
-from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
-from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter
-from salip_bench.evaluation.overlays import first_overlays
-from salip_bench.evaluation.memory import MemoryGuard
+from salip_bench.evaluation.context import build_context, build_engine, engine_report, stage_engines
 from salip_bench.evaluation.extra_metrics import extra_metrics
-from salip_bench.metrics import NSD_TOLERANCE_MM
-from salip_bench.engines.box_memo import BoxMemoStore
-from salip_bench.engines.clip import build_clip
-from salip_bench.engines.shared import shared_engine
-from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER, WeightsNotFoundError, file_sha256
-from salip_bench.registry import (DATASETS, ENGINES, FILTERS, GENERATORS, METHODS, REFINERS, RETRIEVERS, Lazy,
-                                  PluginError)
+from salip_bench.evaluation.finalize import RunTarget, finalize, nsd_tolerance, package_versions
+from salip_bench.evaluation.fingerprint import config_fingerprint
+from salip_bench.evaluation.job import Job, check_launchable
+from salip_bench.evaluation.predict_loop import predict, sum_after_all_ranks
+from salip_bench.evaluation.records import RecordStore
+from salip_bench.evaluation.resume import pending_indices, record_crashes
+from salip_bench.evaluation.run_lock import RunLock
 from salip_bench.evaluation.tuned import apply_tuned
-from salip_bench.evaluation.validation import ConfigError, resume_settings, validate
+from salip_bench.evaluation.validation import ConfigError, check_method_inputs, validate
+from salip_bench.registry import DATASETS, METHODS, PluginError
+
+__all__ = ["Job", "build_context", "build_dataset", "build_engine", "check_launchable", "config_fingerprint",
+           "engine_report", "finalize", "nsd_tolerance", "package_versions", "pending_indices", "refuse_unlabelled",
+           "run", "stage_engines", "sum_after_all_ranks"]
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("salip-bench", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "segment-anything", "sam2",
-            "open_clip_torch", "torchmetrics", "monai", "wandb", "numpy")
 
-
-def config_fingerprint(cfg: dict) -> str:
-    """Hash of everything that changes predictions: the semantic config and, for a method that
-    loads a file of its own (the U-Net's checkpoint), that file's contents, so a retrained
-    checkpoint at the same path is not mistaken for the old one on resume."""
-    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    if isinstance(semantic.get("dataset"), dict) and semantic["dataset"].get("max_side", 0) is None:
-        # max_side=null (the default) changes nothing: runs from before the key existed still resume.
-        semantic["dataset"] = {k: v for k, v in semantic["dataset"].items() if k != "max_side"}
-    for group, key in (dotted.split(".") for dotted in NON_SEMANTIC_NESTED):
-        if isinstance(semantic.get(group), dict):
-            semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
-    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
-    if precision not in FULL_PRECISION:  # bf16 autocast changes predictions (slightly): another configuration
-        semantic["precision"] = precision
-    checkpoint = cfg.get("method", {}).get("checkpoint")
-    if isinstance(checkpoint, str) and Path(checkpoint).expanduser().is_file():
-        semantic["method_checkpoint_sha256"] = file_sha256(Path(checkpoint).expanduser())
-    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # noqa: ANN001
-                  box_memo: BoxMemoStore | None = None) -> dict[str, Lazy]:
-    """Everything a method or stage plugin may ask for by parameter name, built on first use
-    (``sam`` / ``clip`` / ``refiner_sam``: already-built engines to use instead, e.g. in tests;
-    ``box_memo``: where the refiner's box prompts are memoised, for tuning's trials).
-
-    ``sam`` is the engine of ``cfg["model"]``; ``refiner_sam`` that of ``cfg["refiner_model"]``
-    (``model@refiner_model=NAME``) or, when that is unset or the same entry, the very same object,
-    so the refiner reuses the generator's embeddings exactly when the two share an engine. The
-    refiner stage receives ``refiner_sam`` as its ``sam``. Order matters only for error order: SAM
-    (and so a missing checkpoint) comes first.
-    """
-    def refiner_engine():  # noqa: ANN202
-        if refiner_sam is not None:
-            engine = refiner_sam
-        elif not cfg.get("refiner_model") or cfg["refiner_model"] == cfg["model"]:
-            engine = models["sam"]()
-        else:
-            engine = build_engine(cfg, "refiner_model")
-        return box_memo.around(engine) if box_memo is not None else engine
-
-    settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, not the dataset's
-    # reuse: the jobs of a multirun share each engine and CLIP instead of reloading them.
-    models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
-              "refiner_sam": Lazy(refiner_engine),
-              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
-                                                      cache=FeatureCache.from_config(cfg.get("cache")))),
-              "class_prompts": Lazy(settings.class_prompts),
-              "top_k": Lazy(settings.top_k_per_class)}
-    stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
-              "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
-              "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),
-              "refiner": Lazy(lambda: REFINERS.build(cfg["refiner"], **{**models, "sam": models["refiner_sam"]}))}
-    return {**stages, **models}
-
-
-def build_engine(cfg: dict, key: str):  # noqa: ANN201
-    """The engine of the model entry ``cfg[key]`` (``model`` or ``refiner_model``), through the
-    ``ENGINES`` registry; the previous multirun job's engine when it came from the same entry."""
-    entry, weights = cfg[key], cfg["weights"]
-
-    def build():  # noqa: ANN202
-        try:
-            return ENGINES.get(entry.get("engine", "sam"))(entry, weights, None)
-        except WeightsNotFoundError as err:
-            if key == "model":
-                raise
-            message = str(err).replace("model.checkpoint", f"{key}.checkpoint")
-            raise WeightsNotFoundError(f"model@{key}={entry['name']}: {message}") from None
-
-    engine = shared_engine("sam" if key == "model" else key, [entry, weights], build)
-    if hasattr(engine, "use_cache"):  # SAM v1 keeps embeddings and proposals on disk
-        engine.use_cache(FeatureCache.from_config(cfg.get("cache")))
-    return engine
-
-
-STAGE_ENGINES = {"generator": "sam", "retriever": "clip", "refiner": "refiner_sam"}  # stage -> context key
-
-
-def stage_engines(context: dict[str, Lazy]) -> dict[str, str]:
-    """Which context engine each built stage used (``method`` for one the method itself asked for)."""
-    used = {stage: key for stage, key in STAGE_ENGINES.items() if context[stage].built}
-    for key in ("sam", "clip"):
-        if context[key].built and key not in used.values():
-            used.setdefault("method", key)
-    return used
-
-
-def engine_report(cfg: dict, engines: dict, stages: dict[str, str]) -> tuple[dict, dict]:
-    """Per engine (by model name): its registered engine, identity, counters and stages; and stage -> name."""
-    entries = {"sam": cfg.get("model"), "refiner_sam": cfg.get("refiner_model") or cfg.get("model"),
-               "clip": cfg.get("clip")}
-    names: dict[int, str] = {}
-    report: dict[str, dict] = {}
-    for key, engine in engines.items():
-        if id(engine) in names:
-            continue
-        name = str(engine.identity.get("model", key))
-        name = name if name not in report else f"{name}@{key}"
-        names[id(engine)] = name
-        registered = (entries.get(key) or {}).get("engine", "open_clip" if key == "clip" else "sam")
-        report[name] = {"engine": registered, "identity": engine.identity, "counters": engine.counters(),
-                        "stages": []}
-    by_stage = {stage: names[id(engines[key])] for stage, key in stages.items() if key in engines}
-    for stage, name in by_stage.items():
-        report[name]["stages"].append(stage)
-    return report, by_stage
-
-
-def run(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
+def run(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) -> dict:
     """Evaluate ``cfg.method`` on ``cfg.dataset`` into ``out_dir``; returns the summary dict.
 
     One run per ``out_dir`` at a time (:class:`~salip_bench.evaluation.run_lock.RunLock`, held by global
     rank 0); a second one raises :class:`~salip_bench.evaluation.run_lock.RunLockedError`.
+
+    Args:
+        cfg: the run config (a DictConfig is resolved).
+        out_dir: the run's folder.
+        job: the launching command, read from Hydra by the entry points (None: a library call, with no
+            overrides and no multirun).
     """
-    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
-    validate(cfg)  # the command line checked it already; tuned values and library callers are checked here
+    cfg = checked_config(cfg)
     out_dir = Path(out_dir)
     L.seed_everything(cfg["seed"], verbose=False)
     dataset = build_dataset(cfg["dataset"])
     refuse_unlabelled(cfg["method"]["name"], dataset)
     ids = dataset.ids[: cfg["limit"]] if cfg.get("limit") else dataset.ids
+    target = RunTarget(cfg, out_dir, RecordStore(out_dir), dataset, ids, config_fingerprint(cfg), job or Job())
     if rank_zero_only.rank != 0:  # the ranks Lightning or the cluster started: rank 0 holds the lock
-        return _run(cfg, out_dir, dataset, ids)
+        return _run(target)
     with RunLock(out_dir):
-        return _run(cfg, out_dir, dataset, ids)
+        return _run(target)
+
+
+def _run(target: RunTarget) -> dict:
+    record_crashes(target.store, target.ids, target.cfg["resume"])
+    # Under DDP every rank runs this and gets the same list: no rank writes a record before all of
+    # them have joined the process group inside trainer.predict.
+    pending = pending_indices(target.store, target.ids, target.fingerprint, target.cfg["resume"])
+    log.info("%d samples, %d already done, %d to run -> %s", len(target.ids), len(target.ids) - len(pending),
+             len(pending), target.out_dir)
+    if not pending:  # no Trainer: under SLURM/torchrun the rank comes from the environment
+        return target.finalize() if rank_zero_only.rank == 0 else {}
+    context = build_context(target.cfg, target.dataset)
+    method = METHODS.build(target.cfg["method"], **context)
+    return predict(target, pending, context, method)
+
+
+def checked_config(cfg: DictConfig | dict) -> dict:
+    """The run config as a plain dict with ``tuned=`` applied, checked as the command line checks it,
+    plus the dataset settings the method's class declares it needs.
+
+    Args:
+        cfg: the run config (a DictConfig is resolved).
+
+    Raises:
+        ConfigError: the first bad setting.
+    """
+    cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
+    validate(cfg)  # the command line checked it already; tuned values and library callers are checked here
+    check_method_inputs(METHODS.get(cfg["method"]["name"]), cfg["dataset"])
+    return cfg
 
 
 def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
     """The configured dataset; a setting it rejects (no such folder, no images, bad ids) is a
-    :class:`~salip_bench.evaluation.validation.ConfigError` naming the dataset."""
+    :class:`~salip_bench.evaluation.validation.ConfigError` naming the dataset.
+
+    Args:
+        cfg: the dataset config.
+    """
     try:
         extra_metrics(DatasetSettings.from_config(cfg).extra_metrics)  # a bad max_side or metric name fails here
         dataset = DATASETS.build(cfg)
@@ -195,146 +111,14 @@ def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
     return dataset
 
 
-def _run(cfg: dict, out_dir: Path, dataset, ids: list[str]) -> dict:  # noqa: ANN001
-    fingerprint = config_fingerprint(cfg)
-    store = RecordStore(out_dir)
-    resume = resume_settings(cfg["resume"])
-    if resume["enabled"] and rank_zero_only.rank == 0:
-        for sample_id in store.record_crashes(ids):
-            log.warning("sample %s: the last run died while evaluating it; recorded as failed", sample_id)
-    # Under DDP every rank runs this and gets the same list: no rank writes a record before all of
-    # them have joined the process group inside trainer.predict.
-    pending = pending_indices(store, ids, fingerprint, resume)
-    log.info("%d samples, %d already done, %d to run -> %s", len(ids), len(ids) - len(pending), len(pending), out_dir)
-    if not pending:  # no Trainer: under SLURM/torchrun the rank comes from the environment
-        return finalize(cfg, out_dir, store, ids, fingerprint, engines={}, texts_encoded=None, dataset=dataset) \
-            if rank_zero_only.rank == 0 else {}
-
-    context = build_context(cfg, dataset)
-    method = METHODS.build(cfg["method"], **context)
-    engines = {k: context[k]() for k in ("sam", "refiner_sam", "clip") if context[k].built}
-    stages = stage_engines(context)
-    if cfg["weights"] == "random":
-        log.warning(RANDOM_WEIGHTS_BANNER)
-    texts_encoded = getattr(engines.get("clip"), "texts_encoded", 0)
-    identity = {k: e.identity for k, e in engines.items()}
-    logger = make_wandb_logger(cfg["logger"], out_dir, {**cfg, "weights_identity": identity},
-                               tags=[cfg["method"]["name"], f"weights={cfg['weights']}"])
-    overlays = cfg["logger"].get("overlays", 0) if logger else 0
-    # With masks on disk the overlays are read back after the run (every rank's share); only
-    # without them does the writer keep its own first samples in memory.
-    writer = RecordWriter(store, cfg["save_masks"], 0 if cfg["save_masks"] else overlays)
-    trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
-    check_launchable(trainer)
-    loader = DataLoader(Subset(dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
-    memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if context["generator"].built else None)
-    columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
-    module = PredictModule(method, engines, cfg["fail_fast"], fingerprint, columns, nsd_tolerance(cfg),
-                           max_side=cfg["dataset"].get("max_side"), memory=memory)
-    try:
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
-        texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
-    finally:  # a failed or interrupted run still leaves tables of everything finished
-        store.clear_own_markers([ids[i] for i in pending])  # an interrupted sample is pending, not crashed
-        # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
-        summary = (finalize(cfg, out_dir, store, ids, fingerprint, engines, texts_encoded, stages, dataset)
-                   if trainer.is_global_zero else {})
-    if trainer.world_size > 1:
-        log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
-    if logger is not None and trainer.is_global_zero:
-        # The first overlays of the whole run (every DDP rank's share), read back from disk.
-        kept = first_overlays(dataset, ids, store, overlays) if cfg["save_masks"] else writer.kept
-        log_run(logger, summary, results_frame(store.read_all(ids)), kept)
-    return summary
-
-
-def nsd_tolerance(cfg: dict) -> float:
-    return float((cfg.get("metrics") or {}).get("nsd_tolerance_mm", NSD_TOLERANCE_MM))
-
-
 def refuse_unlabelled(method_name: str, dataset) -> None:  # noqa: ANN001
-    """Methods that read the ground truth (``needs_ground_truth``) cannot run on unlabelled data."""
+    """Methods that read the ground truth (``needs_ground_truth``) cannot run on unlabelled data.
+
+    Args:
+        method_name: the registered method.
+        dataset: the built dataset (``labelled`` False: it has no masks).
+    """
     method_class = METHODS.get(method_name)
     if getattr(method_class, "needs_ground_truth", False) and not getattr(dataset, "labelled", True):
         raise ConfigError(f"method={method_name} prompts with the ground truth, but this dataset has no masks "
-                         "(mask_dir / mask_pattern is null); use a zero-shot method such as method=salip")
-
-
-def sum_after_all_ranks(trainer: L.Trainer, count: int) -> int:
-    """Waits until every DDP rank has finished predicting (so all records are on disk) and sums a
-    per-process work counter over the ranks; on one device it returns ``count`` unchanged.
-
-    Lightning's predict sampler gives each rank a disjoint share of the samples (no padding
-    duplicates), so per-sample counters in the records already sum correctly; this is for counters
-    every process pays once, such as encoding the class prompts.
-    """
-    trainer.strategy.barrier("finalize")
-    total = trainer.strategy.reduce(torch.tensor(count, device=trainer.strategy.root_device), reduce_op="sum")
-    return int(total)
-
-
-def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume: dict | bool) -> list[int]:
-    """Indices of the samples still to run. ``resume``: see :func:`salip_bench.evaluation.validation.resume_settings`.
-
-    A failed sample is run again with ``retry_failed``; one the process died in (its record says
-    so, or rank 0 is recording it from its marker right now) only with ``retry_crashed``.
-    """
-    resume = resume_settings(resume)
-    if not resume["enabled"]:
-        return list(range(len(ids)))
-    pending = []
-    for index, sample_id in enumerate(ids):
-        record = store.read(sample_id)
-        if record is None:
-            if resume["retry_crashed"] or not store.marker_path(sample_id).is_file():
-                pending.append(index)
-        elif record.get("fingerprint") != fingerprint:
-            raise RuntimeError(f"{store.out_dir} holds results of another configuration (sample {sample_id}: "
-                               f"fingerprint {record.get('fingerprint')} != {fingerprint}); choose a new "
-                               "output_dir, or resume=false to overwrite them")
-        elif record.get("status") == "failed":
-            crashed = str(record.get("failure", "")).startswith(CRASH_FAILURE)
-            if resume["retry_crashed"] if crashed else resume["retry_failed"]:
-                pending.append(index)
-    return pending
-
-
-def check_launchable(trainer: L.Trainer) -> None:
-    """Refuses DDP inside a local Hydra multirun (``-m`` with the basic or joblib launcher).
-
-    Lightning starts ranks 1..N-1 by re-running the command line, which under ``-m`` re-runs the
-    whole sweep in every rank and mixes up jobs (Lightning-AI/pytorch-lightning#18175). Where the
-    ranks are started by the cluster (SLURM tasks via hydra/launcher=slurm, torchrun) it is fine.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    if (trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
-            and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
-        raise ValueError("trainer=ddp cannot run inside a local multirun (-m): Lightning would re-run the whole "
-                         "sweep in every rank. Run one DDP job per command, or sweep with hydra/launcher=slurm "
-                         "(each job's ranks are then SLURM tasks)")
-
-
-def overrides() -> list[str]:
-    """The command-line overrides of this (Hydra) job, for labelling runs in reports."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
-             engines: dict, texts_encoded: int | None, stages: dict[str, str] | None = None,
-             dataset=None) -> dict:  # noqa: ANN001
-    """(Re)write results.csv and summary.json from the records on disk (and, for a volume dataset,
-    ``volumes/<id>.nii.gz`` with per-volume 3D NSD / HD95); unchanged files are left alone.
-    See :func:`salip_bench.evaluation.summary.write_tables`.
-
-    stages: which ``engines`` key each stage used (:func:`stage_engines`), for the per-engine report."""
-    invocation = Invocation(texts_encoded)
-    if engines:  # without engines (every sample done) the engine keys are the last evaluating run's
-        invocation.weights_identity = {k: e.identity for k, e in engines.items()}
-        invocation.engines, invocation.stage_engines = engine_report(cfg, engines, stages or {})
-    info = RunInfo(cfg, fingerprint, overrides(), package_versions(), nsd_tolerance(cfg), dataset)
-    return write_tables(info, out_dir, store, ids, invocation).to_dict()
+                          "(mask_dir / mask_pattern is null); use a zero-shot method such as method=salip")

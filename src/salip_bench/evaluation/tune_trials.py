@@ -35,6 +35,7 @@ from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.evaluation.extra_metrics import extra_metrics
+from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.lightning_module import PredictModule, ScoreMemo
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER
 from salip_bench.registry import DATASETS, METHODS, Lazy
@@ -149,13 +150,14 @@ class TrialsWriter(BasePredictionWriter):
             self.stores[trial].write(record, mask if self.save_masks[trial] else None)
 
 
-def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
+def run_trials(configs: list[dict], out_dirs: list[Path], job: Job | None = None) -> list[dict]:
     """Evaluate each trial config (an evaluation config, as ``harness.run`` takes) into its out_dir,
     image by image with shared engines and decodings; returns their summaries in order.
 
     Args:
         configs: resolved trial configs that :func:`share_engines` accepts.
         out_dirs: one run directory per trial.
+        job: the launching command (None: a library call).
     """
     configs = [apply_tuned(cfg) for cfg in configs]
     if not share_engines(configs):
@@ -171,7 +173,7 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
     needed = sorted(set().union(*pending))
     log.info("%d trials x %d samples, %d samples to run", len(configs), len(ids), len(needed))
     if not needed:
-        return [finalize(c, d, s, ids, f, engines={}, texts_encoded=None)
+        return [finalize(c, d, s, ids, f, engines={}, texts_encoded=None, job=job)
                 for c, d, s, f in zip(configs, out_dirs, stores, fingerprints)]
 
     shared, models, box_memo, score_memo = SharedDecoding(), {}, BoxMemoStore(), ScoreMemo()
@@ -200,7 +202,7 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
 
     writer = TrialsWriter(stores, [cfg["save_masks"] for cfg in configs])
     trainer = L.Trainer(**base["trainer"], logger=False, callbacks=[writer], enable_checkpointing=False)
-    check_launchable(trainer)
+    check_launchable(trainer, job)
     pending_ids = [{ids[i] for i in p} for p in pending]
     module = TrialsModule(trials, pending_ids, list(groups.values()), models, shared, box_memo, score_memo)
     loader = DataLoader(Subset(dataset, needed), batch_size=1, collate_fn=list, num_workers=base["num_workers"])
@@ -210,7 +212,7 @@ def run_trials(configs: list[dict], out_dirs: list[Path]) -> list[dict]:
         texts = [sum_after_all_ranks(trainer, count) for count in texts]
     finally:  # a failed or interrupted tuning still leaves every trial's tables of what finished
         if trainer.is_global_zero:
-            summaries = [finalize(c, d, s, ids, f, models, t)
+            summaries = [finalize(c, d, s, ids, f, models, t, job=job)
                          for c, d, s, f, t in zip(configs, out_dirs, stores, fingerprints, texts)]
     if trainer.is_global_zero:
         identity = {k: e.identity for k, e in models.items()}

@@ -13,11 +13,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from salip_bench.class_prompts import load_class_prompts
-
-MISSING = "???"
 
 
 class ConfigError(ValueError):
@@ -95,9 +93,6 @@ PLUGIN_KEYS["dataset"]["cc359"].update(axis=((lambda v: v in (0, 1, 2) and not i
 RUN_KEYS = {"limit": _optional(_int_at_least(1)), "num_workers": _int_at_least(0), "seed": _int_at_least(0),
             "fail_fast": _bool(), "save_masks": _bool(), "memory_limit_gb": _optional(_positive()),
             "weights": ((lambda v: v in ("pretrained", "random")), "pretrained or random")}
-# Built-in methods that retrieve with the organ's sentences: dataset.prompts must be set for them
-# (the others, e.g. the U-Net, never read it; a set prompts value is checked whatever the method).
-PROMPTED_METHODS = ("salip", "sam_clip", "sam3_text")  # methods that read dataset.prompts
 # Folders of a dataset, relative to its root ("." for the root itself).
 DATASET_DIRS = ("image_dir", "mask_dir", "annotation_dir")
 
@@ -155,9 +150,28 @@ def validate(cfg: DictConfig | Mapping) -> dict:
     if isinstance(cfg.get("tuned"), str):  # once applied, it is the dict of what was applied
         _existing_file("tuned", cfg["tuned"], "a tuned.yaml written by salip-bench-tune")
     if isinstance(cfg.get("dataset"), Mapping):
-        method = cfg.get("method") if isinstance(cfg.get("method"), Mapping) else {}
-        check_dataset(cfg["dataset"], needs_prompts=method.get("name") in PROMPTED_METHODS)
+        # Whether the method needs dataset.prompts is its class's declaration (check_method_inputs),
+        # read once the plugins are imported; a set prompts value is checked here whatever the method.
+        check_dataset(cfg["dataset"], needs_prompts=False)
     return cfg
+
+
+def check_method_inputs(method: type, dataset: Mapping) -> None:
+    """The dataset settings a method class declares it reads: ``needs_prompts = True`` (it retrieves or
+    prompts with the organ's sentences) makes ``dataset.prompts`` required.
+
+    Validation itself stays free of torch, so the harness calls this once the method's class is
+    known (``METHODS.get``); the messages are those of :func:`check_dataset`.
+
+    Args:
+        method: the registered method class.
+        dataset: the run's dataset config.
+
+    Raises:
+        ConfigError: ``dataset.prompts`` is unset or bad for a method that needs it.
+    """
+    if getattr(method, "needs_prompts", False):
+        check_prompts(dataset, required=True)
 
 
 def _check_filter(section: Any) -> None:
@@ -174,7 +188,12 @@ def _check_filter(section: Any) -> None:
 def check_dataset(dataset: Mapping, needs_prompts: bool = True) -> None:
     """Folders exist, the image folder lists images, prompts parse, top_k >= 1 for every class.
 
-    needs_prompts: a missing (``???``/null) ``prompts`` is an error; else only a set one is checked.
+    Args:
+        dataset: the dataset config.
+        needs_prompts: a missing (``???``/null) ``prompts`` is an error; else only a set one is checked.
+
+    Raises:
+        ConfigError: the first bad setting, in one line.
     """
     root = dataset.get("root")
     if root == MISSING or root in (None, ""):
@@ -191,7 +210,20 @@ def check_dataset(dataset: Mapping, needs_prompts: bool = True) -> None:
         _existing_file("dataset.pixel_size_csv", str(root_path / str(dataset["pixel_size_csv"])),
                        "a CSV file inside dataset.root")
     _check_lists_images(dataset, root_path)
-    if "prompts" in dataset and (needs_prompts or dataset["prompts"] not in (None, "", MISSING)):
+    check_prompts(dataset, required=needs_prompts)
+
+
+def check_prompts(dataset: Mapping, required: bool = True) -> None:
+    """``dataset.prompts`` parses (and ``top_k`` gives every class of it a k >= 1).
+
+    Args:
+        dataset: the dataset config.
+        required: a missing (``???``/null) ``prompts`` is an error; else only a set one is checked.
+
+    Raises:
+        ConfigError: the first bad setting, in one line.
+    """
+    if "prompts" in dataset and (required or dataset["prompts"] not in (None, "", MISSING)):
         try:
             classes = list(load_class_prompts(dataset["prompts"]))
         except ValueError as err:

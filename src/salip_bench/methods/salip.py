@@ -19,6 +19,8 @@ class SalipMethod:
     what a perfect retriever would get) and ``retrieved_dice`` (the retrieved masks before refinement).
     """
 
+    needs_prompts = True  # retrieves with the organ's sentences: dataset.prompts must be set
+
     def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:
         self.generator, self.filter, self.retriever, self.refiner = generator, filter, retriever, refiner

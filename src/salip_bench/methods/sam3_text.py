@@ -21,6 +21,8 @@ class Sam3TextMethod:
     ``model=sam3``/``sam3_tiny``), ``class_prompts`` and ``top_k`` are injected.
     """
 
+    needs_prompts = True  # prompts SAM 3 with the organ's names / sentences: dataset.prompts must be set
+
     def __init__(self, sam: object, class_prompts: dict[str, list[str]], top_k: dict[str, int],
                  prompt: str = "class_name", min_score: float = 0.5) -> None:
         if not isinstance(sam, TextPromptSegmenter):

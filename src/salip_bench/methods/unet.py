@@ -1,6 +1,9 @@
 """Method ``unet``: the supervised U-Net baseline, from a checkpoint written by ``salip-bench-train``."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -26,6 +29,17 @@ class UNetMethod:
         self.device = torch.device(device)
         self.threshold = threshold
         self.net, self.image_size = load_checkpoint(checkpoint, self.device)
+
+    @classmethod
+    def prediction_files(cls, entry: Mapping) -> dict[str, Path]:
+        """The checkpoint, by its config key: the resume fingerprint hashes its contents, so a
+        retrained checkpoint at the same path is another configuration.
+
+        Args:
+            entry: this method's config entry (``cfg["method"]``).
+        """
+        checkpoint = entry.get("checkpoint")
+        return {"checkpoint": Path(checkpoint).expanduser()} if isinstance(checkpoint, str) else {}
 
     @torch.inference_mode()
     def __call__(self, sample: Sample) -> Prediction:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from salip_bench.reporting.clinical import hc_rows
+from salip_bench.storage.files import atomic_write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1600px; }
@@ -110,4 +111,4 @@ def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], note
     body += ["<h2>Failure attribution</h2>", markdown_html(failures_md.replace("# Failure attribution", "", 1))]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>salip-bench report</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    path.write_text(page, encoding="utf-8")
+    atomic_write_text(path, page)  # UTF-8, as the page's <meta charset> says

@@ -32,6 +32,7 @@ from common import (
     write_json,
 )
 
+from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
 from salip_bench.evaluation.harness import run
 from salip_bench.engines.clip import build_clip
 from salip_bench.engines.sam import build_sam_engine
@@ -61,8 +62,8 @@ def timed_run(args: argparse.Namespace, label: str, job: list[str], out: Path, c
     start = time.perf_counter()
     summary = run(cfg, out)
     result = {"job": label, "seconds": time.perf_counter() - start,
-              "sam_encoder_passes": summary["work"]["sam_encoder_passes"],
-              "clip_images_encoded": summary["work"]["clip_images_encoded"], "dice_mean": summary["dice_mean"]}
+              SAM_ENCODER_PASSES: summary["work"][SAM_ENCODER_PASSES],
+              CLIP_IMAGES_ENCODED: summary["work"][CLIP_IMAGES_ENCODED], "dice_mean": summary["dice_mean"]}
     print(f"{'cache' if cache_dir else 'no cache'} {result}", flush=True)
     return result
 
@@ -80,12 +81,12 @@ def sweep(args: argparse.Namespace, name: str, root: Path) -> tuple[list[dict], 
 def report(args: argparse.Namespace, name: str, uncached: list[dict], cached: list[dict]) -> dict:
     totals = {"uncached": sum(r["seconds"] for r in uncached), "cached": sum(r["seconds"] for r in cached)}
     ratio = totals["uncached"] / totals["cached"]
-    keys = ("seconds", "sam_encoder_passes", "clip_images_encoded")
+    keys = ("seconds", SAM_ENCODER_PASSES, CLIP_IMAGES_ENCODED)
     rows = [[u["job"], *(u[k] for k in keys), *(c[k] for k in keys), u["dice_mean"] == c["dice_mean"]]
             for u, c in zip(uncached, cached)]
     rows.append(["total", *(sum(r[k] for r in uncached) for k in keys), *(sum(r[k] for r in cached) for k in keys),
                  all(r[-1] for r in rows)])
-    later = {k: sum(r[k] for r in cached[1:]) for k in ("sam_encoder_passes", "clip_images_encoded")}
+    later = {k: sum(r[k] for r in cached[1:]) for k in (SAM_ENCODER_PASSES, CLIP_IMAGES_ENCODED)}
     print(f"\n{len(uncached)}-job {name} sweep, {args.model} + CLIP {args.clip} (random weights), {args.images} images "
           f"of {args.data}, points_per_side={args.points_per_side}\n")
     print(table(rows, ["job", "no cache s", "SAM passes", "CLIP images", "cache s", "SAM passes", "CLIP images",

@@ -47,6 +47,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_json
+from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
 from salip_bench.evaluation import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
 from salip_bench.stages.generators import sam_everything
 from salip_bench.engines.clip import build_clip
@@ -139,8 +140,8 @@ def timed_tune(args: argparse.Namespace, root: Path, name: str, reuse: bool, cou
     seconds = time.perf_counter() - start
     work = [json.loads((out / "trials" / str(n) / "summary.json").read_text())["work"] for n in range(args.trials)]
     result = {"path": name, "seconds": seconds, **counter.take(),
-              "sam_encoder_passes": sum(w["sam_encoder_passes"] for w in work),
-              "clip_images_encoded": sum(w["clip_images_encoded"] for w in work),
+              SAM_ENCODER_PASSES: sum(w[SAM_ENCODER_PASSES] for w in work),
+              CLIP_IMAGES_ENCODED: sum(w[CLIP_IMAGES_ENCODED] for w in work),
               "chosen_trial": tuned["score"]["trial"], "dice_mean": tuned["score"]["dice_mean"],
               "trials_csv": (out / "trials.csv").read_text(), "tuned_yaml": (out / "tuned.yaml").read_text()}
     print(f"{name}: {seconds:.1f} s, {result['grid_decodings']} grid decodings, "
@@ -168,7 +169,7 @@ def main() -> None:
                  "tuned_yaml": today["tuned_yaml"] == new["tuned_yaml"]}
     speedup = today["seconds"] / new["seconds"]
     keys = ("seconds", "grid_decodings", "decoder_batches", "prompts_decoded", "refiner_box_calls",
-            "sam_encoder_passes", "clip_images_encoded")
+            SAM_ENCODER_PASSES, CLIP_IMAGES_ENCODED)
     print(f"\ntuning, {args.trials} trials x {args.images} image(s) of {args.split}, default space with grids "
           f"{args.grids}; SAM: tiny encoder + released decoder, CLIP {args.clip_arch} (random weights, calibrated "
           f"decoder outputs); engines loaded ({load_seconds:.1f} s) and warmed up beforehand, not counted\n")

@@ -13,6 +13,7 @@ from salip_bench.reporting.html import write_html
 from salip_bench.reporting.labels import method_labels
 from salip_bench.reporting.qualitative import write_figures
 from salip_bench.reporting.runs import ReportError, find_runs
+from salip_bench.storage.files import atomic_write_text
 from salip_bench.reporting.tables import (ROW_KEYS, TABLE_LEGEND, add_paired_tests, reference_runs, run_notes,
                                           stats_rows, table_entries, table_markdown, table_rows, wide_table)
 
@@ -40,16 +41,16 @@ def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float
         else pd.DataFrame(columns=ROW_KEYS)
     out.mkdir(parents=True, exist_ok=True)
     table = table_markdown(wide, methods, runs, labels, references)
-    (out / "table.md").write_text(table)
-    wide.to_csv(out / "table.csv", index=False)
+    atomic_write_text(out / "table.md", table)
+    atomic_write_text(out / "table.csv", wide.to_csv(index=False))
     failures = failure_table(runs, labels, tau, delta)
-    failures.to_csv(out / "failures.csv", index=False)
+    atomic_write_text(out / "failures.csv", failures.to_csv(index=False))
     failures_md = failures_markdown(failures, runs, labels, tau, delta)
-    (out / "failures.md").write_text(failures_md)
+    atomic_write_text(out / "failures.md", failures_md)
     hc = hc_table(runs, labels)
     if len(hc):
-        hc.to_csv(out / "hc.csv", index=False)
-        (out / "hc.md").write_text(hc_markdown(hc))
+        atomic_write_text(out / "hc.csv", hc.to_csv(index=False))
+        atomic_write_text(out / "hc.md", hc_markdown(hc))
     plot_dice([r for r in runs if r.scored], [lb for r, lb in zip(runs, labels) if r.scored], out / "dice.png")
     figures, figure_notes = write_figures(runs, labels, references, out / "figures")
     tables = [table_rows(wide, methods), stats_rows(wide, methods)] if len(wide) else []

@@ -164,3 +164,21 @@ def test_image_by_image_trials_honour_the_runs_scoring_and_downscaling_settings(
         assert summary["config"]["metrics"]["nsd_tolerance_mm"] == 0.5
     columns = ["id", "dice", "nsd", "hd95", "pred_area", "retrieved_boxes"]
     assert results["true"][columns].equals(results["false"][columns]) and results["true"]["nsd"].notna().all()
+
+
+def test_image_by_image_trials_report_and_count_the_refiners_own_engine(tmp_path):
+    # A refiner with an engine of its own (MedSAM) is registered, counted and named per trial, as in its own run.
+    extra = [*REUSE_SPACE, "tune.n_trials=2", "tune.n_images=1", "model@refiner_model=medsam_tiny"]
+    summaries, files = {}, {}
+    for reuse in ("false", "true"):
+        out = tmp_path / reuse
+        tune(tune_config(out, *extra, f"tune.reuse={reuse}"), out)
+        files[reuse] = (out / "trials.csv").read_text()
+        summaries[reuse] = json.loads((out / "trials" / "0" / "summary.json").read_text())
+    assert files["true"] == files["false"]
+    for summary in summaries.values():
+        assert summary["stage_engines"] == {"generator": "sam_tiny", "refiner": "medsam_tiny", "retriever": "tiny"}
+        assert summary["engines"]["medsam_tiny"]["stages"] == ["refiner"]
+    # Trial 0 pays the passes of the image-by-image loop: SAM's and MedSAM's encoder, one each.
+    assert summaries["true"]["engines"]["medsam_tiny"]["counters"]["encoder_passes"] == 1
+    assert summaries["true"]["work"]["sam_encoder_passes"] == 2

@@ -89,3 +89,12 @@ class BoxMemo:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
+
+
+def unwrapped(engine: Any) -> Any:
+    """The engine inside a :class:`BoxMemo` (any other engine: itself).
+
+    Args:
+        engine: an engine, memoised or not.
+    """
+    return engine.engine if isinstance(engine, BoxMemo) else engine

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Subset
 from salip_bench.evaluation.harness import (build_context, check_launchable, config_fingerprint, finalize,
                                             nsd_tolerance, pending_indices, sum_after_all_ranks)
 from salip_bench.evaluation.memory import MemoryGuard
-from salip_bench.engines.box_memo import BoxMemoStore
+from salip_bench.engines.box_memo import BoxMemoStore, unwrapped
+from salip_bench.evaluation.context import built_engines, stage_engines
 from salip_bench.storage.content_keys import hashed_once
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
@@ -177,14 +178,16 @@ def run_trials(configs: list[dict], out_dirs: list[Path], job: Job | None = None
                 for c, d, s, f in zip(configs, out_dirs, stores, fingerprints)]
 
     shared, models, box_memo, score_memo = SharedDecoding(), {}, BoxMemoStore(), ScoreMemo()
-    trials, texts, groups = [], [], {}
+    trials, texts, groups, stages = [], [], {}, []
     for number, cfg in enumerate(configs):
         context = build_context(cfg, dataset, **models, box_memo=box_memo)
         inner = context["generator"]
         context["generator"] = Lazy(lambda inner=inner: shared.wrap(inner()))
         before = {k: getattr(e, "texts_encoded", 0) for k, e in models.items()}
         method = METHODS.build(cfg["method"], **context)
-        models.update({k: context[k]() for k in ("sam", "clip") if context[k].built})
+        # The refiner's engine too (moved to the device, counted, reported), without its memo wrapper.
+        models.update({k: unwrapped(e) for k, e in built_engines(context).items()})
+        stages.append(stage_engines(context))
         texts.append(getattr(models.get("clip"), "texts_encoded", 0) - before.get("clip", 0))
         generator = context["generator"]() if context["generator"].built else None
         key = generator.key if isinstance(generator, _SharingGenerator) else None
@@ -212,8 +215,8 @@ def run_trials(configs: list[dict], out_dirs: list[Path], job: Job | None = None
         texts = [sum_after_all_ranks(trainer, count) for count in texts]
     finally:  # a failed or interrupted tuning still leaves every trial's tables of what finished
         if trainer.is_global_zero:
-            summaries = [finalize(c, d, s, ids, f, models, t, job=job)
-                         for c, d, s, f, t in zip(configs, out_dirs, stores, fingerprints, texts)]
+            summaries = [finalize(c, d, s, ids, f, models, t, used, job=job)
+                         for c, d, s, f, t, used in zip(configs, out_dirs, stores, fingerprints, texts, stages)]
     if trainer.is_global_zero:
         identity = {k: e.identity for k, e in models.items()}
         for cfg, out_dir, store, summary in zip(configs, out_dirs, stores, summaries):

@@ -67,6 +67,9 @@ def test_tuning_split_must_not_be_the_evaluated_images(tmp_path):
     with pytest.raises(TuningError, match="100_HC"):
         tune(tune_config(tmp_path / "overlap", f"tune.split.root={overlap}"), tmp_path / "overlap")
     assert not (tmp_path / "same" / "trials").exists() and not (tmp_path / "overlap" / "trials").exists()
+    with pytest.raises(TuningError, match="needs labelled images"):  # unlabelled: no Dice to choose by
+        tune(tune_config(tmp_path / "unlabelled", "tune.split.mask_dir=null"), tmp_path / "unlabelled")
+    assert not (tmp_path / "unlabelled" / "trials").exists()
 
 
 def write_tuned(path, params: dict, ids: list[str]) -> str:

@@ -141,7 +141,11 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) ->
     if resolved_root(cfg["dataset"].get("root")) is None:
         raise TuningError("dataset.root is required: the dataset the tuned values are for, which the split "
                           "is checked against")
-    split_ids = DATASETS.build(split).ids[: settings["n_images"]]
+    split_data = DATASETS.build(split)
+    if not getattr(split_data, "labelled", True):  # trials are chosen by Dice: nothing to choose by
+        raise TuningError(f"tune.split ({split.get('root')}) has no masks (tune.split.mask_dir is null): "
+                          "tuning chooses by Dice, so it needs labelled images")
+    split_ids = split_data.ids[: settings["n_images"]]
     if not split_ids:
         raise TuningError(f"tune.split ({split.get('root')}) has no images")
     check_disjoint(split.get("root"), split_ids, cfg["dataset"].get("root"), DATASETS.build(cfg["dataset"]).ids)

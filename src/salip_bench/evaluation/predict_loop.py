@@ -15,7 +15,7 @@ from salip_bench.evaluation.context import built_engines, stage_engines
 from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.evaluation.finalize import RunTarget, nsd_tolerance
 from salip_bench.evaluation.job import check_launchable
-from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter
+from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter, ScoreMemo
 from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.records import results_frame
@@ -52,10 +52,7 @@ def predict(target: RunTarget, pending: list[int], context: dict[str, Lazy],
     trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
     check_launchable(trainer, target.job)
     loader = DataLoader(Subset(target.dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
-    memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if context["generator"].built else None)
-    columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
-    module = PredictModule(method, engines, cfg["fail_fast"], target.fingerprint, columns, nsd_tolerance(cfg),
-                           max_side=cfg["dataset"].get("max_side"), memory=memory)
+    module = predict_module(cfg, method, engines, target.fingerprint, context["generator"].built)
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
         texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
@@ -70,6 +67,25 @@ def predict(target: RunTarget, pending: list[int], context: dict[str, Lazy],
         kept = first_overlays(target.dataset, ids, store, overlays) if cfg["save_masks"] else writer.kept
         log_run(logger, summary, results_frame(store.read_all(ids)), kept)
     return summary
+
+
+def predict_module(cfg: dict, method: Callable[[Sample], Prediction], engines: dict, fingerprint: str,
+                   generator_built: bool, score_memo: ScoreMemo | None = None) -> PredictModule:
+    """The :class:`PredictModule` of a run config: one builder for runs and tuning's trials, so that a
+    trial's records are those of its own run (scoring tolerance, downscaling, memory guard, columns).
+
+    Args:
+        cfg: the resolved run config.
+        method: the built method.
+        engines: the engines it uses, by context key.
+        fingerprint: the configuration's hash.
+        generator_built: whether the method uses the generator (the memory guard estimates its grid).
+        score_memo: shared by modules that score the same samples (tuning's trials), or None.
+    """
+    memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if generator_built else None)
+    columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
+    return PredictModule(method, engines, cfg["fail_fast"], fingerprint, columns, nsd_tolerance(cfg),
+                         max_side=cfg["dataset"].get("max_side"), memory=memory, score_memo=score_memo)
 
 
 def sum_after_all_ranks(trainer: L.Trainer, count: int) -> int:

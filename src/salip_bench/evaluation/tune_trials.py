@@ -27,15 +27,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from salip_bench.evaluation.harness import (build_context, check_launchable, config_fingerprint, finalize,
-                                            nsd_tolerance, pending_indices, sum_after_all_ranks)
-from salip_bench.evaluation.memory import MemoryGuard
+                                            pending_indices, sum_after_all_ranks)
+from salip_bench.evaluation.predict_loop import predict_module
 from salip_bench.engines.box_memo import BoxMemoStore, unwrapped
 from salip_bench.evaluation.context import built_engines, stage_engines
 from salip_bench.storage.content_keys import hashed_once
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
-from salip_bench.datasets.settings import DatasetSettings
-from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.lightning_module import PredictModule, ScoreMemo
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER
@@ -192,12 +190,7 @@ def run_trials(configs: list[dict], out_dirs: list[Path], job: Job | None = None
         generator = context["generator"]() if context["generator"].built else None
         key = generator.key if isinstance(generator, _SharingGenerator) else None
         groups.setdefault(key or f"alone:{number}", (key, []))[1].append(number)
-        columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
-        # As harness.run builds it: a trial's records are those of its own run.
-        memory = MemoryGuard(cfg.get("memory_limit_gb"), cfg["generator"] if generator is not None else None)
-        trials.append(PredictModule(method, models, cfg["fail_fast"], fingerprints[number], columns,
-                                    nsd_tolerance(cfg), max_side=cfg["dataset"].get("max_side"), memory=memory,
-                                    score_memo=score_memo))
+        trials.append(predict_module(cfg, method, models, fingerprints[number], generator is not None, score_memo))
     for trial in trials:  # engines a later trial built first are counted for every trial
         trial.counters.engines = models
     if base["weights"] == "random":

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from salip_bench.engines.roles import BoxPromptSegmenter
-from salip_bench.storage.content_keys import hashed_once, image_key
+from salip_bench.storage.content_keys import array_key, hashed_once, image_key
 
 
 class BoxMemoStore:
@@ -75,8 +75,7 @@ class BoxMemo:
         distinct call. The result is shared with later hits: callers must not write into it."""
         boxes = np.ascontiguousarray(boxes, np.float32)
         with hashed_once():
-            key = (self._engine_key, image_key(image), image.shape, boxes.shape, boxes.tobytes(),
-                   bool(multimask_output))
+            key = (self._engine_key, image_key(image), array_key(boxes), bool(multimask_output))
             masks = self.store.get(key)
             if masks is None:
                 self.store.misses += 1

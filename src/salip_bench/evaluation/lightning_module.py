@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
-from salip_bench.storage.content_keys import hashed_once
+from salip_bench.storage.content_keys import array_key, hashed_once
 from salip_bench.evaluation.records import RecordStore
 from salip_bench.evaluation.schema import (CLIP_IMAGES_ENCODED, CONFUSION, ENGINE_COUNTER, FAILED, METRICS, OK,
                                            RECORDED_META, SAM_ENCODER_PASSES, SampleRecord)
@@ -43,7 +44,8 @@ class WorkCounters:
 class ScoreMemo:
     """Scores of the predictions already scored against the image being evaluated: tuning's trials
     often predict the very same mask for an image, and the boundary metrics (distance transforms at
-    full resolution) are then computed once. Keyed by the sample and the mask's bytes; :meth:`clear`
+    full resolution) are then computed once. Keyed by the sample, the NSD tolerance and the mask's
+    content key; :meth:`clear`
     when the next image starts."""
 
     def __init__(self) -> None:
@@ -56,7 +58,7 @@ class ScoreMemo:
             compute: Callable[[], tuple[dict, dict]]) -> tuple[dict, dict]:
         """``compute()`` (scores, confusion counts) of ``mask`` on ``sample`` at NSD ``tolerance``,
         once per distinct mask."""
-        key = (sample.id, id(sample.mask), tolerance, mask.shape, np.packbits(mask.astype(bool)).tobytes())
+        key = (sample.id, tolerance, array_key(mask.astype(bool, copy=False)))
         if key not in self._scores:
             self._scores[key] = compute()
         scores, confusion = self._scores[key]
@@ -141,8 +143,7 @@ class PredictModule(L.LightningModule):
         record.gt_area = int(sample.mask.sum()) if sample.mask is not None else None
         record.pred_area = int(prediction.mask.sum())
         if sample.mask is not None:
-            def score() -> tuple[dict, dict]:
-                return self.score(prediction.mask, sample)
+            score = partial(self.score, prediction.mask, sample)
             memo = self.score_memo
             record.scores, record.confusion = memo.get(sample, prediction.mask, self.nsd_tolerance, score) if memo else score()
         if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)

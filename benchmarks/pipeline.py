@@ -46,8 +46,9 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from common import PeakMemory, model_config, now, parser_with_common_args, table, write_json
 from salip_bench.datasets.folder import FolderDataset
 from salip_bench.datasets.settings import DatasetSettings
-from salip_bench.engines.clip import ClipEngine, build_clip, to_pil
-from salip_bench.engines.sam import SamV1Engine, build_sam_engine
+from salip_bench.engines.builder import build_engine
+from salip_bench.engines.clip_engine import ClipEngine, to_pil
+from salip_bench.engines.sam_engine import SamV1Engine
 from salip_bench.methods.pipeline import salip
 from salip_bench.registry import FILTERS, GENERATORS, REFINERS, RETRIEVERS, load_plugins
 
@@ -189,8 +190,8 @@ def main() -> None:
     sam_config = model_config("model", args.model)
     if args.decoder == "released":
         sam_config.update(RELEASED_DECODER)
-    sam = build_sam_engine(sam_config, "random").to(device)
-    clip = build_clip(model_config("clip", args.clip), "random").to(device)
+    sam = build_engine(sam_config, "random").to(device)
+    clip = build_engine(model_config("clip", args.clip), "random", "clip").to(device)
     dataset = FolderDataset(args.data)
     retrieval = DatasetSettings(prompts=args.prompts, top_k=args.top_k)
     images = [dataset[i].image for i in range(min(args.images, len(dataset)))]

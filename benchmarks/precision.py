@@ -32,8 +32,7 @@ from PIL import Image
 
 from salip_bench.evaluation.harness import run
 from salip_bench.metrics import dice_iou
-from salip_bench.engines.clip import build_clip
-from salip_bench.engines.sam import build_sam_engine
+from salip_bench.engines.builder import build_engine
 
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -64,8 +63,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         first = config(args, PRECISIONS[0], 0, root / "warm-up")
-        build_sam_engine(first["model"], first["weights"], reuse=True)  # loaded once, as in a multirun; not timed
-        build_clip(first["clip"], first["weights"], reuse=True)
+        build_engine(first["model"], first["weights"], "model", reuse=True)  # loaded once, as in a multirun; not timed
+        build_engine(first["clip"], first["weights"], "clip", reuse=True)
         for precision in PRECISIONS:  # first passes of a process (allocator, kernels) are slow: not timed
             run(config(args, precision, 0, root / f"warm-up-{precision}"), root / f"warm-up-{precision}")
         for index in range(args.images):  # image by image, both precisions: load drift hits both alike

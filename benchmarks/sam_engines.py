@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from salip_bench.datasets.folder import FolderDataset
 from salip_bench.engines.roles import BoxPromptSegmenter, EverythingGenerator
-from salip_bench.registry import ENGINES
+from salip_bench.engines.builder import build_engine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def measure(name: str, image: np.ndarray, points_per_side: int) -> dict:
     """Seconds to build ``conf/model/<name>.yaml`` with random weights and to run each of its roles once."""
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{name}.yaml"), resolve=True)
     with Clock() as clock:
-        engine = ENGINES.get(cfg.get("engine", "sam"))(cfg, "random", None)
+        engine = build_engine(cfg, "random")
     row = {"model": name, "build_s": clock.wall}
     height, width = image.shape[:2]
     box = np.array([[width * 0.2, height * 0.2, width * 0.8, height * 0.8]], np.float32)

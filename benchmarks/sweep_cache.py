@@ -34,8 +34,7 @@ from common import (
 
 from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
 from salip_bench.evaluation.harness import run
-from salip_bench.engines.clip import build_clip
-from salip_bench.engines.sam import build_sam_engine
+from salip_bench.engines.builder import build_engine
 
 # Each sweep: (job label, its overrides), in the order a multirun runs them.
 SWEEPS = {
@@ -108,8 +107,8 @@ def main() -> None:
         root = Path(tmp)
         first = config(args, SWEEPS[names[0]][0][1], root / "warm-up", None)
         start = time.perf_counter()  # load the engines once, as the first job of a multirun would; not timed below
-        build_sam_engine(first["model"], first["weights"], reuse=True)
-        build_clip(first["clip"], first["weights"], reuse=True)
+        build_engine(first["model"], first["weights"], "model", reuse=True)
+        build_engine(first["clip"], first["weights"], "clip", reuse=True)
         load_seconds = time.perf_counter() - start
         # The first SAM passes of a process are much slower on CPU (allocator, kernel set-up): warm up
         # on one image so neither sweep's first run carries that.

@@ -50,8 +50,8 @@ from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_jso
 from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
 from salip_bench.evaluation import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
 from salip_bench.stages.generators import sam_everything
-from salip_bench.engines.clip import build_clip
-from salip_bench.engines.sam import SamV1Engine, build_sam_engine
+from salip_bench.engines.builder import build_engine
+from salip_bench.engines.sam_engine import SamV1Engine
 from salip_bench.engines import sam_grid
 from salip_bench.tune import tune
 
@@ -157,8 +157,8 @@ def main() -> None:
         root = Path(tmp)
         first = tune_config(args, root / "warm-up", root / "cache-warm-up", True)
         start = time.perf_counter()  # the engines, loaded once as a multirun's first job would; not timed below
-        calibrate(build_sam_engine(first["model"], first["weights"], reuse=True))
-        build_clip(first["clip"], first["weights"], reuse=True)
+        calibrate(build_engine(first["model"], first["weights"], "model", reuse=True))
+        build_engine(first["clip"], first["weights"], "clip", reuse=True)
         load_seconds = time.perf_counter() - start
         warm = tune_config(args, root / "warm-up", root / "cache-warm-up", True)
         warm["tune"].update(n_trials=1)

@@ -52,16 +52,16 @@ def yaml_config(group: str, name: str) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_sam():
-    from salip_bench.engines.sam import build_sam_engine
+    from salip_bench.engines.builder import build_engine
 
-    return build_sam_engine(yaml_config("model", "sam_tiny"), "random")
+    return build_engine(yaml_config("model", "sam_tiny"), "random")
 
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from salip_bench.engines.clip import build_clip
+    from salip_bench.engines.builder import build_engine
 
-    return build_clip(yaml_config("clip", "tiny"), "random")
+    return build_engine(yaml_config("clip", "tiny"), "random", "clip")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from conftest import CXR, SMOKE, compose_config, yaml_config
 from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.evaluation.harness import config_fingerprint, run
 from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines import shared
-from salip_bench.engines.sam import build_sam_engine as build_sam
+from salip_bench.engines import builder
+from salip_bench.engines.builder import build_engine as build_sam
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved
 
@@ -112,17 +112,17 @@ def test_unreadable_file_is_a_miss(tmp_path):
 
 
 def test_jobs_of_one_process_share_engines_and_the_cache(tmp_path):
-    shared.release_engines()
+    builder.release_engines()
     base = SMOKE + ["dataset=folder", f"dataset.root={CXR}", "dataset.prompts=lungs", "dataset.top_k=2", "limit=1",
                     "cache.enabled=true", f"cache.dir={tmp_path / 'cache'}"]
     summaries, engines = [], []
     for retriever in ("crop", "box"):
         out = tmp_path / retriever
         summaries.append(run(compose_config(base + [f"retriever={retriever}", f"output_dir={out}"]), out))
-        engines.append(dict(shared._held))
+        engines.append(builder.held_engines())
     assert summaries[0]["work"]["sam_encoder_passes"] == 1 and summaries[1]["work"]["sam_encoder_passes"] == 0
     assert summaries[0]["work"]["clip_texts_encoded"] == summaries[1]["work"]["clip_texts_encoded"] > 0
-    assert all(engines[0][k][1] is engines[1][k][1] for k in ("sam", "clip"))
+    assert all(engines[0][k] is engines[1][k] for k in ("model", "clip"))
     uncached = run(compose_config(base + ["retriever=box", "cache.enabled=false", f"output_dir={tmp_path / 'plain'}"]),
                    tmp_path / "plain")
     assert uncached["work"]["sam_encoder_passes"] == 1 and uncached["dice_mean"] == summaries[1]["dice_mean"]

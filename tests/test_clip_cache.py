@@ -11,7 +11,7 @@ from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.evaluation.harness import run
 from salip_bench.storage import content_keys
 from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines.clip import build_clip
+from salip_bench.engines.builder import build_engine
 from salip_bench.registry import RETRIEVERS
 from salip_bench.types import Candidates
 
@@ -32,7 +32,7 @@ def candidates(tiny_sam, image):
 
 
 def clip_with(cache: FeatureCache | None = None, **changes):
-    return build_clip({**yaml_config("clip", "tiny"), **changes}, "random", cache=cache)
+    return build_engine({**yaml_config("clip", "tiny"), **changes}, "random", "clip", cache=cache)
 
 
 def retriever(clip, name: str = "crop", **params):

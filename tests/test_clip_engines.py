@@ -14,7 +14,7 @@ import torch
 
 from conftest import yaml_config
 from salip_bench.engines.biomedclip import ASSETS, build_custom_text_clip
-from salip_bench.engines.clip import build_clip
+from salip_bench.engines.builder import build_engine
 from salip_bench.engines.weights import WeightsNotFoundError, cache_dir
 
 BIOMEDCLIP = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -100,7 +100,7 @@ def test_openai_clip_loads_pretrained_offline_from_each_place(layout, tiny_vit_l
         target = weights
         cfg["checkpoint"] = str(weights)
     try:
-        engine = build_clip(cfg, "pretrained")
+        engine = build_engine(cfg, "pretrained", "clip")
     finally:
         if layout == "openai_file_in_our_cache":
             target.unlink()
@@ -113,7 +113,7 @@ def test_openai_clip_loads_pretrained_offline_from_each_place(layout, tiny_vit_l
 
 def test_openai_clip_missing_offline_names_file_and_key(hub_cache):
     with pytest.raises(WeightsNotFoundError, match=r"ViT-L-14\.pt.*clip\.checkpoint"):
-        build_clip(yaml_config("clip", "vit_l14_openai"), "pretrained")
+        build_engine(yaml_config("clip", "vit_l14_openai"), "pretrained", "clip")
 
 
 def write_tiny_biomedclip(hub_cache: Path, tmp_path: Path, safetensors: bool) -> torch.nn.Module:
@@ -142,7 +142,7 @@ def write_tiny_biomedclip(hub_cache: Path, tmp_path: Path, safetensors: bool) ->
 @pytest.mark.parametrize("safetensors", [False, True], ids=["bin", "safetensors"])
 def test_biomedclip_loads_pretrained_offline_from_the_hf_cache(safetensors, hub_cache, tmp_path):
     model = write_tiny_biomedclip(hub_cache, tmp_path, safetensors)
-    engine = build_clip(yaml_config("clip", "biomedclip"), "pretrained")
+    engine = build_engine(yaml_config("clip", "biomedclip"), "pretrained", "clip")
     assert engine.identity["engine"] == "biomedclip" and engine.identity["weights"] == "pretrained"
     assert f"models--{BIOMEDCLIP.replace('/', '--')}" in engine.identity["file"]
     # open_clip's own hf-hub loading of the same cache gives the same model and preprocessing.
@@ -161,11 +161,11 @@ def test_biomedclip_loads_from_explicit_directories(hub_cache, tmp_path):
     local, text = tmp_path / "biomedclip", tmp_path / "biomedbert"
     shutil.copytree(snapshots[BIOMEDCLIP], local)
     shutil.copytree(snapshots[BIOMEDBERT], text)
-    from_cache = build_clip(yaml_config("clip", "biomedclip"), "pretrained")
+    from_cache = build_engine(yaml_config("clip", "biomedclip"), "pretrained", "clip")
     shutil.rmtree(hub_cache)
     hub_cache.mkdir()
-    engine = build_clip(yaml_config("clip", "biomedclip") | {"local_dir": str(local), "text_dir": str(text)},
-                        "pretrained")
+    engine = build_engine(yaml_config("clip", "biomedclip") | {"local_dir": str(local), "text_dir": str(text)},
+                        "pretrained", "clip")
     assert engine.identity["file"].startswith(str(local)) and engine.identity["text_tower"] == str(text)
     for got, want in zip(embeddings(engine), embeddings(from_cache)):
         torch.testing.assert_close(got, want)
@@ -174,7 +174,7 @@ def test_biomedclip_loads_from_explicit_directories(hub_cache, tmp_path):
 def test_biomedclip_missing_offline_names_repo_and_key_fast(hub_cache):
     start = time.monotonic()
     with pytest.raises(WeightsNotFoundError, match=rf"{BIOMEDCLIP}.*clip\.local_dir.*huggingface-cli download"):
-        build_clip(yaml_config("clip", "biomedclip"), "pretrained")
+        build_engine(yaml_config("clip", "biomedclip"), "pretrained", "clip")
     assert time.monotonic() - start < 60
 
 
@@ -182,13 +182,13 @@ def test_biomedclip_missing_text_tower_names_its_repo(hub_cache, tmp_path):
     write_tiny_biomedclip(hub_cache, tmp_path, safetensors=False)
     shutil.rmtree(hub_cache / f"models--{BIOMEDBERT.replace('/', '--')}")
     with pytest.raises(WeightsNotFoundError, match=rf"{BIOMEDBERT}.*clip\.text_dir"):
-        build_clip(yaml_config("clip", "biomedclip"), "pretrained")
+        build_engine(yaml_config("clip", "biomedclip"), "pretrained", "clip")
 
 
 def test_tiny_variants_refuse_pretrained():
     for name in ("tiny", "biomedclip_tiny"):
         with pytest.raises(ValueError, match="weights=random"):
-            build_clip(yaml_config("clip", name), "pretrained")
+            build_engine(yaml_config("clip", name), "pretrained", "clip")
 
 
 def test_open_clip_engine_behaviour_unchanged_for_tiny(tiny_clip):

@@ -11,12 +11,12 @@ from skimage import transform
 from conftest import yaml_config
 from salip_bench.engines.roles import MissingRoleError
 from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
-from salip_bench.registry import ENGINES
+from salip_bench.engines.builder import build_engine
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return ENGINES.get("medsam")(yaml_config("model", "medsam_tiny"), "random", None)
+    return build_engine(yaml_config("model", "medsam_tiny"), "random")
 
 
 def recipe_mask(sam, image: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_masks_equal_medsams_published_recipe(engine, hc18_sample):
 
 def test_preprocessing_is_not_sam_predictors(engine, hc18_sample):
     """The square, aspect-distorting resize: the network input is the whole image squeezed to side²."""
-    from salip_bench.engines.medsam import medsam_input
+    from salip_bench.engines.medsam_engine import medsam_input
 
     pixels = medsam_input(hc18_sample.image, 256)
     assert pixels.shape == (256, 256, 3) and pixels.min() == 0.0 and pixels.max() == 1.0
@@ -66,10 +66,10 @@ def test_pretrained_pth_in_the_cache_loads(engine, hc18_sample, tmp_path, monkey
     load with weights=pretrained and give the recipe's masks for those weights."""
     monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path))
     cfg = yaml_config("model", "medsam_tiny") | {"checkpoint_file": "medsam_vit_b_test.pth"}
-    source = ENGINES.get("medsam")(cfg | {"random_seed": 5}, "random", None)
+    source = build_engine(cfg | {"random_seed": 5}, "random")
     (tmp_path / "checkpoints").mkdir()
     torch.save(source.sam.state_dict(), tmp_path / "checkpoints" / cfg["checkpoint_file"])
-    loaded = ENGINES.get("medsam")(cfg, "pretrained", None)
+    loaded = build_engine(cfg, "pretrained")
     assert loaded.identity["file"].endswith(cfg["checkpoint_file"]) and len(loaded.identity["sha256"]) == 64
     mask = loaded.segment_boxes(hc18_sample.image, BOXES[:1], False)[0]
     np.testing.assert_array_equal(mask, recipe_mask(source.sam, hc18_sample.image, BOXES[0]))
@@ -80,7 +80,7 @@ def test_missing_checkpoint_names_the_file_and_where_to_get_it(tmp_path, monkeyp
 
     monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match=r"medsam_vit_b\.pth.*bowang-lab/MedSAM"):
-        ENGINES.get("medsam")(yaml_config("model", "medsam_vit_b"), "pretrained", None)
+        build_engine(yaml_config("model", "medsam_vit_b"), "pretrained")
 
 
 def test_as_generator_it_is_a_one_line_error_naming_the_key(engine):

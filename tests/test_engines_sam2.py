@@ -9,14 +9,14 @@ from hydra import initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from conftest import yaml_config
-from salip_bench.registry import ENGINES
+from salip_bench.engines.builder import build_engine
 
 SETTINGS = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0}
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return ENGINES.get("sam2")(yaml_config("model", "sam2_tiny"), "random", None)
+    return build_engine(yaml_config("model", "sam2_tiny"), "random")
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +57,14 @@ def test_disk_feature_cache_serves_a_new_engine_and_misses_for_another_model(tmp
 
     boxes = np.array([[10, 20, 150, 300], [100, 50, 290, 390]], np.float32)
     tiny = yaml_config("model", "sam2_tiny")
-    first = ENGINES.get("sam2")(tiny, "random", FeatureCache(tmp_path))
+    first = build_engine(tiny, "random", cache=FeatureCache(tmp_path))
     expected = first.segment_boxes(image, boxes, False)
     cache = FeatureCache(tmp_path)
-    later = ENGINES.get("sam2")(tiny, "random", cache)
+    later = build_engine(tiny, "random", cache=cache)
     np.testing.assert_array_equal(later.segment_boxes(image, boxes, False), expected)
     assert first.counters() == {"encoder_passes": 1} and later.counters() == {"encoder_passes": 0}
     assert cache.hits == {"embeddings": 1}
-    other = ENGINES.get("sam2")({**tiny, "random_seed": 1}, "random", FeatureCache(tmp_path))
+    other = build_engine({**tiny, "random_seed": 1}, "random", cache=FeatureCache(tmp_path))
     other.segment_boxes(image, boxes, False)
     assert other.counters() == {"encoder_passes": 1}
 
@@ -93,7 +93,7 @@ def test_released_architecture_equals_the_official_builder():
     """Our Hiera-T (from the package yaml, without Hydra's compose) has upstream's exact parameters."""
     from sam2.build_sam import build_sam2
 
-    from salip_bench.engines.sam2 import build_sam2_model
+    from salip_bench.engines.sam2_model import build_sam2_model
 
     ours = build_sam2_model(yaml_config("model", "sam2_hiera_t")).state_dict()
     with initialize_config_module("sam2", version_base="1.2"):
@@ -110,10 +110,10 @@ def test_pretrained_official_pt_in_the_cache_loads_and_matches_the_official_load
 
     monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path))
     cfg = yaml_config("model", "sam2_tiny") | {"checkpoint_file": "sam2.1_hiera_tiny_test.pt"}
-    source = ENGINES.get("sam2")(cfg | {"random_seed": 3}, "random", None)
+    source = build_engine(cfg | {"random_seed": 3}, "random")
     (tmp_path / "checkpoints").mkdir()
     torch.save({"model": source.model.state_dict()}, tmp_path / "checkpoints" / cfg["checkpoint_file"])
-    loaded = ENGINES.get("sam2")(cfg, "pretrained", None)
+    loaded = build_engine(cfg, "pretrained")
     assert loaded.identity["weights"] == "pretrained" and len(loaded.identity["sha256"]) == 64
     overrides = [f"++model.{k}={v}".replace(" ", "") for k, v in cfg["arch_overrides"].items()]
     with initialize_config_module("sam2", version_base="1.2"):
@@ -131,4 +131,4 @@ def test_not_a_sam2_checkpoint_is_a_clear_error(tmp_path):
     cfg = yaml_config("model", "sam2_tiny") | {"checkpoint": str(tmp_path / "x.pt")}
     torch.save({"state": {}}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="expected a dict with key 'model'"):
-        ENGINES.get("sam2")(cfg, "pretrained", None)
+        build_engine(cfg, "pretrained")

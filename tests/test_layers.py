@@ -74,4 +74,4 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from salip_bench.evaluation.harness import run\n")
     assert [m for _, m in imported_modules(bad)] == ["salip_bench.evaluation.harness"]
-    assert layer_of("salip_bench.evaluation.harness") > layer_of("salip_bench.engines.sam")
+    assert layer_of("salip_bench.evaluation.harness") > layer_of("salip_bench.engines.sam_engine")

@@ -10,6 +10,7 @@ from conftest import CONF, CXR, HC18, MRI, SMOKE, compose_config, yaml_config
 from salip_bench.evaluation.harness import build_context
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.masks import gt_boxes, mask_box
+from salip_bench.engines.builder import build_engine
 from salip_bench.registry import DATASET_SETTINGS, ENGINES, REGISTRIES, RETRIEVERS, PluginError, load_plugins
 from salip_bench.stages.refiners.none import NoRefiner
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
@@ -253,7 +254,7 @@ def test_engine_builds_from_its_tiny_yaml_and_serves_its_roles(engine, group, na
                                            TextPromptSegmenter)
 
     assert name != "-", f"engine {engine!r} has no tiny yaml in conf/model or conf/clip"
-    built = ENGINES.get(engine)(yaml_config(group, name), "random", None)
+    built = build_engine(yaml_config(group, name), "random", group)
     assert isinstance(built, Engine) and built.identity["weights"] == "random"
     image = cxr_sample.image
     roles = [r for r in (EverythingGenerator, BoxPromptSegmenter, ImageTextEmbedder, TextPromptSegmenter)

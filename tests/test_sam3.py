@@ -13,7 +13,7 @@ import torch
 
 from conftest import CXR, REPO, yaml_config
 from salip_bench.engines.weights import WeightsNotFoundError
-from salip_bench.registry import ENGINES
+from salip_bench.engines.builder import build_engine
 from test_clip_engines import child_cpu_seconds, hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 
 BIN = Path(sys.executable).parent / "salip-bench"
@@ -23,7 +23,7 @@ CXR_ARGS = ["dataset=folder", f"dataset.root={CXR}", "dataset.prompts=lungs", "d
 
 @pytest.fixture(scope="module")
 def tiny_sam3():
-    return ENGINES.get("sam3")(yaml_config("model", "sam3_tiny"), "random", None)
+    return build_engine(yaml_config("model", "sam3_tiny"), "random")
 
 
 def sam3_with_tiny_arch() -> dict:
@@ -60,7 +60,7 @@ def test_sam3_loads_pretrained_offline_from_hub_layout(where, hub_cache, tmp_pat
         expected_file = snapshot / "sam3.pt"
     else:
         cfg["checkpoint"], expected_file = str(checkpoint), checkpoint
-    engine = ENGINES.get("sam3")(cfg, "pretrained", None)
+    engine = build_engine(cfg, "pretrained")
     assert engine.identity["file"] == str(expected_file) and engine.identity["hub_repo"] == "facebook/sam3"
     assert len(engine.identity["sha256"]) == 64 and engine.identity["weights"] == "pretrained"
     for got, want in zip(engine.segment_text(cxr_sample.image, "lungs", 0.0, 3),
@@ -72,12 +72,12 @@ def test_sam3_checkpoint_of_another_size_is_an_error_not_random(tmp_path):
     checkpoint = tmp_path / "sam3.pt"
     torch.save({"model": {"detector.transformer.nonsense": torch.zeros(1)}}, checkpoint)
     with pytest.raises(WeightsNotFoundError, match="does not fit model.arch"):
-        ENGINES.get("sam3")(sam3_with_tiny_arch() | {"checkpoint": str(checkpoint)}, "pretrained", None)
+        build_engine(sam3_with_tiny_arch() | {"checkpoint": str(checkpoint)}, "pretrained")
 
 
 def test_sam3_tiny_refuses_pretrained():
     with pytest.raises(ValueError, match="weights=random"):
-        ENGINES.get("sam3")(yaml_config("model", "sam3_tiny"), "pretrained", None)
+        build_engine(yaml_config("model", "sam3_tiny"), "pretrained")
 
 
 def test_missing_sam3_weights_offline_exit_fast_naming_repo_key_and_licence(tmp_path):
@@ -149,7 +149,7 @@ def test_released_sizes_build_upstreams_architecture():
     import sam3.model.position_encoding as position_encoding
     from sam3.model_builder import build_sam3_image_model
 
-    from salip_bench.engines.sam3_build import build_sam3_image
+    from salip_bench.engines.sam3_model import build_sam3_image
 
     ours = build_sam3_image(yaml_config("model", "sam3")["arch"], open_clip.tokenizer.default_bpe())
     shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}

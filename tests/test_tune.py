@@ -115,7 +115,7 @@ REUSE_SPACE = ["tune.baseline=true", "tune.n_trials=5", "tune.n_images=2", "~tun
 
 
 def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_and_grid(tmp_path, monkeypatch):
-    from salip_bench.engines.sam import SamV1Engine
+    from salip_bench.engines.sam_engine import SamV1Engine
     from salip_bench.evaluation.lightning_module import PredictModule
     from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 

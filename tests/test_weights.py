@@ -12,8 +12,9 @@ import torch
 from salip_bench.engines import weights
 from salip_bench.engines.weights import (
     WeightsNotFoundError,
+    WeightsSource,
     md5_prefix_in_name,
-    resolve_checkpoint,
+    resolve_weights,
 )
 from salip_bench.storage.files import atomic_path, atomic_write_bytes
 
@@ -39,7 +40,7 @@ def release(tmp_path: Path, name: str) -> str:
 
 
 def resolve(name: str, url: str | None, explicit: str | None = None, **kwargs: object) -> Path:
-    return resolve_checkpoint("SAM test", name, url, explicit, "model.checkpoint", **kwargs)
+    return resolve_weights(WeightsSource("SAM test", name, "model.checkpoint", explicit, url, **kwargs))
 
 
 def leftovers(folder: Path) -> list[str]:

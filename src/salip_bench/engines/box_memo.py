@@ -11,11 +11,11 @@ only guaranteed for that same batch, so a hit is bit-identical to the call it re
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from salip_bench.engines.memo import FeatureMemo
 from salip_bench.engines.roles import BoxPromptSegmenter
 from salip_bench.storage.content_keys import array_key, hashed_once, image_key
 
@@ -28,23 +28,11 @@ class BoxMemoStore:
     """
 
     def __init__(self, max_calls: int = 64) -> None:
-        self.max_calls = max_calls
-        self._calls: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self.calls: FeatureMemo[np.ndarray] = FeatureMemo(max_calls)
         self.hits = self.misses = 0
 
-    def get(self, key: tuple) -> np.ndarray | None:
-        masks = self._calls.get(key)
-        if masks is not None:
-            self._calls.move_to_end(key)
-        return masks
-
-    def put(self, key: tuple, masks: np.ndarray) -> None:
-        self._calls[key] = masks
-        while len(self._calls) > self.max_calls:
-            self._calls.popitem(last=False)
-
     def clear(self) -> None:
-        self._calls.clear()
+        self.calls.clear()
 
     def around(self, engine: Any) -> Any:
         """``engine`` with its box role memoised in this store (an engine without the role: itself).
@@ -76,12 +64,12 @@ class BoxMemo:
         boxes = np.ascontiguousarray(boxes, np.float32)
         with hashed_once():
             key = (self._engine_key, image_key(image), array_key(boxes), bool(multimask_output))
-            masks = self.store.get(key)
+            masks = self.store.calls.get(key)
             if masks is None:
                 self.store.misses += 1
                 masks = self.engine.segment_boxes(image, boxes, multimask_output)
                 masks.setflags(write=False)
-                self.store.put(key, masks)
+                self.store.calls.put(key, masks)
             else:
                 self.store.hits += 1
         return masks

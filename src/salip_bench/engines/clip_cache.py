@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from salip_bench.engines.memo import DiskCodec, FeatureMemo
+from salip_bench.engines.roles import ImageTextEmbedder
 from salip_bench.storage.content_keys import image_key
 from salip_bench.storage.feature_cache import FeatureCache
 
-if TYPE_CHECKING:
-    from salip_bench.engines.clip import ClipEngine
-
 VERSION = 1  # part of every key: bump when what a visual prompt's embedding means changes
+Group = dict[str, torch.Tensor]  # candidate key -> its embedding, for one (CLIP, prompt, image)
 
 
 def candidate_key(mask: np.ndarray, box: np.ndarray) -> str:
@@ -40,26 +38,40 @@ def candidate_key(mask: np.ndarray, box: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-class ClipEmbeddingCache:
-    """Visual-prompt embeddings by (CLIP, prompt, image) and candidate, in memory and optionally on disk.
+def load_group(cache: FeatureCache, key: str) -> Group | None:
+    stored = cache.load_clip_embeddings(key)
+    if stored is None:
+        return None
+    keys, embeddings = stored
+    return dict(zip(keys, torch.from_numpy(embeddings)))
 
-    memo_size: embeddings kept in memory (least recently used image groups go first); disk: the
-    feature cache, or None; ``hits`` / ``encoded`` count embeddings served and computed.
+
+def save_group(cache: FeatureCache, key: str, group: Group) -> None:
+    cache.save_clip_embeddings(key, list(group), torch.stack(list(group.values())).numpy())
+
+
+class ClipEmbeddingCache:
+    """Visual-prompt embeddings by (CLIP, prompt, image) group and candidate, in the engine's memo
+    (bounded by the embeddings it holds) and on disk; ``hits`` / ``encoded`` count embeddings
+    served and computed.
+
+    Args:
+        groups: the engine's memo, made with :attr:`MEMO` (codec and weight).
     """
 
-    def __init__(self, memo_size: int = 20_000, disk: FeatureCache | None = None) -> None:
-        self.memo_size = memo_size
-        self.disk = disk
-        self._memo: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+    MEMO = (DiskCodec("clip", load_group, save_group), len)
+
+    def __init__(self, groups: FeatureMemo[Group]) -> None:
+        self.groups = groups
         self._texts: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.encoded = 0
 
     def clear(self) -> None:
-        self._memo.clear()
+        self.groups.clear()
         self._texts.clear()
 
-    def texts(self, clip: ClipEngine, sentences: list[str]) -> torch.Tensor:
+    def texts(self, clip: ImageTextEmbedder, sentences: list[str]) -> torch.Tensor:
         """``clip.encode_texts(sentences)``, encoded once per run (memory only): every trial of a tuning
         builds a retriever whose class prototypes are the same sentences' embeddings."""
         key = json.dumps(sentences)
@@ -67,14 +79,12 @@ class ClipEmbeddingCache:
             self._texts[key] = clip.encode_texts(list(sentences))
         return self._texts[key]
 
-    def group_key(self, clip: ClipEngine, prompt: dict, image: np.ndarray) -> str:
+    @staticmethod
+    def group_key(clip: ImageTextEmbedder, prompt: dict, image: np.ndarray) -> str:
         """Key of every embedding of ``image``'s candidates under this CLIP and visual prompt."""
-        device = clip.device.type
-        autocast = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
-        return FeatureCache.key("clip-embeddings", VERSION, getattr(clip, "model_id", clip.identity), device,
-                                autocast, prompt, image_key(image))
+        return clip.cache_key("clip-embeddings", VERSION, prompt, image_key(image))
 
-    def embed(self, clip: ClipEngine, prompt: dict, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray,
+    def embed(self, clip: ImageTextEmbedder, prompt: dict, image: np.ndarray, masks: np.ndarray, boxes: np.ndarray,
               build: Callable[[int], np.ndarray], batch_size: int = 32, workers: int = 1) -> torch.Tensor:
         """(N, D) embeddings of the N candidates' visual prompts, encoding only those not seen before.
 
@@ -83,37 +93,18 @@ class ClipEmbeddingCache:
             image: the RGB image; masks / boxes: (N, H, W) and (N, 4) candidates;
             build: candidate index -> its visual prompt; batch_size / workers: as ``encode_built``.
         """
-        group = self.group_key(clip, prompt, image)
-        entries = self._memo.pop(group, None)
-        if entries is None:
-            entries = self._load(group)
+        key = self.group_key(clip, prompt, image)
+        group = self.groups.get(key) or {}
         keys = [candidate_key(mask, box) for mask, box in zip(masks, boxes)]
         missing, seen = [], set()  # first occurrences of the keys not embedded yet
-        for i, key in enumerate(keys):
-            if key not in entries and key not in seen:
-                seen.add(key)
+        for i, candidate in enumerate(keys):
+            if candidate not in group and candidate not in seen:
+                seen.add(candidate)
                 missing.append(i)
         if missing:
             encoded = clip.encode_built(len(missing), lambda j: build(missing[j]), batch_size, workers)
-            entries.update({keys[i]: row for i, row in zip(missing, encoded)})
-            self._save(group, entries)
+            group.update({keys[i]: row for i, row in zip(missing, encoded)})
+            self.groups.put(key, group)
         self.encoded += len(missing)
         self.hits += len(keys) - len(missing)
-        self._remember(group, entries)
-        return torch.stack([entries[key] for key in keys]) if keys else torch.zeros(0, clip.embed_dim)
-
-    def _remember(self, group: str, entries: dict[str, torch.Tensor]) -> None:
-        self._memo[group] = entries
-        while len(self._memo) > 1 and sum(len(e) for e in self._memo.values()) > self.memo_size:
-            self._memo.popitem(last=False)
-
-    def _load(self, group: str) -> dict[str, torch.Tensor]:
-        stored = self.disk.load_clip_embeddings(group) if self.disk is not None and self.disk.clip else None
-        if stored is None:
-            return {}
-        keys, embeddings = stored
-        return dict(zip(keys, torch.from_numpy(embeddings)))
-
-    def _save(self, group: str, entries: dict[str, torch.Tensor]) -> None:
-        if self.disk is not None and self.disk.clip:
-            self.disk.save_clip_embeddings(group, list(entries), torch.stack(list(entries.values())).numpy())
+        return torch.stack([group[k] for k in keys]) if keys else torch.zeros(0, clip.embed_dim)

@@ -1,17 +1,17 @@
-"""Engine ``open_clip``: any open_clip model name + pretrained tag (weights resolved like SAM's), and a tiny one.
+"""Engine ``open_clip``: any open_clip model name + pretrained tag (weights resolved like every family's), and a tiny one.
 
 ``ClipEngine`` owns the model, its eval transform and tokenizer, returns L2-normalised
 embeddings and counts the images and texts it encodes (the run summary reports them). It is the
 image/text embedding role (:class:`~salip_bench.engines.roles.ImageTextEmbedder`); the
-``biomedclip`` engine builds the same class around BiomedCLIP.
+``biomedclip`` engine (``engines/biomedclip_engine.py``) builds the same class around BiomedCLIP.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.clip_cache import ClipEmbeddingCache
-from salip_bench.engines.weights import (weights_id, WeightsNotFoundError, cache_dir, checkpoint_errors, file_sha256,
-                                        how_to_provide, is_offline, search_dirs)
+from salip_bench.engines.weights import (WeightsSource, checkpoint_errors, pretrained_or_random, resolve_weights,
+                                         weights_identity)
 from salip_bench.registry import ENGINES
 
 log = logging.getLogger(__name__)
-_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # an open_clip hub repo's weights
 # CPU kernels embed pictures in groups of 4: a picture in a batch's incomplete last group gets other
 # rounding (last bits) than in a full group, so an embedding would depend on how many pictures were
 # batched with it. In forwards of any multiple of 4 pictures every picture's embedding is the same
@@ -34,39 +34,33 @@ _HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 PICTURE_GROUP = 4
 
 
-class ClipEngine(nn.Module):
-    """A CLIP model with its preprocessing; ``encode_*`` return L2-normalised float32 embeddings."""
+class ClipEngine(BaseEngine):
+    """A CLIP model with its preprocessing; ``encode_*`` return L2-normalised float32 embeddings.
 
-    def __init__(self, model: nn.Module, preprocess, tokenizer, identity: dict, model_id: dict | None = None) -> None:
-        super().__init__()
+    Args:
+        model: the open_clip model.
+        preprocess: its eval transform.
+        tokenizer: its tokenizer.
+        identity: where its weights come from.
+        config: its config entry (with the weights, what its embeddings depend on).
+    """
+
+    COUNTERS = ("images_encoded", "texts_encoded")
+
+    def __init__(self, model: nn.Module, preprocess: Callable, tokenizer: Callable, identity: dict,
+                 config: dict | None = None) -> None:
+        super().__init__(identity, config)
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
-        self.identity = identity
-        # What the embeddings depend on (weights, architecture), part of every embedding-cache key.
-        self.model_id = model_id or weights_id(identity)
-        self.embedding_cache = ClipEmbeddingCache()
-        self.images_encoded = 0
-        self.texts_encoded = 0
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        self.embedding_cache = ClipEmbeddingCache(self.memo(20_000, *ClipEmbeddingCache.MEMO))
 
     def reset(self) -> None:
         """Zero the work counters and forget the remembered embeddings (the disk cache keeps them), as
         when just built, for reuse by another run."""
-        self.images_encoded = 0
-        self.texts_encoded = 0
-        self.embedding_cache.clear()
-
-    def use_cache(self, cache: FeatureCache | None) -> None:
-        """Keep visual-prompt embeddings in ``cache`` too (None: in memory only)."""
-        self.embedding_cache.disk = cache
-
-    def counters(self) -> dict[str, int]:
-        """Work done since built or reset."""
-        return {"images_encoded": self.images_encoded, "texts_encoded": self.texts_encoded}
+        super().reset()
+        if self.embedding_cache is not None:
+            self.embedding_cache.clear()
 
     def prepare(self, image: np.ndarray | Image.Image) -> torch.Tensor:
         """CLIP's eval transform (resize, centre crop, normalise) of one RGB picture, as a (3, S, S) tensor."""
@@ -163,83 +157,49 @@ def build_tiny_clip(embed_dim: int, image_size: int, vision_width: int, vision_l
     return model, preprocess, open_clip.tokenizer.SimpleTokenizer()
 
 
-def resolve_clip_weights(cfg: dict) -> Path:
-    """The CLIP checkpoint: explicit ``clip.checkpoint`` → local caches (ours, Hugging Face's) →
-    official download.
+def clip_weights_source(cfg: dict, key: str) -> WeightsSource:
+    """Where an open_clip entry's weights may be: explicit ``clip.checkpoint`` → our caches → the
+    Hugging Face cache of open_clip's hub mirror → the official URL (OpenAI's carry their SHA-256)
+    or the hub.
 
     Args:
-        cfg: a ``conf/clip/*.yaml`` entry.
-
-    Returns:
-        The path of an existing file.
-
-    Raises:
-        WeightsNotFoundError: none found or downloadable; the message says how to get it.
+        cfg: a ``conf/clip/*.yaml`` entry (``arch``, ``pretrained`` tag, ``checkpoint``).
+        key: the config key that picked it.
     """
     arch, tag = cfg["arch"], cfg["pretrained"]
-    what = f"CLIP {arch} ({tag})"
     pretrained_cfg = open_clip.get_pretrained_cfg(arch, tag)
     url = pretrained_cfg.get("url") or None
-    file_name = os.path.basename(url) if url else f"{arch}-{tag}.bin"
-    if cfg.get("checkpoint"):
-        path = Path(cfg["checkpoint"]).expanduser()
-        if path.is_file():
-            return path
-        raise WeightsNotFoundError(f"{what} checkpoint {path} (clip.checkpoint) does not exist; "
-                                   + how_to_provide(what, file_name, url, "clip.checkpoint"))
-    for directory in search_dirs():
-        if (directory / file_name).is_file():
-            return directory / file_name
-    hf_repo = pretrained_cfg.get("hf_hub", "").rstrip("/")
-    if hf_repo:
-        from huggingface_hub import try_to_load_from_cache
-        for hf_file in _HF_FILES:
-            cached = try_to_load_from_cache(hf_repo, hf_file)
-            if isinstance(cached, str):
-                return Path(cached)
-    if is_offline():
-        raise WeightsNotFoundError(f"{what} weights {file_name} not found locally and offline mode is set; "
-                                   + how_to_provide(what, file_name, url, "clip.checkpoint"))
-    try:
-        return Path(open_clip.pretrained.download_pretrained(pretrained_cfg, cache_dir=str(cache_dir())))
-    except Exception as err:  # noqa: BLE001 - hub and URL clients raise many unrelated types
-        raise WeightsNotFoundError(f"{what} weights {file_name} not found locally and the download failed ({err}); "
-                                   + how_to_provide(what, file_name, url, "clip.checkpoint")) from err
+    sha256 = url.split("/")[-2] if url and "openaipublic" in url else None  # open_clip checks the same
+    return WeightsSource(f"CLIP {arch} ({tag})", os.path.basename(url) if url else f"{arch}-{tag}.bin",
+                         f"{key}.checkpoint", cfg.get("checkpoint"), url, sha256,
+                         pretrained_cfg.get("hf_hub", "").rstrip("/") or None, HF_FILES)
 
 
 @ENGINES.register("open_clip")
-def build_open_clip_engine(cfg: dict, weights: str, cache: object = None) -> ClipEngine:
+def build_open_clip_engine(cfg: dict, weights: str, key: str = "clip") -> ClipEngine:
     """Build the open_clip model of a ``conf/clip/*.yaml`` entry (``arch``: any open_clip model name or
-    ``tiny``; ``pretrained``: its tag) with ``weights`` 'pretrained' or 'random'.
+    ``tiny``; ``pretrained``: its tag) with ``weights`` 'pretrained' or 'random' (build it with
+    :func:`~salip_bench.engines.builder.build_engine`).
 
     Args:
         cfg: the clip config group entry.
-        weights: ``pretrained`` (resolved by :func:`resolve_clip_weights`, never random as a fallback)
-            or ``random`` (seeded by ``random_seed``).
-        cache: unused here (:func:`salip_bench.engines.clip.build_clip` attaches the embedding cache).
+        weights: ``pretrained`` (never random as a fallback) or ``random`` (seeded by ``random_seed``).
+        key: the config key that picked it, named in messages.
     """
+    tiny = cfg["arch"] == "tiny"
+    path = pretrained_or_random(cfg, weights, None if tiny else lambda: resolve_weights(clip_weights_source(cfg, key)))
     seed = int(cfg.get("random_seed", 0))
-    if cfg["arch"] == "tiny":
-        if weights != "random":
-            raise ValueError("clip=tiny has no pretrained weights; use it with weights=random")
-        torch.manual_seed(seed)
+    if tiny:
         model, preprocess, tokenizer = build_tiny_clip(**cfg["tiny"])
-        return ClipEngine(model, preprocess, tokenizer,
-                          {"engine": "open_clip", "model": "tiny", "weights": "random", "seed": seed})
-    if weights == "random":
-        torch.manual_seed(seed)
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg["arch"], pretrained=None,
-                                                                     force_quick_gelu=cfg.get("quick_gelu", False))
-        return ClipEngine(model, preprocess, open_clip.get_tokenizer(cfg["arch"]),
-                          {"engine": "open_clip", "model": cfg["arch"], "weights": "random", "seed": seed})
-    path = resolve_clip_weights(cfg)
-    with checkpoint_errors(path, "CLIP"):
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg["arch"], pretrained=str(path),
-                                                                     force_quick_gelu=cfg.get("quick_gelu", False))
-    log.info("CLIP %s loaded from %s", cfg["arch"], path)
+        return ClipEngine(model, preprocess, tokenizer, weights_identity("open_clip", "tiny", None, seed), cfg)
+    with checkpoint_errors(path, "CLIP") if path is not None else contextlib.nullcontext():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg["arch"], pretrained=None if path is None else str(path), force_quick_gelu=cfg.get("quick_gelu", False))
+    extra = {} if path is None else {"pretrained": cfg["pretrained"]}
+    if path is not None:
+        log.info("CLIP %s loaded from %s", cfg["arch"], path)
     return ClipEngine(model, preprocess, open_clip.get_tokenizer(cfg["arch"]),
-                      {"engine": "open_clip", "model": cfg["arch"], "pretrained": cfg["pretrained"],
-                       "weights": "pretrained", "file": str(path), "sha256": file_sha256(path)})
+                      weights_identity("open_clip", cfg["arch"], path, seed, **extra), cfg)
 
 
 def to_pil(image: np.ndarray) -> Image.Image:

@@ -3,6 +3,8 @@
 A stage plugin calls only these methods, so any engine with the role can serve it: the
 ``sam_box`` refiner works with SAM v1, SAM 2.1 or MedSAM alike. An engine that lacks a role a
 stage needs is refused with :func:`require_role`, naming the config key that picked the engine.
+A new role is one protocol here (with its entry in ``ROLE_NAMES``) and one method on each engine
+that offers it (``engines/base.py`` gives the engine its memos, counters and cache).
 """
 from __future__ import annotations
 
@@ -123,16 +125,19 @@ class MissingRoleError(PluginError):
     """An engine was given to a stage whose role it does not have."""
 
 
-def require_role(engine: object, role: type, stage: str, config_key: str) -> None:
+def require_role(engine: object, role: type, stage: str) -> None:
     """Raise a one-line :class:`MissingRoleError` unless ``engine`` has ``role``.
 
     Args:
         engine: the engine handed to the stage.
         role: one of this module's protocols.
         stage: the stage's name for the message (e.g. ``generator sam_everything``).
-        config_key: the key that chose the engine (e.g. ``model``, ``model@refiner_model``).
+
+    The message names the config key that picked the engine (its ``chosen_by``, set by
+    :func:`~salip_bench.engines.builder.build_engine`: ``model``, ``model@refiner_model``, ``clip``).
     """
     if not isinstance(engine, role):
         name = getattr(engine, "identity", {}).get("model", type(engine).__name__)
+        key = getattr(engine, "chosen_by", "model")
         raise MissingRoleError(f"{stage} needs {ROLE_NAMES.get(role, role.__name__)}, which engine {name!r} "
-                               f"(chosen by {config_key}=) does not have; choose another {config_key}=")
+                               f"(chosen by {key}=) does not have; choose another {key}=")

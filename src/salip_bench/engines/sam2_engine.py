@@ -1,13 +1,13 @@
-"""The SAM 2.1 engine: the official predictor and automatic mask generator, embeddings memoised
-(in memory, and on disk in the run's feature cache).
+"""Engine ``sam2``: SAM 2.1 with the official predictor and automatic mask generator, its image
+features memoised (in memory, and on disk in the run's feature cache).
 
-Imported only when a ``sam2`` engine is built (``engines/sam2.py``): importing ``sam2`` costs
-time and touches Hydra's global state, which :func:`import_leaving_hydra_alone` puts back.
+The ``sam2`` package is imported only when such an engine is built: importing it costs time and
+touches Hydra's global state, which :func:`import_leaving_hydra_alone` puts back.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -15,15 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
-from salip_bench.engines.sam import autocast_dtype
-from salip_bench.engines.weights import sam_model_id
-from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.engines.memo import DiskCodec
+from salip_bench.engines.sam2_model import build_sam2_model, load_sam2_checkpoint
+from salip_bench.engines.weights import WeightsSource, pretrained_or_random, resolve_weights, weights_identity
+from salip_bench.registry import ENGINES
 from salip_bench.storage.content_keys import image_key
+from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.types import Candidates
 
-SAM2ImagePredictor = import_leaving_hydra_alone("sam2.sam2_image_predictor").SAM2ImagePredictor
-SAM2AutomaticMaskGenerator = import_leaving_hydra_alone("sam2.automatic_mask_generator").SAM2AutomaticMaskGenerator
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -51,123 +53,88 @@ def backbone_feature_sizes(image_size: int) -> list[tuple[int, int]]:
     return [(image_size // stride, image_size // stride) for stride in (4, 8, 16)]
 
 
-class Sam2FeatureMemo:
-    """Image features of one SAM 2 engine by image content: in memory, and in a disk
-    :class:`~salip_bench.storage.feature_cache.FeatureCache` when one is attached.
-
-    memo_size: entries kept in memory; cache_key: parts -> the disk key (carries the engine's
-    identity, device and autocast dtype); cache: the disk layer, or None.
-    """
-
-    def __init__(self, cache_key: Callable[..., str], memo_size: int = 8) -> None:
-        self.cache_key = cache_key
-        self.memo_size = memo_size
-        self.cache: FeatureCache | None = None
-        self._memo: OrderedDict[str, tuple] = OrderedDict()
-
-    def get(self, image: np.ndarray, device: torch.device, encode: Callable[[], tuple]) -> tuple:
-        """(original size, features) of ``image``: memoised, stored on disk, else ``encode()`` (stored)."""
-        key = image_key(image)
-        if key not in self._memo:
-            self._memo[key] = self._stored(key, device) or self._encoded(key, encode)
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
-        self._memo.move_to_end(key)
-        return self._memo[key]
-
-    def _stored(self, key: str, device: torch.device) -> tuple | None:
-        if self.cache is None or not self.cache.embeddings:
-            return None
-        stored = self.cache.load_embedding(self.cache_key("embedding", key))
-        if stored is None:
-            return None
-        high_res = sorted((k for k in stored if k.startswith("high_res_feats.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-        features = {"image_embed": stored["image_embed"].to(device),
-                    "high_res_feats": [stored[k].to(device) for k in high_res]}
-        return [tuple(stored["orig_hw"].tolist())], features
-
-    def _encoded(self, key: str, encode: Callable[[], tuple]) -> tuple:
-        orig_hw, features = encode()
-        if self.cache is not None and self.cache.embeddings:
-            tensors = {"image_embed": features["image_embed"], "orig_hw": torch.tensor(orig_hw[0])}
-            tensors |= {f"high_res_feats.{i}": t for i, t in enumerate(features["high_res_feats"])}
-            self.cache.save_embedding(self.cache_key("embedding", key), tensors)
-        return orig_hw, features
-
-    def clear(self) -> None:
-        self._memo.clear()
+def load_features(cache: FeatureCache, key: str) -> tuple | None:
+    """(original size, features) of one image as :func:`save_features` stored them (on CPU), or None."""
+    stored = cache.load_embedding(key)
+    if stored is None:
+        return None
+    high_res = sorted((k for k in stored if k.startswith("high_res_feats.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    return [tuple(stored["orig_hw"].tolist())], {"image_embed": stored["image_embed"],
+                                                 "high_res_feats": [stored[k] for k in high_res]}
 
 
-class MemoSam2Predictor(SAM2ImagePredictor):
-    """``SAM2ImagePredictor`` whose ``set_image`` takes an image's features from the engine's
-    :class:`Sam2FeatureMemo`: the automatic mask generator and the box refiner of one run then
-    encode each image once, and a later run none. Everything else is upstream's.
-
-    memo: shared by every predictor of one engine.
-    """
-
-    def __init__(self, sam_model: nn.Module, memo: Sam2FeatureMemo, **kwargs: object) -> None:
-        super().__init__(sam_model, **kwargs)
-        self._bb_feat_sizes = backbone_feature_sizes(sam_model.image_size)
-        self.memo = memo
-
-    @torch.no_grad()
-    def set_image(self, image: np.ndarray) -> None:
-        """Make ``image`` (H, W, 3 uint8 RGB) the predictor's image, its encoding memoised by content."""
-        orig_hw, features = self.memo.get(image, self.device, lambda: self._encode(image))
-        self.reset_predictor()
-        self._orig_hw, self._features = orig_hw, features
-        self._is_image_set = True
-
-    def _encode(self, image: np.ndarray) -> tuple:
-        with root_info_muted():
-            super().set_image(image)
-        return self._orig_hw, self._features
+def save_features(cache: FeatureCache, key: str, value: tuple) -> None:
+    orig_hw, features = value
+    tensors = {"image_embed": features["image_embed"], "orig_hw": torch.tensor(orig_hw[0])}
+    tensors |= {f"high_res_feats.{i}": t for i, t in enumerate(features["high_res_feats"])}
+    cache.save_embedding(key, tensors)
 
 
-class Sam2Engine(nn.Module):
+@functools.cache
+def memo_predictor_class() -> type:
+    """``SAM2ImagePredictor`` whose ``set_image`` takes an image's features from its engine's memo:
+    the automatic mask generator and the box refiner of one run then encode each image once, and
+    a later run none. Everything else is upstream's (defined on first use: it imports sam2)."""
+    predictor_class = import_leaving_hydra_alone("sam2.sam2_image_predictor").SAM2ImagePredictor
+
+    class MemoSam2Predictor(predictor_class):
+        def __init__(self, sam_model: nn.Module, features: Callable[[np.ndarray, Callable[[], tuple]], tuple],
+                     **kwargs: object) -> None:
+            super().__init__(sam_model, **kwargs)
+            self._bb_feat_sizes = backbone_feature_sizes(sam_model.image_size)
+            self.features = features
+
+        @torch.no_grad()
+        def set_image(self, image: np.ndarray) -> None:
+            """Make ``image`` (H, W, 3 uint8 RGB) the predictor's image, its encoding memoised by content."""
+            orig_hw, features = self.features(image, lambda: self._encode(image))
+            self.reset_predictor()
+            self._orig_hw, self._features = orig_hw, features
+            self._is_image_set = True
+
+        def _encode(self, image: np.ndarray) -> tuple:
+            with root_info_muted():
+                super().set_image(image)
+            return self._orig_hw, self._features
+
+    return MemoSam2Predictor
+
+
+class Sam2Engine(BaseEngine):
     """SAM 2.1 with the box-prompted and the everything role, and a count of encoder passes.
 
     Args:
         model: a ``SAM2Base``.
         identity: where its weights come from (reported in run summaries).
-        arch: what else its features depend on (architecture yaml and overrides); with the
-            identity, part of every disk key.
-        cache: disk cache of image features, or None (memory only).
+        config: its config entry (architecture yaml and overrides); with the identity, part of
+            every disk key.
+        memo_size: images whose features are kept in memory.
     """
 
-    def __init__(self, model: nn.Module, identity: dict, arch: dict | None = None,
-                 cache: FeatureCache | None = None) -> None:
-        super().__init__()
+    def __init__(self, model: nn.Module, identity: dict, config: dict | None = None, memo_size: int = 8) -> None:
+        super().__init__(identity, config)
         self.model = model.eval()
-        self.identity = identity
-        self.encoder_passes = 0
-        self.model_id = sam_model_id(identity, arch)
-        self._memo = Sam2FeatureMemo(self.cache_key)
-        self.use_cache(cache)
-        self.predictor = MemoSam2Predictor(self.model, self._memo)
+        self.feature_memo = self.memo(memo_size, DiskCodec("embeddings", self._load, save_features))
+        self.predictor = memo_predictor_class()(self.model, self.features)
         self.model.image_encoder.register_forward_hook(self._count_pass)
 
-    def cache_key(self, *parts: object) -> str:
-        """Disk key of a value this model computes from ``parts`` (device and autocast dtype included:
-        their numerics differ)."""
-        device = next(self.model.parameters()).device.type
-        return FeatureCache.key(self.model_id, device, autocast_dtype(device), *parts)
+    def _load(self, cache: FeatureCache, key: str) -> tuple | None:
+        stored = load_features(cache, key)
+        if stored is None:
+            return None
+        orig_hw, features = stored
+        return orig_hw, {"image_embed": features["image_embed"].to(self.device),
+                         "high_res_feats": [t.to(self.device) for t in features["high_res_feats"]]}
 
-    def use_cache(self, cache: FeatureCache | None) -> None:
-        """Read and write image features in ``cache`` from now on (None: memory only)."""
-        self._memo.cache = cache
+    def features(self, image: np.ndarray, encode: Callable[[], tuple]) -> tuple:
+        """(original size, features) of ``image``: memoised, stored on disk, else ``encode()`` (stored)."""
+        return self.feature_memo.fetch(self.cache_key("embedding", image_key(image)), encode)
 
     def _count_pass(self, *_: object) -> None:
         self.encoder_passes += 1
 
-    def counters(self) -> dict[str, int]:
-        return {"encoder_passes": self.encoder_passes}
-
     def reset(self) -> None:
-        """Zero the counters and drop memoised features (a multirun's next job reuses the engine)."""
-        self.encoder_passes = 0
-        self._memo.clear()
+        super().reset()
         self.predictor.reset_predictor()
 
     @torch.no_grad()
@@ -195,12 +162,14 @@ class Sam2Engine(nn.Module):
         Returns:
             Its masks, boxes and order; boxes XYXY with inclusive corners.
         """
-        generator = SAM2AutomaticMaskGenerator(self.model, output_mode="binary_mask", **settings)
+        generator_class = import_leaving_hydra_alone("sam2.automatic_mask_generator").SAM2AutomaticMaskGenerator
+        generator = generator_class(self.model, output_mode="binary_mask", **settings)
         # Same post-processing settings as upstream gave its predictor (min_mask_region_area), plus
         # our feature sizes and the engine's memo: the refiner's boxes then need no encoder pass.
         transforms = generator.predictor._transforms
-        generator.predictor = MemoSam2Predictor(self.model, self._memo, max_hole_area=transforms.max_hole_area,
-                                                max_sprinkle_area=transforms.max_sprinkle_area)
+        generator.predictor = memo_predictor_class()(self.model, self.features,
+                                                     max_hole_area=transforms.max_hole_area,
+                                                     max_sprinkle_area=transforms.max_sprinkle_area)
         records = generator.generate(image)
         if not records:
             return Candidates.empty(*image.shape[:2])
@@ -210,3 +179,23 @@ class Sam2Engine(nn.Module):
         return Candidates(masks=masks, boxes=boxes, areas=np.array([r["area"] for r in records], np.int64),
                           predicted_iou=np.array([r["predicted_iou"] for r in records], np.float32),
                           stability_score=np.array([r["stability_score"] for r in records], np.float32))
+
+
+@ENGINES.register("sam2")
+def build_sam2_engine(cfg: dict, weights: str, key: str = "model") -> Sam2Engine:
+    """SAM 2.1 from a ``conf/model/sam2_*.yaml`` entry (build it with
+    :func:`~salip_bench.engines.builder.build_engine`).
+
+    Args:
+        cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
+        weights: ``pretrained`` or ``random``.
+        key: the config key that picked it, named in messages.
+    """
+    source = WeightsSource(f"SAM 2.1 {cfg['name']}", cfg["checkpoint_file"], f"{key}.checkpoint", cfg.get("checkpoint"),
+                           cfg.get("url"), cfg.get("sha256"))
+    path = pretrained_or_random(cfg, weights, lambda: resolve_weights(source))
+    model = build_sam2_model(cfg)
+    if path is not None:
+        load_sam2_checkpoint(model, path)
+        log.info("SAM 2.1 %s loaded from %s", cfg["name"], path)
+    return Sam2Engine(model, weights_identity("sam2", cfg["name"], path, int(cfg.get("random_seed", 0))), cfg)

@@ -1,4 +1,5 @@
-"""Where model weights come from: explicit path → local cache → official download, or random.
+"""Where model weights come from, for every family: explicit path → local caches (ours, torch hub's, the
+Hugging Face hub's) → official download (URL with its hash, or the hub), or random.
 
 Random weights are never a fallback: they must be requested with ``weights=random`` and are
 announced loudly, because every number computed with them is meaningless.
@@ -11,20 +12,25 @@ import os
 import pickle
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from salip_bench.storage.files import atomic_path, cache_root
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OFFLINE_ENV_VARS = ("SALIP_BENCH_OFFLINE", "HF_HUB_OFFLINE")
 RANDOM_WEIGHTS_BANNER = (
     "\n" + "!" * 78 + "\n!! weights=random: SAM and CLIP are RANDOMLY INITIALISED. Every Dice/IoU of this run is"
     "\n!! meaningless; use it only for smoke tests of the harness.\n" + "!" * 78)
+SMOKE_ADVICE = ("For an offline smoke run of the harness use model=sam_tiny clip=tiny weights=random "
+                "(its numbers are meaningless).")
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -100,60 +106,130 @@ def is_offline() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in OFFLINE_ENV_VARS)
 
 
-def how_to_provide(what: str, file_name: str, url: str | None, config_key: str) -> str:
-    """The end of every missing-weights message: where to get ``file_name`` and the two ways to hand it over.
-
-    Args:
-        what: the model, as messages name it (unused in the text; kept for callers' symmetry).
-        file_name: the release file name.
-        url: its official download URL, or None.
-        config_key: the config key that takes a path.
-    """
-    where = f"download {url} " if url else f"obtain {file_name} "
-    return (f"{where}on a machine with internet, then either pass {config_key}=/path/to/{file_name} or "
-            f"copy it to {cache_dir() / file_name}. For an offline smoke run of the harness use "
-            f"model=sam_tiny clip=tiny weights=random (its numbers are meaningless).")
-
-
-def resolve_checkpoint(what: str, file_name: str, url: str | None, explicit: str | None,
-                       config_key: str, download_timeout_s: float = 20.0, sha256_prefix: str | None = None) -> Path:
-    """A local checkpoint file: the explicit path, else a cached copy, else a checked download.
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where one weights file may be found: everything the one resolver needs, for every family.
 
     Args:
         what: the model, as messages name it (``SAM vit_b``).
-        file_name: the release file name, looked up in :func:`search_dirs` and downloaded to :func:`cache_dir`.
-        url: its official download URL; None where there is none (then only local copies count).
-        explicit: a path the user gave (``config_key``); when set, nothing else is tried.
-        config_key: the config key that takes a path, named in messages.
-        download_timeout_s: the longest wait for the server at any moment of the download.
-        sha256_prefix: leading hex digits of the file's SHA-256, checked on download.
+        file_name: the release file name: looked up in :func:`search_dirs`, downloaded to :func:`cache_dir`.
+        config_key: the config key that takes an explicit path (``model.checkpoint``), named in messages.
+        explicit: the path given there: the file, or a folder holding it (``hub_files`` or ``file_name``).
+        url: its official download URL, or None.
+        sha256_prefix: leading hex digits of the file's SHA-256, checked on a URL download.
+        hub_repo: the Hugging Face repo that holds it, or None: its local cache is searched and,
+            without a URL, it is downloaded from there.
+        hub_files: the file's names in ``hub_repo``, preferred first (default: ``file_name``).
+        advice: what else to say on failure (a gated licence, a Google Drive link, the tiny variant).
+    """
+
+    what: str
+    file_name: str
+    config_key: str
+    explicit: str | None = None
+    url: str | None = None
+    sha256_prefix: str | None = None
+    hub_repo: str | None = None
+    hub_files: tuple[str, ...] = ()
+    advice: str = SMOKE_ADVICE
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.hub_files or (self.file_name,)
+
+
+def how_to_provide(source: WeightsSource) -> str:
+    """The end of every missing-weights message: where to get the file and the two ways to hand it over.
+
+    Args:
+        source: the file that is missing.
+    """
+    if source.url:
+        where = f"download {source.url} "
+    elif source.hub_repo:
+        where = f"run `huggingface-cli download {source.hub_repo} {source.names[0]}` "
+    else:
+        where = f"obtain {source.file_name} "
+    return (f"{where}on a machine with internet, then either pass {source.config_key}=/path/to/"
+            f"{Path(source.file_name).name} (or a folder holding it) or copy it to {cache_dir() / source.file_name}. "
+            f"{source.advice}").rstrip()
+
+
+def _explicit(source: WeightsSource) -> Path:
+    path = Path(source.explicit).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in source.names:
+            if (path / name).is_file():
+                return path / name
+        raise WeightsNotFoundError(f"{source.what}: {source.config_key}={path} holds none of {list(source.names)}; "
+                                   + how_to_provide(source))
+    raise WeightsNotFoundError(f"{source.what} checkpoint {path} ({source.config_key}) does not exist; "
+                               + how_to_provide(source))
+
+
+def _hub_cached(source: WeightsSource) -> Path | None:
+    if not source.hub_repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in source.names:
+        hit = try_to_load_from_cache(source.hub_repo, name)
+        if isinstance(hit, str):
+            return Path(hit)
+    return None
+
+
+def _hub_download(source: WeightsSource) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    errors = []
+    for name in source.names:
+        try:
+            return Path(hf_hub_download(source.hub_repo, name))
+        except Exception as err:  # noqa: BLE001 - gated-repo, network and missing-file errors have many types
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+    raise OSError("; ".join(errors))
+
+
+def resolve_weights(source: WeightsSource, download_timeout_s: float = 20.0) -> Path:
+    """A local weights file: the explicit path, else a cached copy (ours, torch hub's, the Hugging Face
+    hub's), else a download (the official URL, hash-checked, or the hub) unless offline.
+
+    Args:
+        source: where the file may be.
+        download_timeout_s: the longest wait for the server at any moment of a URL download.
 
     Returns:
         The path of an existing file.
 
     Raises:
-        WeightsNotFoundError: the explicit path does not exist, or there is no local copy and no
-            download (offline, no URL, failed, wrong hash); the message says how to provide the file.
+        WeightsNotFoundError: the explicit path does not hold it, or there is no local copy and no
+            download (offline, nowhere to download from, failed, wrong hash); the message says how
+            to provide the file.
     """
-    if explicit:
-        path = Path(explicit).expanduser()
-        if path.is_file():
-            return path
-        raise WeightsNotFoundError(f"{what} checkpoint {path} ({config_key}) does not exist; "
-                                   + how_to_provide(what, file_name, url, config_key))
+    if source.explicit:
+        return _explicit(source)
     for directory in search_dirs():
-        if (directory / file_name).is_file():
-            return directory / file_name
-    looked = ", ".join(str(d) for d in search_dirs())
-    if url is None or is_offline():
-        reason = "offline mode is set" if url else "it has no download URL"
-        raise WeightsNotFoundError(f"{what} checkpoint {file_name} not found (looked in {looked}) and {reason}; "
-                                   + how_to_provide(what, file_name, url, config_key))
+        if (directory / source.file_name).is_file():
+            return directory / source.file_name
+    cached = _hub_cached(source)
+    if cached is not None:
+        return cached
+    looked = ", ".join(str(d) for d in search_dirs()) + (f", the Hugging Face cache of {source.hub_repo}"
+                                                          if source.hub_repo else "")
+    missing = f"{source.what} checkpoint {source.file_name} not found (looked in {looked})"
+    if is_offline() or not (source.url or source.hub_repo):
+        reason = "offline mode is set" if source.url or source.hub_repo else "it has no download URL"
+        raise WeightsNotFoundError(f"{missing} and {reason} ({source.config_key} not given); "
+                                   + how_to_provide(source))
     try:
-        return download(url, cache_dir() / file_name, download_timeout_s, sha256_prefix)
+        if source.url:
+            return download(source.url, cache_dir() / source.file_name, download_timeout_s, source.sha256_prefix)
+        return _hub_download(source)
     except OSError as err:
-        raise WeightsNotFoundError(f"{what} checkpoint {file_name} not found (looked in {looked}) and its download "
-                                   f"failed ({err}); " + how_to_provide(what, file_name, url, config_key)) from err
+        raise WeightsNotFoundError(f"{missing} and its download failed ({err}); " + how_to_provide(source)) from err
 
 
 def md5_prefix_in_name(file_name: str) -> str | None:
@@ -231,32 +307,6 @@ def download(url: str, target: Path, timeout_s: float, sha256_prefix: str | None
     return target
 
 
-def weights_id(identity: dict) -> dict:
-    """What a set of weights is, for cache keys: its identity without the file's path (the same file
-    elsewhere must still hit).
-
-    Args:
-        identity: an engine's weights identity (``file``, ``sha256``, ``source``, ...).
-
-    Returns:
-        ``identity`` without ``file``.
-    """
-    return {k: v for k, v in identity.items() if k != "file"}
-
-
-def sam_model_id(identity: dict, arch: dict | None) -> dict:
-    """What a SAM-family engine's image features depend on: weights, architecture, torch version.
-
-    Args:
-        identity: the engine's weights identity.
-        arch: its architecture numbers, or None.
-
-    Returns:
-        The part of every feature-cache key that names the model.
-    """
-    return {"weights": weights_id(identity), "arch": arch, "torch": torch.__version__}
-
-
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in blocks: the identity of the weights a run used.
 
@@ -288,3 +338,45 @@ def load_state_dict(path: Path, what: str = "SAM") -> dict:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     return state
+
+
+def weights_identity(engine: str, model: str, path: Path | None = None, seed: int | None = None,
+                     **extra: object) -> dict:
+    """What an engine's weights are, reported in run summaries and part of every cache key: the
+    checkpoint file and its SHA-256, or random weights and their seed.
+
+    Args:
+        engine: the registered engine.
+        model: the model's name (the config entry's ``name``).
+        path: the checkpoint (pretrained weights), or None (random ones).
+        seed: the seed random weights were drawn with.
+        extra: further facts (``hub_repo``, ``text_tower``, ...).
+    """
+    if path is None:
+        return {"engine": engine, "model": model, "weights": "random", "seed": seed, **extra}
+    return {"engine": engine, "model": model, "weights": "pretrained", "file": str(path), "sha256": file_sha256(path),
+            **extra}
+
+
+def pretrained_or_random(cfg: dict, weights: str, resolve: Callable[[], T] | None) -> T | None:
+    """The checkpoint of ``weights=pretrained`` (resolved before any slow model build), or None for
+    ``weights=random``; torch is seeded with the entry's ``random_seed`` either way, so the model
+    built next is the same in every run.
+
+    Args:
+        cfg: a model or clip config entry (``name``, ``random_seed``).
+        weights: ``pretrained`` or ``random``.
+        resolve: finds the weights (e.g. ``lambda: resolve_weights(source)``), or None for a variant
+            without released weights.
+
+    Raises:
+        ValueError: another ``weights`` value, or ``pretrained`` for a variant without released weights.
+        WeightsNotFoundError: as :func:`resolve_weights`.
+    """
+    if weights not in ("pretrained", "random"):
+        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
+    if weights == "pretrained" and resolve is None:
+        raise ValueError(f"{cfg.get('name', 'this model')} has no pretrained weights; use it with weights=random")
+    found = resolve() if weights == "pretrained" else None
+    torch.manual_seed(int(cfg.get("random_seed", 0)))
+    return found

@@ -3,11 +3,9 @@ each stage ended up using (the per-engine report of ``summary.json``)."""
 from __future__ import annotations
 
 from salip_bench.datasets.settings import DatasetSettings
+from salip_bench.engines import builder
 from salip_bench.engines.box_memo import BoxMemoStore
-from salip_bench.engines.clip import build_clip
-from salip_bench.engines.shared import shared_engine
-from salip_bench.engines.weights import WeightsNotFoundError
-from salip_bench.registry import ENGINES, FILTERS, GENERATORS, REFINERS, RETRIEVERS, Lazy
+from salip_bench.registry import FILTERS, GENERATORS, REFINERS, RETRIEVERS, Lazy
 from salip_bench.storage.feature_cache import FeatureCache
 
 # The context keys holding engines, in the order the run registers them with Lightning.
@@ -42,11 +40,10 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
         return box_memo.around(engine) if box_memo is not None else engine
 
     settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, not the dataset's
-    # reuse: the jobs of a multirun share each engine and CLIP instead of reloading them.
+    # build_engine reuses: the jobs of a multirun share each engine and CLIP instead of reloading them.
     models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
               "refiner_sam": Lazy(refiner_engine),
-              "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
-                                                      cache=FeatureCache.from_config(cfg.get("cache")))),
+              "clip": Lazy(lambda: clip or build_engine(cfg, "clip")),
               "class_prompts": Lazy(settings.class_prompts),
               "top_k": Lazy(settings.top_k_per_class)}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
@@ -57,28 +54,15 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
 
 
 def build_engine(cfg: dict, key: str):  # noqa: ANN201
-    """The engine of the model entry ``cfg[key]``, through the ``ENGINES`` registry; the previous
-    multirun job's engine when it came from the same entry.
+    """The engine of the entry ``cfg[key]`` through :func:`~salip_bench.engines.builder.build_engine`,
+    with the run's weights and disk cache; the previous multirun job's engine when it came from the
+    same entry.
 
     Args:
         cfg: the resolved run config.
-        key: ``model`` or ``refiner_model``.
+        key: ``model``, ``refiner_model`` or ``clip``.
     """
-    entry, weights = cfg[key], cfg["weights"]
-
-    def build():  # noqa: ANN202
-        try:
-            return ENGINES.get(entry.get("engine", "sam"))(entry, weights, None)
-        except WeightsNotFoundError as err:
-            if key == "model":
-                raise
-            message = str(err).replace("model.checkpoint", f"{key}.checkpoint")
-            raise WeightsNotFoundError(f"model@{key}={entry['name']}: {message}") from None
-
-    engine = shared_engine("sam" if key == "model" else key, [entry, weights], build)
-    if hasattr(engine, "use_cache"):  # SAM v1 keeps embeddings and proposals on disk
-        engine.use_cache(FeatureCache.from_config(cfg.get("cache")))
-    return engine
+    return builder.build_engine(cfg[key], cfg["weights"], key, FeatureCache.from_config(cfg.get("cache")), reuse=True)
 
 
 def built_engines(context: dict[str, Lazy]) -> dict:

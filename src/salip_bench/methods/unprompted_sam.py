@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from salip_bench.engines.sam import SamV1Engine
+from salip_bench.engines.sam_engine import SamV1Engine
 from salip_bench.registry import METHODS, PluginError
 from salip_bench.types import Prediction, Sample
 

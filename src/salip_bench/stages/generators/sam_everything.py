@@ -40,7 +40,7 @@ class SamEverythingGenerator:
                  stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7, crop_n_layers: int = 0,
                  crop_nms_thresh: float = 0.7, crop_overlap_ratio: float = 512 / 1500,
                  crop_n_points_downscale_factor: int = 1, min_mask_region_area: int = 0) -> None:
-        require_role(sam, EverythingGenerator, "generator sam_everything", "model")
+        require_role(sam, EverythingGenerator, "generator sam_everything")
         self.sam = sam
         self.settings = dict(
             points_per_side=points_per_side, points_per_batch=points_per_batch,

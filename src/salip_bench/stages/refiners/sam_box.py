@@ -20,7 +20,7 @@ class SamBoxRefiner:
     """
 
     def __init__(self, sam: BoxPromptSegmenter, multimask_output: bool = False) -> None:
-        require_role(sam, BoxPromptSegmenter, "refiner sam_box", "model@refiner_model")
+        require_role(sam, BoxPromptSegmenter, "refiner sam_box")
         self.sam = sam
         self.multimask_output = multimask_output
 

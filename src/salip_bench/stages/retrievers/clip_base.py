@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip_bench.engines.clip import ClipEngine
+from salip_bench.engines.clip_engine import ClipEngine
 from salip_bench.registry import RETRIEVERS
 from salip_bench.types import Candidates, Retrieved
 

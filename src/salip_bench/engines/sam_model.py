@@ -3,17 +3,18 @@
 The upstream builders differ only in numbers but hard-code the input size and the prompt
 embedding width; ours take them as arguments so a *tiny* SAM (same classes, small encoder and
 input) exists for tests. The engine around a model (its embedding memo, caches and counters) is
-``engines/sam.py``; MedSAM (``engines/medsam.py``) builds the same architecture.
+``engines/sam_engine.py``; MedSAM (``engines/medsam_engine.py``) builds the same architecture.
 """
 from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-from salip_bench.engines.weights import file_sha256, load_state_dict, resolve_checkpoint
+from salip_bench.engines.weights import WeightsSource, load_state_dict, pretrained_or_random, resolve_weights
 
 ARCH_KEYS = ("encoder_embed_dim", "encoder_depth", "encoder_num_heads", "encoder_global_attn_indexes", "image_size",
              "prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads")
@@ -59,29 +60,34 @@ def build_sam_model(encoder_embed_dim: int, encoder_depth: int, encoder_num_head
     )
 
 
-def load_sam(cfg: dict, weights: str) -> tuple[Sam, dict, dict]:
-    """The SAM of a ``conf/model/sam_*.yaml`` entry, where its weights come from, and its architecture.
+def sam_weights_source(cfg: dict, key: str, what: str = "SAM", advice: str | None = None) -> WeightsSource:
+    """Where a ``conf/model/sam_*.yaml`` or ``medsam_*.yaml`` entry's checkpoint may be.
 
     Args:
-        cfg: the entry (architecture numbers, ``name``, ``checkpoint_file``, ``url``, ``checkpoint``,
-            ``random_seed``).
-        weights: ``pretrained`` (resolved: explicit path, local cache, official download) or
-            ``random`` (seeded by ``random_seed``).
-
-    Returns:
-        The model, its identity (reported in run summaries; part of every cache key) and the
-        architecture numbers.
+        cfg: the entry (``name``, ``checkpoint_file``, ``url``, ``sha256``, ``checkpoint``).
+        key: the config key that picked it (``model``, ``refiner_model``).
+        what: the family, as messages name it.
+        advice: how to get the file beyond its URL (default: the smoke-run hint).
     """
-    arch = {k: cfg[k] for k in ARCH_KEYS}
-    if weights == "random":
-        seed = int(cfg.get("random_seed", 0))
-        torch.manual_seed(seed)
-        return build_sam_model(**arch), {"model": cfg["name"], "weights": "random", "seed": seed}, arch
-    if weights != "pretrained":
-        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
-    path = resolve_checkpoint(f"SAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"), cfg.get("checkpoint"),
-                              "model.checkpoint")
-    sam = build_sam_model(**arch)
-    sam.load_state_dict(load_state_dict(path))
-    log.info("SAM %s loaded from %s", cfg["name"], path)
-    return sam, {"model": cfg["name"], "weights": "pretrained", "file": str(path), "sha256": file_sha256(path)}, arch
+    extra = {"advice": advice} if advice is not None else {}
+    return WeightsSource(f"{what} {cfg['name']}", cfg["checkpoint_file"], f"{key}.checkpoint", cfg.get("checkpoint"),
+                         cfg.get("url"), cfg.get("sha256"), **extra)
+
+
+def load_sam(cfg: dict, weights: str, key: str, what: str = "SAM", advice: str | None = None) -> tuple[Sam, Path | None]:
+    """The SAM-architecture model of an entry with its weights, and its checkpoint (None: random).
+
+    Args:
+        cfg: the entry (architecture numbers, ``name``, checkpoint keys, ``random_seed``).
+        weights: ``pretrained`` (resolved: explicit path, local caches, official download) or
+            ``random`` (seeded by ``random_seed``).
+        key: the config key that picked it.
+        what: the family, as messages name it.
+        advice: how to get the file beyond its URL.
+    """
+    path = pretrained_or_random(cfg, weights, lambda: resolve_weights(sam_weights_source(cfg, key, what, advice)))
+    sam = build_sam_model(**{k: cfg[k] for k in ARCH_KEYS})
+    if path is not None:
+        sam.load_state_dict(load_state_dict(path, what))
+        log.info("%s %s loaded from %s", what, cfg["name"], path)
+    return sam, path

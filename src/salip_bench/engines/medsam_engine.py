@@ -9,23 +9,20 @@ image and thresholded at 0.5. This engine follows that published inference recip
 """
 from __future__ import annotations
 
-import logging
-from collections import OrderedDict
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from skimage.transform import resize
-from torch import nn
 
-from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines.sam_v1 import ARCH_KEYS, build_sam_model
-from salip_bench.storage.content_keys import image_key
-from salip_bench.engines.weights import WeightsNotFoundError, file_sha256, load_state_dict, resolve_checkpoint
+from salip_bench.engines.base import BaseEngine
+from salip_bench.engines.memo import DiskCodec
+from salip_bench.engines.sam_model import load_sam
+from salip_bench.engines.weights import SMOKE_ADVICE, weights_identity
 from salip_bench.registry import ENGINES
+from salip_bench.storage.content_keys import image_key
+from salip_bench.storage.feature_cache import FeatureCache
 
-log = logging.getLogger(__name__)
 WHERE_TO_GET = "MedSAM's checkpoint is linked from the README of github.com/bowang-lab/MedSAM (Google Drive)."
 
 
@@ -41,49 +38,40 @@ def medsam_input(image: np.ndarray, side: int) -> np.ndarray:
     return (resized - low) / np.clip(high - low, a_min=1e-8, a_max=None)
 
 
-class MedSamEngine(nn.Module):
+class MedSamEngine(BaseEngine):
     """MedSAM's box-prompted segmentation with its own preprocessing, and a count of encoder passes.
 
     sam: the SAM ViT-B architecture holding MedSAM's weights; identity: where they come from;
-    memo_size: image embeddings kept in memory (one per image: all its boxes share it).
+    config: its config entry; memo_size: image embeddings kept in memory (one per image: all its
+    boxes share it).
     """
 
-    def __init__(self, sam: Sam, identity: dict, memo_size: int = 4) -> None:
-        super().__init__()
+    def __init__(self, sam: Sam, identity: dict, config: dict | None = None, memo_size: int = 4) -> None:
+        super().__init__(identity, config)
         self.sam = sam.eval()
-        self.identity = identity
         self.side = sam.image_encoder.img_size
-        self.encoder_passes = 0
-        self.memo_size = memo_size
-        self._memo: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.embeddings = self.memo(memo_size, DiskCodec("embeddings", self._load_embedding, self._save_embedding))
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.sam.parameters()).device
+    def _load_embedding(self, cache: FeatureCache, key: str) -> torch.Tensor | None:
+        stored = cache.load_embedding(key)
+        return None if stored is None else stored["embedding"].to(self.device)
 
-    def counters(self) -> dict[str, int]:
-        return {"encoder_passes": self.encoder_passes}
+    @staticmethod
+    def _save_embedding(cache: FeatureCache, key: str, value: torch.Tensor) -> None:
+        cache.save_embedding(key, {"embedding": value})
 
-    def reset(self) -> None:
-        """Zero the counters and drop memoised embeddings (a multirun's next job reuses the engine)."""
-        self.encoder_passes = 0
-        self._memo.clear()
+    def _encoded(self, image: np.ndarray) -> torch.Tensor:
+        pixels = torch.tensor(medsam_input(image, self.side)).float().permute(2, 0, 1)[None].to(self.device)
+        self.encoder_passes += 1
+        return self.sam.image_encoder(pixels)
 
     def embedding(self, image: np.ndarray) -> torch.Tensor:
-        """The image encoder's output for ``image`` (memoised by image content).
+        """The image encoder's output for ``image`` (memoised by image content, and on disk).
 
         Args:
             image: (H, W, 3) uint8 RGB.
         """
-        key = image_key(image)
-        if key not in self._memo:
-            pixels = torch.tensor(medsam_input(image, self.side)).float().permute(2, 0, 1)[None].to(self.device)
-            self._memo[key] = self.sam.image_encoder(pixels)
-            self.encoder_passes += 1
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
-        self._memo.move_to_end(key)
-        return self._memo[key]
+        return self.embeddings.fetch(self.cache_key("embedding", image_key(image)), lambda: self._encoded(image))
 
     @torch.no_grad()
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
@@ -110,33 +98,14 @@ class MedSamEngine(nn.Module):
 
 
 @ENGINES.register("medsam")
-def build_medsam_engine(cfg: dict, weights: str, cache: FeatureCache | None = None) -> MedSamEngine:
-    """MedSAM from a ``conf/model/medsam_*.yaml`` entry.
+def build_medsam_engine(cfg: dict, weights: str, key: str = "model") -> MedSamEngine:
+    """MedSAM from a ``conf/model/medsam_*.yaml`` entry (build it with
+    :func:`~salip_bench.engines.builder.build_engine`).
 
     Args:
         cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
-        weights: ``pretrained`` (resolved as :func:`~salip_bench.engines.weights.resolve_checkpoint`
-            does) or ``random``.
-        cache: unused: MedSAM's embeddings are memoised in memory only.
-
-    Returns:
-        The engine.
+        weights: ``pretrained`` or ``random``.
+        key: the config key that picked it, named in messages.
     """
-    arch = {k: cfg[k] for k in ARCH_KEYS}
-    seed = int(cfg.get("random_seed", 0))
-    if weights == "random":
-        torch.manual_seed(seed)
-        return MedSamEngine(build_sam_model(**arch), {"model": cfg["name"], "engine": "medsam", "weights": "random",
-                                                       "seed": seed})
-    if weights != "pretrained":
-        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
-    try:
-        path = resolve_checkpoint(f"MedSAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"),
-                                  cfg.get("checkpoint"), "model.checkpoint")
-    except WeightsNotFoundError as err:
-        raise WeightsNotFoundError(f"{err} {WHERE_TO_GET}") from None
-    sam = build_sam_model(**arch)
-    sam.load_state_dict(load_state_dict(path))
-    log.info("MedSAM %s loaded from %s", cfg["name"], path)
-    return MedSamEngine(sam, {"model": cfg["name"], "engine": "medsam", "weights": "pretrained", "file": str(path),
-                              "sha256": file_sha256(path)})
+    sam, path = load_sam(cfg, weights, key, "MedSAM", f"{WHERE_TO_GET} {SMOKE_ADVICE}")
+    return MedSamEngine(sam, weights_identity("medsam", cfg["name"], path, int(cfg.get("random_seed", 0))), cfg)

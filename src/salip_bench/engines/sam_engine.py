@@ -11,7 +11,6 @@ everything mode is ``engines/sam_grid.py`` on that predictor. Each public method
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -20,22 +19,19 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from torch import nn
 
+from salip_bench.engines.base import BaseEngine
+from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam_grid import (PROPOSALS_VERSION, DecodedGrid, EverythingSettings, apply_grid,
                                           decode_grid)
-from salip_bench.engines.sam_v1 import load_sam
-from salip_bench.engines.shared import shared_engine
+from salip_bench.engines.sam_model import load_sam
+from salip_bench.engines.weights import weights_identity
 from salip_bench.registry import ENGINES
 from salip_bench.storage.content_keys import hashed_once, image_key
-from salip_bench.engines.weights import sam_model_id
 from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.types import Candidates
 
 IMAGE_FORMAT = "RGB"  # the predictor's input format, part of every embedding key
-
-
-def autocast_dtype(device_type: str) -> str | None:
-    """The dtype autocast runs this device's networks in right now (None: autocast is off)."""
-    return str(torch.get_autocast_dtype(device_type)) if torch.is_autocast_enabled(device_type) else None
+PROPOSALS = DiskCodec("proposals", FeatureCache.load_candidates, FeatureCache.save_candidates)
 
 
 def _outputs_as_float32(module: nn.Module, inputs: tuple, output: object) -> object:
@@ -47,28 +43,22 @@ def _outputs_as_float32(module: nn.Module, inputs: tuple, output: object) -> obj
     return output
 
 
-class SamV1Engine(nn.Module):
+class SamV1Engine(BaseEngine):
     """SAM v1 with the box-prompted and the everything role (split into its expensive and cheap halves).
 
     Args:
         sam: the model.
         identity: where its weights come from (reported in run summaries).
-        arch: its architecture numbers (with the weights, what cached embeddings and proposals depend on).
-        cache: the disk cache of embeddings and proposals, or None.
+        config: its config entry (with the weights, what cached embeddings and proposals depend on).
         memo_size: image embeddings kept in memory.
     """
 
-    def __init__(self, sam: Sam, identity: dict, arch: dict | None = None, cache: FeatureCache | None = None,
-                 memo_size: int = 8) -> None:
-        super().__init__()
+    def __init__(self, sam: Sam, identity: dict, config: dict | None = None, memo_size: int = 8) -> None:
+        super().__init__(identity, config)
         self.sam = sam.eval()
-        self.identity = identity
-        self.encoder_passes = 0
-        self.model_id = sam_model_id(identity, arch)
         self.predictor = SamPredictor(self.sam)
-        self.memo_size = memo_size
-        self._memo: OrderedDict[str, tuple] = OrderedDict()
-        self.cache = cache
+        self.embeddings = self.memo(memo_size, DiskCodec("embeddings", self._load_embedding, self._save_embedding))
+        self.proposals = self.memo(0, PROPOSALS)  # on disk only: a run asks for an image's proposals once
         self.sam.image_encoder.register_forward_hook(self._count_pass)
         # Under autocast (trainer.precision=bf16-mixed) the networks run in bf16, but what they hand
         # on is float32: upscaling logits and thresholding them at 0 stay as precise as without it,
@@ -79,29 +69,26 @@ class SamV1Engine(nn.Module):
     def _count_pass(self, *_: object) -> None:
         self.encoder_passes += 1
 
-    def counters(self) -> dict[str, int]:
-        return {"encoder_passes": self.encoder_passes}
-
-    def use_cache(self, cache: FeatureCache | None) -> None:
-        """Read and write embeddings and proposals in ``cache`` from now on (None: memory only)."""
-        self.cache = cache
-
-    def forget(self) -> None:
-        """Drop the memoised embeddings (the disk cache keeps its own)."""
-        self._memo.clear()
+    def reset(self) -> None:
+        super().reset()
         self.predictor.reset_image()
 
-    def reset(self) -> None:
-        """Back to the just-built state (no memoised embedding, no passes), for reuse by another run."""
-        self.encoder_passes = 0
-        self.forget()
+    def _load_embedding(self, cache: FeatureCache, key: str) -> tuple | None:
+        stored = cache.load_embedding(key)
+        if stored is None:
+            return None
+        return (stored["features"].to(self.device), tuple(stored["original_size"].tolist()),
+                tuple(stored["input_size"].tolist()))
 
-    def cache_key(self, *parts: object) -> str:
-        """Disk key of a value this model computes from ``parts``. The device and the autocast dtype in
-        effect are part of it because their numerics differ, and a run must give the same result with
-        or without the cache."""
-        device = self.predictor.device.type
-        return FeatureCache.key(self.model_id, device, autocast_dtype(device), *parts)
+    @staticmethod
+    def _save_embedding(cache: FeatureCache, key: str, value: tuple) -> None:
+        features, original_size, input_size = value
+        cache.save_embedding(key, {"features": features, "original_size": torch.tensor(original_size),
+                                   "input_size": torch.tensor(input_size)})
+
+    def _encoded(self, image: np.ndarray) -> tuple:
+        self.predictor.set_image(image, IMAGE_FORMAT)
+        return self.predictor.features, self.predictor.original_size, self.predictor.input_size
 
     @torch.no_grad()
     def prepared(self, image: np.ndarray, key: str | None = None) -> SamPredictor:
@@ -112,30 +99,12 @@ class SamV1Engine(nn.Module):
             image: (H, W, 3) uint8 RGB.
             key: ``image``'s content key when the caller has it (default: computed here).
         """
-        key = (key or image_key(image)) + IMAGE_FORMAT
-        if key not in self._memo:
-            self._memo[key] = self._stored_or_encoded(image, key)
-            while len(self._memo) > self.memo_size:
-                self._memo.popitem(last=False)
-        self._memo.move_to_end(key)
+        embedding_key = self.cache_key("embedding", (key or image_key(image)) + IMAGE_FORMAT)
         predictor = self.predictor
-        predictor.features, predictor.original_size, predictor.input_size = self._memo[key]
+        predictor.features, predictor.original_size, predictor.input_size = self.embeddings.fetch(
+            embedding_key, lambda: self._encoded(image))
         predictor.is_image_set = True
         return predictor
-
-    def _stored_or_encoded(self, image: np.ndarray, key: str) -> tuple:
-        disk_key = self.cache_key("embedding", key) if self.cache is not None and self.cache.embeddings else None
-        stored = self.cache.load_embedding(disk_key) if disk_key else None
-        if stored is not None:
-            return (stored["features"].to(self.predictor.device), tuple(stored["original_size"].tolist()),
-                    tuple(stored["input_size"].tolist()))
-        predictor = self.predictor
-        predictor.set_image(image, IMAGE_FORMAT)
-        if disk_key:
-            self.cache.save_embedding(disk_key, {"features": predictor.features,
-                                                 "original_size": torch.tensor(predictor.original_size),
-                                                 "input_size": torch.tensor(predictor.input_size)})
-        return predictor.features, predictor.original_size, predictor.input_size
 
     def _prepared_crop(self, image: np.ndarray, key: str, box: list[int]) -> SamPredictor:
         """The predictor holding the embedding of ``image``'s crop ``box`` (XYXY); a crop's key is
@@ -190,17 +159,10 @@ class SamV1Engine(nn.Module):
             settings: every knob (all of them are in the key).
             compute: the candidates on a miss, e.g. ``apply_everything(initialize_everything(...))``.
         """
-        cache = self.cache if self.cache is not None and self.cache.proposals else None
-        if cache is None:
-            return compute()
         with hashed_once():
             key = self.cache_key("proposals", PROPOSALS_VERSION, EverythingSettings(**settings).as_dict(),
                                  image_key(image))
-            candidates = cache.load_candidates(key)
-            if candidates is None:
-                candidates = compute()
-                cache.save_candidates(key, candidates)
-        return candidates
+            return self.proposals.fetch(key, compute)
 
     def everything(self, image: np.ndarray, **settings: object) -> Candidates:
         """Upstream ``SamAutomaticMaskGenerator(sam, **settings).generate(image)``'s masks, scores and
@@ -210,19 +172,13 @@ class SamV1Engine(nn.Module):
 
 
 @ENGINES.register("sam")
-def build_sam_engine(cfg: dict, weights: str, cache: FeatureCache | None = None, reuse: bool = False) -> SamV1Engine:
-    """SAM v1 from a ``conf/model/sam_*.yaml`` entry.
+def build_sam_engine(cfg: dict, weights: str, key: str = "model") -> SamV1Engine:
+    """SAM v1 from a ``conf/model/sam_*.yaml`` entry (build it with :func:`~salip_bench.engines.builder.build_engine`).
 
     Args:
         cfg: the entry.
         weights: ``pretrained`` or ``random``.
-        cache: disk cache of embeddings and proposals (None: none).
-        reuse: take the engine this process built last from the same ``cfg`` and ``weights`` (the
-            previous job of a multirun) instead of loading it again.
+        key: the config key that picked it, named in messages.
     """
-    def build() -> SamV1Engine:
-        return SamV1Engine(*load_sam(cfg, weights))
-
-    engine = shared_engine("sam", [cfg, weights], build) if reuse else build()
-    engine.use_cache(cache)
-    return engine
+    sam, path = load_sam(cfg, weights, key)
+    return SamV1Engine(sam, weights_identity("sam", cfg["name"], path, int(cfg.get("random_seed", 0))), cfg)

@@ -6,14 +6,14 @@ runs the text encoder, the fusion encoder/decoder and the mask head. Instances a
 SAM 3's score (query probability × presence probability, as upstream's ``Sam3Processor``) and only
 the best ``max_instances`` are upsampled to image size.
 
-Weights (``weights=pretrained``): explicit ``model.checkpoint`` → the Hugging Face cache of the gated
-repo ``facebook/sam3`` (``sam3.pt``) → our checkpoint cache → a hub download (needs the licence
-accepted and ``huggingface-cli login``). ``weights=random`` builds the configured sizes untrained.
+Weights (``weights=pretrained``): resolved as every family's (explicit ``model.checkpoint`` → our
+checkpoint cache → the Hugging Face cache of the gated repo ``facebook/sam3`` → a hub download, which
+needs the licence accepted and ``huggingface-cli login``). ``weights=random`` builds the configured
+sizes untrained.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,64 +23,30 @@ import torch
 from PIL import Image
 from torch import nn
 
-from salip_bench.engines.sam3_build import build_sam3_image
-from salip_bench.engines.weights import WeightsNotFoundError, cache_dir, file_sha256, is_offline, load_state_dict
+from salip_bench.engines.base import BaseEngine
+from salip_bench.engines.sam3_model import build_sam3_image
+from salip_bench.engines.weights import (WeightsNotFoundError, WeightsSource, load_state_dict, pretrained_or_random,
+                                         resolve_weights, weights_identity)
 from salip_bench.registry import ENGINES, PluginError
+from salip_bench.storage.content_keys import image_key
 
 log = logging.getLogger(__name__)
 
 
-def licence_advice(repo: str, file_name: str) -> str:
-    """How to obtain the gated SAM 3 checkpoint, for the end of every missing-weights message.
+def sam3_weights_source(cfg: dict, key: str) -> WeightsSource:
+    """Where a ``conf/model/sam3*.yaml`` entry's checkpoint may be: explicit path → our caches → the
+    Hugging Face cache of the gated ``hub_repo`` → a hub download (needs the licence accepted).
 
     Args:
-        repo: the Hugging Face repo (``facebook/sam3``).
-        file_name: the checkpoint's file name in it.
-    """
-    return (f"SAM 3 is gated: accept the SAM License at https://huggingface.co/{repo}, run `huggingface-cli login`, "
-            f"then `huggingface-cli download {repo} {file_name}` (fills the Hugging Face cache) on a machine with "
-            f"internet, or pass model.checkpoint=/path/to/{file_name} (or copy it to {cache_dir() / file_name}). "
-            f"For an offline smoke run use model=sam3_tiny weights=random (its numbers are meaningless).")
-
-
-def resolve_sam3_weights(cfg: dict) -> Path:
-    """The SAM 3 checkpoint: explicit ``model.checkpoint`` → HF cache of ``model.hub_repo`` → our cache
-    → hub download (unless offline).
-
-    Args:
-        cfg: a ``conf/model/sam3*.yaml`` entry.
-
-    Returns:
-        The path of an existing file.
-
-    Raises:
-        WeightsNotFoundError: none found or downloadable; the message says how to get it.
+        cfg: the entry (``hub_repo``, ``checkpoint_file``, ``checkpoint``).
+        key: the config key that picked it.
     """
     repo, file_name = cfg["hub_repo"], cfg["checkpoint_file"]
-    if cfg.get("checkpoint"):
-        path = Path(cfg["checkpoint"]).expanduser()
-        if path.is_file():
-            return path
-        raise WeightsNotFoundError(f"SAM 3 checkpoint {path} (model.checkpoint) does not exist; "
-                                   + licence_advice(repo, file_name))
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(repo, file_name)
-    if isinstance(cached, str):
-        return Path(cached)
-    if (cache_dir() / file_name).is_file():
-        return cache_dir() / file_name
-    if is_offline():
-        raise WeightsNotFoundError(f"SAM 3 checkpoint {file_name} of hub repo {repo} is not in the Hugging Face "
-                                   f"cache nor {cache_dir()} and offline mode is set (model.checkpoint not given); "
-                                   + licence_advice(repo, file_name))
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo, file_name))
-    except Exception as err:  # noqa: BLE001 - gated-repo, network and missing-file errors have many types
-        raise WeightsNotFoundError(f"SAM 3 checkpoint {file_name} of hub repo {repo} could not be downloaded "
-                                   f"({type(err).__name__}: {err}); " + licence_advice(repo, file_name)) from err
+    advice = (f"SAM 3 is gated: accept the SAM License at https://huggingface.co/{repo} and run "
+              "`huggingface-cli login` first. For an offline smoke run use model=sam3_tiny weights=random "
+              "(its numbers are meaningless).")
+    return WeightsSource(f"SAM 3 {cfg['name']}", file_name, f"{key}.checkpoint", cfg.get("checkpoint"),
+                         hub_repo=repo, advice=advice)
 
 
 def load_sam3_checkpoint(model: nn.Module, path: Path) -> None:
@@ -117,33 +83,21 @@ def pinning_is_a_no_op_without_cuda() -> Iterator[None]:
         torch.Tensor.pin_memory = original  # type: ignore[method-assign]
 
 
-class Sam3Engine(nn.Module):
+class Sam3Engine(BaseEngine):
     """SAM 3's image model with upstream's preprocessing; role ``segment_text``.
 
-    Counters: ``encoder_passes`` (image backbone runs), ``text_prompts`` (prompts decoded).
+    Counters: ``encoder_passes`` (image backbone runs), ``text_prompts`` (prompts decoded). The
+    backbone state of the last image is memoised (in memory only: it is not plain tensors).
     """
 
-    def __init__(self, model: nn.Module, image_size: int, identity: dict) -> None:
-        super().__init__()
+    COUNTERS = ("encoder_passes", "text_prompts")
+
+    def __init__(self, model: nn.Module, image_size: int, identity: dict, config: dict | None = None) -> None:
+        super().__init__(identity, config)
         self.model = model.eval()
         self.image_size = image_size
-        self.identity = identity
         self._processor = None
-        self._memo: tuple[str, dict] | None = None
-        self.encoder_passes = 0
-        self.text_prompts = 0
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def counters(self) -> dict[str, int]:
-        return {"encoder_passes": self.encoder_passes, "text_prompts": self.text_prompts}
-
-    def reset(self) -> None:
-        """Zero the counters and forget the memoised image, as when just built."""
-        self.encoder_passes = self.text_prompts = 0
-        self._memo = None
+        self.states = self.memo(1)
 
     def processor(self):  # noqa: ANN201 - sam3's Sam3Processor, imported lazily
         """Upstream's processor (its transform and find-stage inputs) on the model's current device."""
@@ -159,13 +113,12 @@ class Sam3Engine(nn.Module):
         Args:
             image: (H, W, 3) uint8 RGB.
         """
-        key = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=16).hexdigest() + str(image.shape)
-        if self._memo is None or self._memo[0] != key:
-            self._memo = None  # free the previous image's features first
-            state = self.processor().set_image(Image.fromarray(np.ascontiguousarray(image)))
-            self.encoder_passes += 1
-            self._memo = (key, state)
-        return self._memo[1]
+        return self.states.fetch(self.cache_key("backbone", image_key(image)), lambda: self._encoded(image))
+
+    def _encoded(self, image: np.ndarray) -> dict:
+        state = self.processor().set_image(Image.fromarray(np.ascontiguousarray(image)))
+        self.encoder_passes += 1
+        return state
 
     @torch.inference_mode()
     def segment_text(self, image: np.ndarray, text: str, min_score: float = 0.5,
@@ -208,15 +161,16 @@ class Sam3Engine(nn.Module):
 
 
 @ENGINES.register("sam3")
-def build_sam3_engine(cfg: dict, weights: str, cache: object = None) -> Sam3Engine:
-    """Build SAM 3 from a ``conf/model/sam3*.yaml`` entry.
+def build_sam3_engine(cfg: dict, weights: str, key: str = "model") -> Sam3Engine:
+    """Build SAM 3 from a ``conf/model/sam3*.yaml`` entry (build it with
+    :func:`~salip_bench.engines.builder.build_engine`).
 
     Args:
         cfg: the model group entry: ``arch`` (sizes, see :func:`build_sam3_image`), ``hub_repo``,
             ``checkpoint_file``, ``checkpoint`` (explicit path), ``random_seed``, ``pretrained_allowed``
             (false for the tiny variant).
-        weights: ``pretrained`` (resolved by :func:`resolve_sam3_weights`) or ``random``.
-        cache: unused (the backbone features are memoised per image in memory only).
+        weights: ``pretrained`` or ``random``.
+        key: the config key that picked it, named in messages.
     """
     import importlib.util
 
@@ -225,18 +179,13 @@ def build_sam3_engine(cfg: dict, weights: str, cache: object = None) -> Sam3Engi
     if importlib.util.find_spec("sam3") is None:  # an optional extra: say how to get it, not a traceback
         raise PluginError(f"model={cfg['name']} needs Meta's sam3 package (SAM License), an optional extra: "
                           'pip install -e ".[sam3]"')
-    seed = int(cfg.get("random_seed", 0))
-    if weights == "pretrained" and not cfg.get("pretrained_allowed", True):
-        raise ValueError(f"model={cfg['name']} has no released weights; use it with weights=random")
-    path = resolve_sam3_weights(cfg) if weights == "pretrained" else None  # fail before the slow build
-    torch.manual_seed(seed)
+    source = (lambda: resolve_weights(sam3_weights_source(cfg, key))) if cfg.get("pretrained_allowed", True) else None
+    path = pretrained_or_random(cfg, weights, source)  # fail before the slow build
     # SAM 3's tokenizer is CLIP's BPE; the sam3 wheel does not ship the file its builder points at.
     model = build_sam3_image(cfg["arch"], open_clip.tokenizer.default_bpe())
-    identity = {"engine": "sam3", "model": cfg["name"], "weights": weights}
-    if path is None:
-        identity["seed"] = seed
-    else:
+    if path is not None:
         load_sam3_checkpoint(model, path)
         log.info("SAM 3 loaded from %s", path)
-        identity.update(file=str(path), sha256=file_sha256(path), hub_repo=cfg["hub_repo"])
-    return Sam3Engine(model, int(cfg["arch"]["image_size"]), identity)
+    extra = {"hub_repo": cfg["hub_repo"]} if path is not None else {}
+    identity = weights_identity("sam3", cfg["name"], path, int(cfg.get("random_seed", 0)), **extra)
+    return Sam3Engine(model, int(cfg["arch"]["image_size"]), identity, cfg)

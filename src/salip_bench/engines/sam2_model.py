@@ -1,4 +1,4 @@
-"""Engine ``sam2``: SAM 2.1 (Hiera tiny / small / base+ / large) from Meta's official ``sam2`` package.
+"""SAM 2.1 models (Hiera tiny / small / base+ / large) from Meta's official ``sam2`` package, and their weights.
 
 Official package rather than HF ``transformers``' port: it loads the released ``.pt`` files
 (``{"model": state_dict}``) as they are, and its own predictor and automatic mask generator are
@@ -10,17 +10,13 @@ the package's architecture yaml with OmegaConf and ``hydra.utils.instantiate``, 
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines.weights import file_sha256, resolve_checkpoint
-from salip_bench.registry import ENGINES
+from salip_bench.engines.weights import load_state_dict
 
-log = logging.getLogger(__name__)
 
 # What official build_sam2(..., apply_postprocessing=True) adds to every image model: fall back to
 # the multimask output when the single mask is unstable.
@@ -71,41 +67,7 @@ def load_sam2_checkpoint(model: torch.nn.Module, path: object) -> None:
         model: what :func:`build_sam2_model` built.
         path: the checkpoint file.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict(path, "SAM 2.1")
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path} is not a SAM 2 checkpoint (expected a dict with key 'model')")
     model.load_state_dict(state["model"])
-
-
-@ENGINES.register("sam2")
-def build_sam2_engine(cfg: dict, weights: str, cache: FeatureCache | None = None):  # noqa: ANN201 (lazy class)
-    """SAM 2.1 from a ``conf/model/sam2_*.yaml`` entry.
-
-    Args:
-        cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
-        weights: ``pretrained`` (resolved as :func:`~salip_bench.engines.weights.resolve_checkpoint`
-            does) or ``random``.
-        cache: disk cache of image features (None: memory only).
-
-    Returns:
-        The engine.
-    """
-    seed = int(cfg.get("random_seed", 0))
-    if weights not in ("pretrained", "random"):
-        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
-    if weights == "pretrained":  # find the file before spending seconds on building the model
-        path = resolve_checkpoint(f"SAM 2.1 {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"),
-                                  cfg.get("checkpoint"), "model.checkpoint")
-    torch.manual_seed(seed)
-    model = build_sam2_model(cfg)
-    if weights == "random":
-        identity = {"model": cfg["name"], "engine": "sam2", "weights": "random", "seed": seed}
-    else:
-        load_sam2_checkpoint(model, path)
-        log.info("SAM 2.1 %s loaded from %s", cfg["name"], path)
-        identity = {"model": cfg["name"], "engine": "sam2", "weights": "pretrained", "file": str(path),
-                    "sha256": file_sha256(path)}
-    from salip_bench.engines.sam2_engine import Sam2Engine
-
-    arch = {"config": cfg["config"], "arch_overrides": cfg.get("arch_overrides")}
-    return Sam2Engine(model, identity, arch, cache)

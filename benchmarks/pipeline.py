@@ -215,7 +215,7 @@ def main() -> None:
     for index, image in enumerate(images):
         out, seconds = {}, {}
         for name, path in paths.items():  # interleaved, so load drift on a shared machine hits both
-            sam.forget()
+            sam.reset()
             clock.active = meters[name]
             before = meters[name].all_but_encoder_seconds()
             memory.start()

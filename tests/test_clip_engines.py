@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import yaml_config
-from salip_bench.engines.biomedclip import ASSETS, build_custom_text_clip
+from salip_bench.engines.biomedclip_engine import ASSETS, build_custom_text_clip
 from salip_bench.engines.builder import build_engine
 from salip_bench.engines.weights import WeightsNotFoundError, cache_dir
 

@@ -11,7 +11,7 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.amg import batched_mask_to_box
 
 from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
-from salip_bench.engines.sam_v1 import build_sam_model
+from salip_bench.engines.sam_model import build_sam_model
 from salip_bench.engines.sam_decoder import decode_points_iou_first
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved
@@ -52,7 +52,7 @@ MANY = dict(CROPS, points_per_side=4, pred_iou_thresh=0.02, box_nms_thresh=1.0, 
     ids=["low", "iou+nms", "crops", "crops+stability", "crops+small_regions"])
 def test_generator_matches_upstream(tiny_sam, hc18_sample, settings):
     """Same masks, scores and order as upstream, bit for bit; boxes are the masks' tight boxes."""
-    tiny_sam.forget()
+    tiny_sam.reset()
     ours = SamEverythingGenerator(tiny_sam, **settings)(hc18_sample.image)
     upstream = SamAutomaticMaskGenerator(tiny_sam.sam, **settings).generate(hc18_sample.image)
     assert len(ours) == len(upstream) > 0
@@ -86,7 +86,7 @@ def test_refiner_matches_upstream_box_prompt(tiny_sam, cxr_sample):
 
 
 def test_one_encoder_pass_per_image_for_generator_and_refiner(tiny_sam, hc18_sample, cxr_sample):
-    tiny_sam.forget()  # earlier tests may have encoded these images already
+    tiny_sam.reset()  # earlier tests may have encoded these images already
     passes = []
     handle = tiny_sam.sam.image_encoder.register_forward_hook(lambda *_: passes.append(1))
     try:

@@ -3,13 +3,21 @@ runs of that method (shortest first), from each run's config (or, for old summar
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from salip_bench.config_keys import changes_predictions
 from salip_bench.evaluation.schema import Summary
 
-if TYPE_CHECKING:
-    from salip_bench.reporting.runs import Run
+
+class Run(Protocol):
+    """What labelling reads of a run (:class:`~salip_bench.reporting.runs.Run` has it); a protocol, so
+    that ``runs`` imports ``labels`` and not the other way round as well."""
+
+    path: object
+    method: str
+    roi: str
+    dataset: str
+    settings: dict[str, str]
 
 # Keys that change predictions but do not tell methods apart: the dataset is the table's rows, and
 # Hydra's own settings (in old summaries' overrides) run nothing.

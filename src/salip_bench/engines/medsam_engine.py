@@ -103,9 +103,8 @@ def build_medsam_engine(cfg: dict, weights: str, key: str = "model") -> MedSamEn
     :func:`~salip_bench.engines.builder.build_engine`).
 
     Args:
-        cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
-        weights: ``pretrained`` or ``random``.
-        key: the config key that picked it, named in messages.
+        cfg: the entry: SAM ViT-B architecture numbers and where MedSAM's checkpoint is.
+        weights: ``pretrained`` or ``random``; key: the config key that picked it.
     """
     sam, path = load_sam(cfg, weights, key, "MedSAM", f"{WHERE_TO_GET} {SMOKE_ADVICE}")
     return MedSamEngine(sam, weights_identity("medsam", cfg["name"], path, int(cfg.get("random_seed", 0))), cfg)

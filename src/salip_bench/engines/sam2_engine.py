@@ -187,7 +187,8 @@ def build_sam2_engine(cfg: dict, weights: str, key: str = "model") -> Sam2Engine
     :func:`~salip_bench.engines.builder.build_engine`).
 
     Args:
-        cfg: the model entry (architecture, ``checkpoint`` / ``checkpoint_file`` / ``url``).
+        cfg: the entry: ``config`` (an architecture yaml of the sam2 package), ``arch_overrides``,
+            ``checkpoint`` / ``checkpoint_file`` / ``url``.
         weights: ``pretrained`` or ``random``.
         key: the config key that picked it, named in messages.
     """

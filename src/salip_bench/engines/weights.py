@@ -44,7 +44,7 @@ class CheckpointError(RuntimeError):
 class ChecksumError(OSError):
     """A downloaded file's hash does not match the one its release names; nothing was kept.
 
-    An ``OSError`` so that :func:`resolve_checkpoint` reports it like any other failed download.
+    An ``OSError`` so that :func:`resolve_weights` reports it like any other failed download.
     """
 
 

@@ -153,3 +153,17 @@ def test_every_family_fails_offline_the_same_way_naming_its_key(group, name, key
     reason = "it has no download URL" if name == "medsam_vit_b" else "offline mode is set"  # Google Drive only
     assert "not found (looked in" in message and reason in message and f"{named}=" in message
     assert "\n" not in message and (key != "refiner_model" or message.startswith(f"model@refiner_model={name}: "))
+
+
+def test_unprompted_sam_is_a_role_and_its_masks_are_the_predictors(tiny_sam, hc18_sample):
+    from salip_bench.methods.unprompted_sam import UnpromptedSamMethod
+
+    for multimask in (False, True):
+        prediction = UnpromptedSamMethod(tiny_sam, multimask)(hc18_sample)
+        masks, scores, _ = tiny_sam.prepared(hc18_sample.image).predict(multimask_output=multimask)
+        best = int(scores.argmax())
+        assert (prediction.mask == masks[best]).all()
+        assert prediction.info["sam_predicted_iou"] == round(float(scores[best]), 5)
+    medsam = build_engine(yaml_config("model", "medsam_tiny"), "random")
+    with pytest.raises(MissingRoleError, match=r"unprompted segmentation .*'medsam_tiny' \(chosen by model=\).*SAM v1"):
+        UnpromptedSamMethod(medsam)

@@ -114,24 +114,35 @@ class TextPromptSegmenter(Engine, Protocol):
         ...
 
 
+@runtime_checkable
+class UnpromptedSegmenter(Protocol):
+    """Segmentation with no prompt at all: SAM's decoder on its default (no point, box or mask) embeddings."""
+
+    def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float]:
+        """The mask of ``image`` ((H, W, 3) uint8) and its predicted IoU; with ``multimask_output``
+        the best-scored of the decoder's masks. Returns an (H, W) bool mask and a float."""
+
+
 ROLE_NAMES = {BoxPromptSegmenter: "box-prompted segmentation (segment_boxes)",
               EverythingGenerator: "point-grid everything generation (everything)",
               SplitEverythingGenerator: "split everything generation (initialize_everything, apply_everything)",
               ImageTextEmbedder: "image/text embedding (encode_images, encode_texts)",
-              TextPromptSegmenter: "text-prompted segmentation (segment_text)"}
+              TextPromptSegmenter: "text-prompted segmentation (segment_text)",
+              UnpromptedSegmenter: "unprompted segmentation (segment_unprompted)"}
 
 
 class MissingRoleError(PluginError):
     """An engine was given to a stage whose role it does not have."""
 
 
-def require_role(engine: object, role: type, stage: str) -> None:
+def require_role(engine: object, role: type, stage: str, offered_by: str = "") -> None:
     """Raise a one-line :class:`MissingRoleError` unless ``engine`` has ``role``.
 
     Args:
         engine: the engine handed to the stage.
         role: one of this module's protocols.
         stage: the stage's name for the message (e.g. ``generator sam_everything``).
+        offered_by: the configs whose engines have the role, suggested in the message (e.g. ``model=sam3``).
 
     The message names the config key that picked the engine (its ``chosen_by``, set by
     :func:`~salip_bench.engines.builder.build_engine`: ``model``, ``model@refiner_model``, ``clip``).
@@ -139,5 +150,6 @@ def require_role(engine: object, role: type, stage: str) -> None:
     if not isinstance(engine, role):
         name = getattr(engine, "identity", {}).get("model", type(engine).__name__)
         key = getattr(engine, "chosen_by", "model")
+        suggestion = f" ({offered_by})" if offered_by else ""
         raise MissingRoleError(f"{stage} needs {ROLE_NAMES.get(role, role.__name__)}, which engine {name!r} "
-                               f"(chosen by {key}=) does not have; choose another {key}=")
+                               f"(chosen by {key}=) does not have; choose another {key}={suggestion}")

@@ -125,6 +125,14 @@ class SamV1Engine(BaseEngine):
         return out
 
     @torch.no_grad()
+    def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float]:
+        """The no-point, no-box, no-mask decoder output (the best of three by predicted IoU when
+        ``multimask_output``): (H, W) bool mask and its predicted IoU."""
+        masks, scores, _ = self.prepared(image).predict(multimask_output=multimask_output)
+        best = int(np.argmax(scores))
+        return masks[best], float(scores[best])
+
+    @torch.no_grad()
     def initialize_everything(self, image: np.ndarray, settings: Mapping[str, object],
                               min_pred_iou_thresh: float | None = None) -> DecodedGrid:
         """The expensive half of everything mode: the encoder (memoised) and mask decoder of every crop.

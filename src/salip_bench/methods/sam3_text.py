@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.engines.roles import TextPromptSegmenter
+from salip_bench.engines.roles import TextPromptSegmenter, require_role
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 
@@ -25,9 +25,7 @@ class Sam3TextMethod:
 
     def __init__(self, sam: object, class_prompts: dict[str, list[str]], top_k: dict[str, int],
                  prompt: str = "class_name", min_score: float = 0.5) -> None:
-        if not isinstance(sam, TextPromptSegmenter):
-            raise ValueError(f"method=sam3_text needs a text-prompted engine (model=sam3 or model=sam3_tiny); "
-                             f"the configured model ({type(sam).__name__}) has no segment_text")
+        require_role(sam, TextPromptSegmenter, "method sam3_text", "model=sam3 or model=sam3_tiny")
         if prompt not in PROMPT_MODES:
             raise ValueError(f"method.prompt={prompt!r}: choose one of {', '.join(PROMPT_MODES)}")
         self.sam, self.top_k, self.min_score = sam, top_k, min_score

@@ -1,11 +1,8 @@
 """Method ``unprompted_sam``: SAM's mask decoder with no prompt at all (its default embeddings)."""
 from __future__ import annotations
 
-import numpy as np
-import torch
-
-from salip_bench.engines.sam_engine import SamV1Engine
-from salip_bench.registry import METHODS, PluginError
+from salip_bench.engines.roles import UnpromptedSegmenter, require_role
+from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 
 
@@ -17,16 +14,12 @@ class UnpromptedSamMethod:
     mask. ``sam`` is injected.
     """
 
-    def __init__(self, sam: SamV1Engine, multimask_output: bool = False) -> None:
-        if not isinstance(sam, SamV1Engine):  # SAM 2.1 / MedSAM engines offer box prompts, not this
-            raise PluginError(f"method unprompted_sam runs SAM v1 only (model=sam_vit_b|l|h|sam_tiny), "
-                              f"not {sam.identity.get('model')!r}")
+    def __init__(self, sam: UnpromptedSegmenter, multimask_output: bool = False) -> None:
+        # SAM 2.1 / MedSAM engines offer box prompts, not this
+        require_role(sam, UnpromptedSegmenter, "method unprompted_sam", "SAM v1: model=sam_vit_b|l|h|sam_tiny")
         self.sam = sam
         self.multimask_output = multimask_output
 
-    @torch.no_grad()
     def __call__(self, sample: Sample) -> Prediction:
-        predictor = self.sam.prepared(sample.image)
-        masks, scores, _ = predictor.predict(multimask_output=self.multimask_output)
-        best = int(np.argmax(scores))
-        return Prediction(mask=masks[best], info={"sam_predicted_iou": round(float(scores[best]), 5)})
+        mask, score = self.sam.segment_unprompted(sample.image, self.multimask_output)
+        return Prediction(mask=mask, info={"sam_predicted_iou": round(score, 5)})

@@ -93,12 +93,14 @@ def test_a_missing_role_names_the_key_that_picked_the_engine():
     for key, chosen in (("model", "model"), ("refiner_model", "model@refiner_model")):
         engine = build_engine(yaml_config("clip", "tiny"), "random", key)  # an engine without the box role
         for stage in (lambda: SamBoxRefiner(engine), lambda: GtSamMethod(engine)):
-            with pytest.raises(MissingRoleError, match=rf"\(chosen by {chosen}=\) does not have; choose another {chosen}="):
+            expected = rf"\(chosen by {chosen}=\) does not have; choose another {chosen}="
+            with pytest.raises(MissingRoleError, match=expected):
                 stage()
     require_role(build_engine(yaml_config("model", "medsam_tiny"), "random"), BoxPromptSegmenter, "refiner sam_box")
 
 
-def test_resolver_order_explicit_folder_then_our_cache_then_the_hub_cache(hub_cache, tmp_path, monkeypatch):  # noqa: F811
+def test_resolver_order_explicit_folder_then_our_cache_then_the_hub_cache(hub_cache, tmp_path,  # noqa: F811
+                                                                          monkeypatch):
     monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path / "ours"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     snapshot = hf_snapshot(hub_cache, "org/model", {"b.bin": b"hub"})
@@ -110,7 +112,8 @@ def test_resolver_order_explicit_folder_then_our_cache_then_the_hub_cache(hub_ca
     folder = tmp_path / "given"
     folder.mkdir()
     (folder / "b.bin").write_bytes(b"given")
-    given = WeightsSource("Test", "a.bin", "model.checkpoint", str(folder), hub_repo="org/model", hub_files=("a.bin", "b.bin"))
+    given = WeightsSource("Test", "a.bin", "model.checkpoint", str(folder), hub_repo="org/model",
+                          hub_files=("a.bin", "b.bin"))
     assert resolve_weights(given) == folder / "b.bin"
     (folder / "b.bin").unlink()
     with pytest.raises(WeightsNotFoundError, match=r"model\.checkpoint=.*holds none of \['a.bin', 'b.bin'\]"):

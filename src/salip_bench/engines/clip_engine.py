@@ -1,4 +1,4 @@
-"""Engine ``open_clip``: any open_clip model name + pretrained tag (weights resolved like every family's), and a tiny one.
+"""Engine ``open_clip``: any open_clip model name + pretrained tag, and a tiny one.
 
 ``ClipEngine`` owns the model, its eval transform and tokenizer, returns L2-normalised
 embeddings and counts the images and texts it encodes (the run summary reports them). It is the

@@ -5,7 +5,7 @@ when Hydra is not initialised yet (upstream sam2 issues #179, #701). Left initia
 makes a later ``hydra.main`` or ``initialize_config_dir`` (tests, ``salip-bench -m``) fail with
 "GlobalHydra is already initialized". Inside a running ``salip-bench`` job Hydra is already
 initialised with our config, so the import leaves it alone; we build the models without Hydra's
-``compose`` (see ``engines/sam2.py``), so neither state needs the library's config module.
+``compose`` (see ``engines/sam2_model.py``), so neither state needs the library's config module.
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 A stage plugin calls only these methods, so any engine with the role can serve it: the
 ``sam_box`` refiner works with SAM v1, SAM 2.1 or MedSAM alike. An engine that lacks a role a
 stage needs is refused with :func:`require_role`, naming the config key that picked the engine.
-A new role is one protocol here (with its entry in ``ROLE_NAMES``) and one method on each engine
-that offers it (``engines/base.py`` gives the engine its memos, counters and cache).
+A new role is one ``@role`` protocol here and one method on each engine that offers it
+(``engines/base.py`` gives the engine its memos, counters and cache).
 """
 from __future__ import annotations
 
@@ -17,6 +17,22 @@ from PIL import Image
 
 from salip_bench.registry import PluginError
 from salip_bench.types import Candidates
+
+
+ROLE_NAMES: dict[type, str] = {}  # role protocol -> how messages name it
+
+
+def role(description: str) -> Callable[[type], type]:
+    """Register a role protocol (runtime-checkable) under the name messages give it.
+
+    Args:
+        description: e.g. ``box-prompted segmentation (segment_boxes)``.
+    """
+    def register(protocol: type) -> type:
+        checkable = runtime_checkable(protocol)
+        ROLE_NAMES[checkable] = description
+        return checkable
+    return register
 
 
 @runtime_checkable
@@ -32,7 +48,7 @@ class Engine(Protocol):
         """Zero the counters and drop per-image memos (a multirun's next job reuses the engine)."""
 
 
-@runtime_checkable
+@role("box-prompted segmentation (segment_boxes)")
 class BoxPromptSegmenter(Protocol):
     """Box-prompted segmentation: one mask per box."""
 
@@ -50,7 +66,7 @@ class BoxPromptSegmenter(Protocol):
         """
 
 
-@runtime_checkable
+@role("point-grid everything generation (everything)")
 class EverythingGenerator(Protocol):
     """Point-grid ("segment everything") mask generation with SAM's automatic-mask-generator knobs."""
 
@@ -63,7 +79,7 @@ class EverythingGenerator(Protocol):
         """
 
 
-@runtime_checkable
+@role("split everything generation (initialize_everything, apply_everything)")
 class SplitEverythingGenerator(EverythingGenerator, Protocol):
     """Everything generation split as micro-sam splits its generator: an expensive ``initialize``
     (encoder and decoder passes for one image and grid) and a cheap ``apply`` of the thresholds,
@@ -82,7 +98,7 @@ class SplitEverythingGenerator(EverythingGenerator, Protocol):
         """``image``'s candidates for ``settings`` from the engine's cache, else ``compute()``."""
 
 
-@runtime_checkable
+@role("image/text embedding (encode_images, encode_texts)")
 class ImageTextEmbedder(Engine, Protocol):
     """Image/text embedding (the retrievers' CLIP): L2-normalised float32 rows on CPU."""
 
@@ -101,7 +117,7 @@ class ImageTextEmbedder(Engine, Protocol):
     def encode_texts(self, texts: list[str]) -> torch.Tensor: ...
 
 
-@runtime_checkable
+@role("text-prompted segmentation (segment_text)")
 class TextPromptSegmenter(Engine, Protocol):
     """Text-prompted instance segmentation (SAM 3's concept prompts)."""
 
@@ -114,7 +130,7 @@ class TextPromptSegmenter(Engine, Protocol):
         ...
 
 
-@runtime_checkable
+@role("unprompted segmentation (segment_unprompted)")
 class UnpromptedSegmenter(Protocol):
     """Segmentation with no prompt at all: SAM's decoder on its default (no point, box or mask) embeddings."""
 
@@ -123,12 +139,6 @@ class UnpromptedSegmenter(Protocol):
         the best-scored of the decoder's masks. Returns an (H, W) bool mask and a float."""
 
 
-ROLE_NAMES = {BoxPromptSegmenter: "box-prompted segmentation (segment_boxes)",
-              EverythingGenerator: "point-grid everything generation (everything)",
-              SplitEverythingGenerator: "split everything generation (initialize_everything, apply_everything)",
-              ImageTextEmbedder: "image/text embedding (encode_images, encode_texts)",
-              TextPromptSegmenter: "text-prompted segmentation (segment_text)",
-              UnpromptedSegmenter: "unprompted segmentation (segment_unprompted)"}
 
 
 class MissingRoleError(PluginError):

@@ -193,7 +193,7 @@ def build_sam2_engine(cfg: dict, weights: str, key: str = "model") -> Sam2Engine
         key: the config key that picked it, named in messages.
     """
     source = WeightsSource(f"SAM 2.1 {cfg['name']}", cfg["checkpoint_file"], f"{key}.checkpoint", cfg.get("checkpoint"),
-                           cfg.get("url"), cfg.get("sha256"))
+                           cfg.get("url"))
     path = pretrained_or_random(cfg, weights, lambda: resolve_weights(source))
     model = build_sam2_model(cfg)
     if path is not None:

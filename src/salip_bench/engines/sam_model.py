@@ -64,17 +64,18 @@ def sam_weights_source(cfg: dict, key: str, what: str = "SAM", advice: str | Non
     """Where a ``conf/model/sam_*.yaml`` or ``medsam_*.yaml`` entry's checkpoint may be.
 
     Args:
-        cfg: the entry (``name``, ``checkpoint_file``, ``url``, ``sha256``, ``checkpoint``).
+        cfg: the entry (``name``, ``checkpoint_file``, ``url``, ``checkpoint``).
         key: the config key that picked it (``model``, ``refiner_model``).
         what: the family, as messages name it.
         advice: how to get the file beyond its URL (default: the smoke-run hint).
     """
     extra = {"advice": advice} if advice is not None else {}
     return WeightsSource(f"{what} {cfg['name']}", cfg["checkpoint_file"], f"{key}.checkpoint", cfg.get("checkpoint"),
-                         cfg.get("url"), cfg.get("sha256"), **extra)
+                         cfg.get("url"), **extra)
 
 
-def load_sam(cfg: dict, weights: str, key: str, what: str = "SAM", advice: str | None = None) -> tuple[Sam, Path | None]:
+def load_sam(cfg: dict, weights: str, key: str, what: str = "SAM",
+             advice: str | None = None) -> tuple[Sam, Path | None]:
     """The SAM-architecture model of an entry with its weights, and its checkpoint (None: random).
 
     Args:

@@ -41,7 +41,7 @@ def default_dir() -> Path:
 
 class FeatureCache:
     """SAM embeddings (``embeddings/*.pt``), generator proposals (``proposals/*.npz``) and CLIP
-    embeddings of visual prompts (``clip/*.npz``, see ``models/clip_cache.py``) under ``root``.
+    embeddings of visual prompts (``clip/*.npz``, see ``engines/clip_cache.py``) under ``root``.
 
     root: the cache directory; embeddings / proposals / clip: whether that kind is read and written;
     max_gb: size bound of the whole directory; beyond it the least recently used files (by

@@ -1,7 +1,7 @@
 """Generator ``sam_everything``: SAM's automatic ("segment everything") mask generation.
 
 A thin plugin over its engine's everything role (``engines/roles.py``). With an engine that splits
-the role as micro-sam splits its automatic mask generator (SAM v1, ``engines/sam.py``),
+the role as micro-sam splits its automatic mask generator (SAM v1, ``engines/sam_engine.py``),
 :meth:`SamEverythingGenerator.initialize` runs the expensive passes for one image and point grid
 (the encoder and mask decoder of every crop) and :meth:`SamEverythingGenerator.apply` the cheap
 settings acting on their outputs (the quality thresholds, upscaling of the masks that pass them,

@@ -35,7 +35,7 @@ def measure(entry: str, repeats: int, image: np.ndarray) -> dict:
     group, name = entry.split("/")
     cfg = model_config(group, name)
     start = time.perf_counter()
-    engine = build_engine(cfg, "random")
+    engine = build_engine(cfg, "random", group)
     result = {"config": entry, "build_s": round(time.perf_counter() - start, 2), "threads": torch.get_num_threads(),
               "parameters_M": round(sum(p.numel() for p in engine.parameters()) / 1e6, 2)}
     if hasattr(engine, "segment_text"):

@@ -170,3 +170,20 @@ def test_unprompted_sam_is_a_role_and_its_masks_are_the_predictors(tiny_sam, hc1
     medsam = build_engine(yaml_config("model", "medsam_tiny"), "random")
     with pytest.raises(MissingRoleError, match=r"unprompted segmentation .*'medsam_tiny' \(chosen by model=\).*SAM v1"):
         UnpromptedSamMethod(medsam)
+
+
+def test_medsam_embeddings_come_back_from_the_disk_cache_bit_for_bit(hc18_sample, tmp_path):
+    """MedSAM keeps its embeddings in the run's feature cache like SAM and SAM 2.1: a new engine of the
+    same model encodes nothing and gives the same masks; another seed misses."""
+    import numpy as np
+
+    boxes = np.array([[40, 50, 200, 220]], np.float32)
+    cfg = yaml_config("model", "medsam_tiny")
+    first = build_engine(cfg, "random", cache=FeatureCache(tmp_path))
+    expected = first.segment_boxes(hc18_sample.image, boxes, False)
+    later = build_engine(cfg, "random", cache=FeatureCache(tmp_path))
+    assert (later.segment_boxes(hc18_sample.image, boxes, False) == expected).all()
+    assert first.counters() == {"encoder_passes": 1} and later.counters() == {"encoder_passes": 0}
+    other = build_engine({**cfg, "random_seed": 1}, "random", cache=FeatureCache(tmp_path))
+    other.segment_boxes(hc18_sample.image, boxes, False)
+    assert other.counters() == {"encoder_passes": 1}

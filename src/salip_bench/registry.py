@@ -140,7 +140,7 @@ REFINERS: Registry = Registry("refiner")
 DATASET_SETTINGS = ("prompts", "top_k", "max_side", "extra_metrics")
 DATASETS: Registry = Registry("dataset", settings=DATASET_SETTINGS)
 METHODS: Registry = Registry("method")
-ENGINES: Registry = Registry("engine")  # name -> builder(cfg: dict, weights: str, cache) -> engine
+ENGINES: Registry = Registry("engine")  # name -> builder(cfg, weights, key) -> engine (engines/builder.py)
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (GENERATORS, FILTERS, RETRIEVERS, REFINERS, DATASETS, METHODS)}
 
 _BUILTIN_MODULES = ("salip_bench.engines", "salip_bench.stages", "salip_bench.datasets", "salip_bench.methods")

@@ -114,7 +114,7 @@ class WeightsSource:
         what: the model, as messages name it (``SAM vit_b``).
         file_name: the release file name: looked up in :func:`search_dirs`, downloaded to :func:`cache_dir`.
         config_key: the config key that takes an explicit path (``model.checkpoint``), named in messages.
-        explicit: the path given there: the file, or a folder holding it (``hub_files`` or ``file_name``).
+        explicit: the path given there: the file, or a folder holding it (as ``file_name`` or a ``hub_files`` name).
         url: its official download URL, or None.
         sha256_prefix: leading hex digits of the file's SHA-256, checked on a URL download.
         hub_repo: the Hugging Face repo that holds it, or None: its local cache is searched and,
@@ -160,10 +160,11 @@ def _explicit(source: WeightsSource) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        for name in source.names:
+        names = list(dict.fromkeys((Path(source.file_name).name, *source.names)))
+        for name in names:
             if (path / name).is_file():
                 return path / name
-        raise WeightsNotFoundError(f"{source.what}: {source.config_key}={path} holds none of {list(source.names)}; "
+        raise WeightsNotFoundError(f"{source.what}: {source.config_key}={path} holds none of {names}; "
                                    + how_to_provide(source))
     raise WeightsNotFoundError(f"{source.what} checkpoint {path} ({source.config_key}) does not exist; "
                                + how_to_provide(source))

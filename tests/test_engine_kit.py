@@ -92,10 +92,10 @@ def test_a_missing_role_names_the_key_that_picked_the_engine():
     """gt_sam's engine comes from ``model``, the refiner's own from ``model@refiner_model``."""
     for key, chosen in (("model", "model"), ("refiner_model", "model@refiner_model")):
         engine = build_engine(yaml_config("clip", "tiny"), "random", key)  # an engine without the box role
-        for stage in (lambda: SamBoxRefiner(engine), lambda: GtSamMethod(engine)):
+        for stage in (SamBoxRefiner, GtSamMethod):
             expected = rf"\(chosen by {chosen}=\) does not have; choose another {chosen}="
             with pytest.raises(MissingRoleError, match=expected):
-                stage()
+                stage(engine)
     require_role(build_engine(yaml_config("model", "medsam_tiny"), "random"), BoxPromptSegmenter, "refiner sam_box")
 
 

@@ -3,13 +3,27 @@ runs of that method (shortest first), from each run's config (or, for old summar
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from salip_bench.config_keys import changes_predictions
 from salip_bench.evaluation.schema import Summary
 
-if TYPE_CHECKING:
-    from salip_bench.reporting.runs import Run
+
+class LabelledRun(Protocol):
+    """What labelling reads of a run (:class:`~salip_bench.reporting.runs.Run` has it): runs.py
+    imports this module, so naming that class here would be an import cycle."""
+
+    path: Path
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def roi(self) -> str: ...
+    @property
+    def settings(self) -> dict[str, str]: ...
 
 # Keys that change predictions but do not tell methods apart: the dataset is the table's rows, and
 # Hydra's own settings (in old summaries' overrides) run nothing.
@@ -50,7 +64,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def method_labels(runs: list[Run]) -> list[str]:
+def method_labels(runs: list[LabelledRun]) -> list[str]:
     """``summary.method``, plus the settings that differ between runs of that method.
 
     Shortest first: a stage whose plugin differs shows as ``retriever=box``; only if that leaves
@@ -78,7 +92,7 @@ def method_labels(runs: list[Run]) -> list[str]:
     return labels
 
 
-def _differs_on_a_dataset(key: str, runs: list[Run]) -> bool:
+def _differs_on_a_dataset(key: str, runs: list[LabelledRun]) -> bool:
     pairs = {(run.dataset, run.settings.get(key)) for run in runs}
     return len(pairs) > len({dataset for dataset, _ in pairs})
 

@@ -79,7 +79,7 @@ def test_run_counts_pool_every_scored_sample_and_go_to_wandb(samples):
         def log_metrics(self, metrics: dict) -> None:
             logged.update(metrics)
 
-        def log_table(self, key: str, dataframe) -> None:  # noqa: ANN001
+        def log_table(self, key: str, dataframe) -> None:
             logged[key] = dataframe
 
     log_run(Logger(), {"n_ok": 4}, pd.DataFrame({"id": ["a"]}), [], module.pooled)

@@ -14,12 +14,21 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torchmetrics.classification import BinaryStatScores
 
-from salip_bench.storage.content_keys import array_key, hashed_once
-from salip_bench.evaluation.records import RecordStore
-from salip_bench.evaluation.schema import (CLIP_IMAGES_ENCODED, CONFUSION, ENGINE_COUNTER, FAILED, METRICS, OK,
-                                           RECORDED_META, SAM_ENCODER_PASSES, SampleRecord)
 from salip_bench.evaluation.memory import MemoryGuard, downscale, upscale
+from salip_bench.evaluation.records import RecordStore
+from salip_bench.evaluation.schema import (
+    CLIP_IMAGES_ENCODED,
+    CONFUSION,
+    ENGINE_COUNTER,
+    FAILED,
+    METRICS,
+    OK,
+    RECORDED_META,
+    SAM_ENCODER_PASSES,
+    SampleRecord,
+)
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, counts_dict, dice_iou_from_counts, mask_tensor
+from salip_bench.storage.content_keys import array_key, hashed_once
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
@@ -106,7 +115,7 @@ class PredictModule(L.LightningModule):
         self.run_counts = BinaryStatScores(validate_args=False)
         self.pooled: dict[str, int | float] = {}
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # samples are numpy; the method moves what it needs
 
     def predict_step(self, batch: list[Sample], batch_idx: int) -> list[Evaluated]:
@@ -156,7 +165,8 @@ class PredictModule(L.LightningModule):
         if sample.mask is not None:
             score = partial(self.score, prediction.mask, sample)
             memo = self.score_memo
-            record.scores, record.confusion = memo.get(sample, prediction.mask, self.nsd_tolerance, score) if memo else score()
+            scored = memo.get(sample, prediction.mask, self.nsd_tolerance, score) if memo else score()
+            record.scores, record.confusion = scored
             self.run_counts.update(*self.tensors(prediction.mask, sample.mask))
         if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)
             record.boxes = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
@@ -211,13 +221,13 @@ class RecordWriter(BasePredictionWriter):
         self.kept: list[tuple[Sample, Prediction, SampleRecord]] = []
         self.written = 0
 
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         """Mark each sample as started before it runs: found on resume, it names a sample the
         process died in (recorded as failed then, instead of crashing every resume)."""
         for sample in batch:
             self.store.mark_started(pl_module.record_head(sample).to_dict())
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
         for record, mask, pred, sample in prediction:
             self.store.write(record, mask if self.save_masks else None)

@@ -23,6 +23,7 @@ from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.engines.sam_v1 import ARCH_KEYS, build_sam_model
 from salip_bench.storage.content_keys import image_key
 from salip_bench.engines.weights import WeightsNotFoundError, file_sha256, load_state_dict, resolve_checkpoint
+from salip_bench.accepts import WEIGHTS
 from salip_bench.registry import ENGINES
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,7 @@ def build_medsam_engine(cfg: dict, weights: str, cache: FeatureCache | None = No
         torch.manual_seed(seed)
         return MedSamEngine(build_sam_model(**arch), {"model": cfg["name"], "engine": "medsam", "weights": "random",
                                                        "seed": seed})
-    if weights != "pretrained":
-        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
+    WEIGHTS.check("weights", weights)
     try:
         path = resolve_checkpoint(f"MedSAM {cfg['name']}", cfg["checkpoint_file"], cfg.get("url"),
                                   cfg.get("checkpoint"), "model.checkpoint")

@@ -8,6 +8,7 @@ before torch is imported. A rule failing is one :class:`ConfigError` line: key, 
 from __future__ import annotations
 
 import ast
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,53 +51,43 @@ def _is_real(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class IntAtLeast(Rule):
-    low: int
-
-    def accepts(self, value: Any) -> bool:
-        return _is_int(value) and value >= self.low
-
-    @property
-    def expected(self) -> str:
-        return f"an integer >= {self.low}"
-
-
-@dataclass(frozen=True)
 class NumberIn(Rule):
+    """A number (not NaN, not a bool; an integer if ``integer``) between ``low`` and ``high``
+    (``inf``: no upper bound)."""
+
     low: float
-    high: float
+    high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    integer: bool = False
 
     def accepts(self, value: Any) -> bool:
-        if not _is_real(value):
+        if not (_is_int(value) if self.integer else _is_real(value)):
             return False
         above = value > self.low if self.low_open else value >= self.low
         return above and (value < self.high if self.high_open else value <= self.high)
 
     @property
     def expected(self) -> str:
-        return f"a number in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        what = "an integer" if self.integer else "a number"
+        if self.high == math.inf:
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{what} in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
 
 
-@dataclass(frozen=True)
-class Positive(Rule):
-    def accepts(self, value: Any) -> bool:
-        return _is_real(value) and value > 0
-
-    @property
-    def expected(self) -> str:
-        return "a number > 0"
+def IntAtLeast(low: int) -> NumberIn:
+    """An integer >= ``low`` (not a bool)."""
+    return NumberIn(low, integer=True)
 
 
-@dataclass(frozen=True)
-class Flag(Rule):
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, bool)
+def Positive() -> NumberIn:
+    """A number > 0 (rules are written as calls in ``ACCEPTS``, factories like classes)."""
+    return NumberIn(0.0, low_open=True)
 
-    @property
-    def expected(self) -> str:
-        return "true or false"
+
+def Flag() -> OneOf:
+    """true or false."""
+    return OneOf(True, False)
 
 
 @dataclass(frozen=True)
@@ -113,7 +104,7 @@ class OneOf(Rule):
 
     @property
     def expected(self) -> str:
-        names = [str(v) for v in self.values]
+        names = [str(v).lower() if isinstance(v, bool) else str(v) for v in self.values]
         return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
@@ -164,7 +155,7 @@ def check_settings(prefix: str, accepts: Mapping[str, Rule], section: Mapping[st
             rule.check(f"{prefix}.{key}", section[key])
 
 
-_RULES = {cls.__name__: cls for cls in (IntAtLeast, NumberIn, Positive, Flag, OneOf, Nullable, ByKey)}
+_RULES = {rule.__name__: rule for rule in (IntAtLeast, NumberIn, Positive, Flag, OneOf, Nullable, ByKey)}
 _CONSTANTS = {"UNIT": UNIT, "WEIGHTS": WEIGHTS}
 
 

@@ -2,9 +2,9 @@
 place and headline numbers last, and no empty output folder left by a run that did no work.
 
 The entry points call :func:`quiet_console` once, right after the config is checked, and wrap their
-task function in :func:`removing_empty_output`. Hydra creates the run folder before the task function starts, so
-:class:`OutputFolderGuard` (a Hydra callback in ``conf/config.yaml``) notes which folders of that path
-did not exist yet.
+task function in :func:`removing_empty_output`. Hydra creates the run folder before the task function
+starts, so :class:`OutputFolderGuard` (a Hydra callback in ``conf/config.yaml``) notes which folders
+of that path did not exist yet.
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-from salip_bench.evaluation.records import aggregate, results_frame
+from salip_bench.evaluation.aggregate import aggregate_records
+from salip_bench.evaluation.records import results_frame
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, boundary_metrics
 
 
@@ -61,7 +62,7 @@ def test_undefined_and_unlabelled_samples_are_counted_not_dropped():
                {"id": "b", "status": "ok", "dice": 0.0, "iou": 0.0, "nsd": 0.0, "hd95": None, "gt_area": 0},
                {"id": "c", "status": "ok", "gt_area": None, "pred_area": 5},
                {"id": "d", "status": "failed", "failure": "ValueError: x"}]
-    summary = aggregate(records)
+    summary = aggregate_records(records).aggregates_dict()
     assert summary["n_total"] == 4 and summary["n_ok"] == 3 and summary["n_failed"] == 1
     assert summary["n_unlabelled"] == 1
     assert summary["hd95_n_undefined"] == 1 and summary["hd95_mean"] == pytest.approx(3.0)

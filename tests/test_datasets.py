@@ -18,7 +18,7 @@ from salip_bench.masks import gt_boxes
 from salip_bench.datasets.cc359 import display_slice, scanner_domain, slice_bounds
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.evaluation.extra_metrics import head_circumference
-from salip_bench.evaluation.records import aggregate
+from salip_bench.evaluation.aggregate import aggregate_records
 from salip_bench.metrics import confusion_counts, dice_iou_from_counts
 from salip_bench.registry import DATASETS
 
@@ -176,7 +176,7 @@ def test_cc359_on_mni152_slices_and_3d_dice(axis):
     np.testing.assert_array_equal(np.stack([display_slice(truth, axis, i) for i in range(len(dataset))]),
                                   np.stack(stacked))
     assert np.count_nonzero(np.stack(stacked)) == MRI_BRAIN_VOXELS
-    summary = aggregate(records)
+    summary = aggregate_records(records).aggregates_dict()
     assert summary["per_volume"]["mni152_2mm"]["dice_3d"] == pytest.approx(dice(prediction, truth), abs=1e-9)
     assert summary["per_domain"]["unknown"]["n_volumes"] == 1
 
@@ -215,7 +215,7 @@ def test_cc359_layout_domains_orientation_and_cache(tmp_path):
     assert len(dataset._cache) == 1
     np.testing.assert_array_equal(samples[3].mask, samples[11].mask)
     assert samples[3].mask[:, :5].any() and not samples[3].mask[:, 5:].any()
-    summary = aggregate([record(s, s.mask) for s in samples])
+    summary = aggregate_records([record(s, s.mask) for s in samples]).aggregates_dict()
     assert set(summary["per_domain"]) == {"philips_15", "ge_3"} and summary["dice_3d_mean"] == 1.0
 
 

@@ -5,10 +5,14 @@ A light module (no torch): the command line checks the prompts before any model 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from omegaconf import MISSING
+
+from salip_bench.accepts import ConfigError, IntAtLeast
 
 PROMPTS_PACKAGE = "salip_bench.prompts"
 
@@ -51,3 +55,36 @@ def load_class_prompts(prompts: str | Path | None) -> dict[str, list[str]]:
         raise ValueError(f"dataset.prompts={prompts} must be a JSON object {{class: [non-empty sentences]}}, "
                          "with at least one class")
     return data
+
+
+TOP_K = IntAtLeast(1)
+
+
+def top_k_per_class(top_k: Any, classes: list[str], prompts: Any) -> dict[str, int]:
+    """``dataset.top_k`` for every class of a prompt set: the one rule, for the command line's check and
+    the run (:meth:`salip_bench.datasets.settings.DatasetSettings.top_k_per_class`).
+
+    Args:
+        top_k: one integer >= 1 for every class, or a mapping {class: integer >= 1}; extra classes are
+            fine (one mapping may serve several prompt sets, conf/experiment/tab2.yaml).
+        classes: the prompt set's classes.
+        prompts: the prompt set, for the message.
+
+    Returns:
+        {class: k} for every class of ``classes``.
+
+    Raises:
+        ConfigError: one line naming ``dataset.top_k``, the value and what is expected.
+    """
+    expected = f"{TOP_K.expected} (candidates retrieved per class), or a mapping {{class: {TOP_K.expected}}}"
+    if isinstance(top_k, Mapping):
+        missing = sorted(set(classes) - set(top_k))
+        if missing:
+            raise ConfigError(f"dataset.top_k={dict(top_k)}: no k for class(es) {missing} of prompt set {prompts!r}; "
+                              f"expected {expected}")
+        for name in classes:
+            TOP_K.check(f"dataset.top_k.{name}", top_k[name])
+        return {name: int(top_k[name]) for name in classes}
+    if not TOP_K.accepts(top_k):
+        raise ConfigError(f"dataset.top_k={top_k!r}: expected {expected}")
+    return {name: int(top_k) for name in classes}

@@ -9,18 +9,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from salip_bench.evaluation.console import log_finished, quiet_console, removing_empty_output
 from salip_bench.evaluation.validation import ConfigError, validate
 
 log = logging.getLogger("salip_bench")
 
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
+@removing_empty_output  # a run that fails before any work leaves no empty folder behind
 def _main(cfg: DictConfig) -> float | None:
     try:  # before any heavy import: a bad setting is one line within seconds
         validate(cfg)
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
+    quiet_console()
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
     from salip_bench.evaluation.harness import run
     from salip_bench.evaluation.job import Job
@@ -35,6 +38,7 @@ def _main(cfg: DictConfig) -> float | None:
     except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
+    log_finished(summary, out_dir)
     return summary.get("dice_mean")  # the value a Hydra sweeper optimises
 
 

@@ -1,4 +1,4 @@
-"""Dice and IoU from confusion counts, boundary metrics (NSD, HD95) with MONAI, under one
+"""Dice and IoU from confusion counts (counted by torchmetrics), boundary metrics (NSD, HD95) with MONAI, under one
 convention per metric for empty masks.
 
 Conventions (also in summary.json, following Metrics Reloaded, Maier-Hein et al. 2024):
@@ -25,8 +25,25 @@ BOUNDARY_CONVENTIONS = {
 NSD_TOLERANCE_MM = 2.0
 
 
+def mask_tensor(mask: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """A mask as the 0/1 ``uint8`` tensor torchmetrics' stat scores count (non-zero = foreground).
+
+    Args:
+        mask: a mask of any shape and dtype.
+        device: where the tensor goes (None: CPU).
+    """
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(mask) != 0).view(np.uint8)).to(device)
+
+
+def counts_dict(stat_scores: torch.Tensor) -> dict[str, int]:
+    """``{"tp", "fp", "fn"}`` as Python ints from torchmetrics' ``[tp, fp, tn, fn, support]``."""
+    tp, fp, _, fn, _ = (int(v) for v in stat_scores.tolist())
+    return {"tp": tp, "fp": fp, "fn": fn}
+
+
 def confusion_counts(prediction: np.ndarray, target: np.ndarray) -> dict[str, int]:
-    """True/false positives and false negatives of two masks; summed over slices they give a volume's 3D Dice.
+    """True/false positives and false negatives of two masks, by torchmetrics' integer stat scores
+    (exact int64 counts); summed over slices they give a volume's 3D Dice.
 
     Args:
         prediction: a mask of any shape (non-zero = foreground).
@@ -35,18 +52,19 @@ def confusion_counts(prediction: np.ndarray, target: np.ndarray) -> dict[str, in
     Returns:
         ``{"tp": ..., "fp": ..., "fn": ...}`` as Python ints.
     """
-    prediction, target = prediction.astype(bool), target.astype(bool)
-    return {"tp": int(np.count_nonzero(prediction & target)), "fp": int(np.count_nonzero(prediction & ~target)),
-            "fn": int(np.count_nonzero(~prediction & target))}
+    from torchmetrics.functional.classification import binary_stat_scores
+
+    return counts_dict(binary_stat_scores(mask_tensor(prediction), mask_tensor(target), validate_args=False))
 
 
 def dice_iou_from_counts(tp: int, fp: int, fn: int) -> tuple[float, float]:
     """Dice and IoU from counts: the one place that computes them and applies :data:`EMPTY_MASK_CONVENTION`.
 
-    Per image, per volume (counts summed over its slices) and in the U-Net's validation alike.
-    Hand-written rather than torchmetrics' ``binary_f1_score``: the 3D Dice needs counts summed over
-    slices, which torchmetrics takes only as masks, and its float32 division rounds what two Python
-    floats give exactly.
+    Per image, per volume (counts summed over its slices), per run and in the U-Net's validation alike.
+    The counts come from torchmetrics' integer stat scores (:func:`confusion_counts`, the predict
+    module's ``BinaryStatScores``); the division is here, in float64 on Python ints, rather than
+    torchmetrics' ``binary_f1_score`` / ``binary_jaccard_index``: those divide in float32 and apply
+    their own zero-division value, not :data:`EMPTY_MASK_CONVENTION`.
 
     Args:
         tp: true-positive pixels.

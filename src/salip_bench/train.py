@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from salip_bench.datasets.base import SegmentationDataset
+from salip_bench.evaluation.console import quiet_console
 from salip_bench.storage.files import atomic_write_text
 from salip_bench.registry import DATASETS, PluginError
 
@@ -108,6 +109,7 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
+    quiet_console()
     try:
         summary = train(cfg, HydraConfig.get().runtime.output_dir)
     except PluginError as err:

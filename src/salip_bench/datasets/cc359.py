@@ -10,12 +10,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from salip_bench.accepts import IntAtLeast, OneOf, check_settings
 from salip_bench.datasets.base import SegmentationDataset, nonfinite_warning, to_rgb_uint8, window_uint8
 from salip_bench.registry import DATASETS
 from salip_bench.types import Sample
 
 log = logging.getLogger(__name__)
 
+ACCEPTS = {"axis": OneOf(0, 1, 2), "cache_volumes": IntAtLeast(1)}
 # CC359 file names carry vendor and field strength: CC0001_philips_15_55_M → philips_15.
 DOMAIN_PATTERN = re.compile(r"(?:^|_)(ge|philips|siemens)_(15|3)(?=_|$)", re.IGNORECASE)
 
@@ -116,8 +118,7 @@ class CC359Dataset(SegmentationDataset):
                  slice_range: Sequence[int | float] | None = None, skip_empty: bool = False,
                  cache_volumes: int = 2) -> None:
         super().__init__()
-        if axis not in (0, 1, 2):
-            raise ValueError(f"dataset cc359: axis must be 0, 1 or 2, got {axis!r}")
+        check_settings("dataset", ACCEPTS, {"axis": axis, "cache_volumes": cache_volumes})
         if not image_pattern.startswith("*") or any(c in image_pattern[1:] for c in "*?["):
             raise ValueError(f"dataset cc359: image_pattern must be '*' + a fixed suffix, got {image_pattern!r}")
         self.root = Path(root).expanduser()

@@ -12,9 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from salip_bench.accepts import IntAtLeast, Nullable, check_settings
+from salip_bench.class_prompts import load_class_prompts, top_k_per_class
 
-from salip_bench.class_prompts import load_class_prompts
+# The run settings every dataset accepts (top_k's rule, which needs the prompt set, is top_k_per_class).
+ACCEPTS = {"max_side": Nullable(IntAtLeast(64))}
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,7 @@ class DatasetSettings:
     extra_metrics: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        max_side = self.max_side
-        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 64):
-            raise ValueError(f"dataset.max_side={max_side!r}: expected null or an integer >= 64")
+        check_settings("dataset", ACCEPTS, {"max_side": self.max_side})
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "DatasetSettings":
@@ -53,19 +53,6 @@ class DatasetSettings:
         return load_class_prompts(self.prompts)
 
     def top_k_per_class(self) -> dict[str, int]:
-        """{class: k} for every class of ``prompts``; ValueError naming ``dataset.top_k`` if one is missing or < 1."""
-        classes = list(self.class_prompts())
-        if isinstance(self.top_k, Mapping):
-            # Extra classes are fine: one mapping may serve several prompt sets (conf/experiment/tab2.yaml).
-            missing = sorted(set(classes) - set(self.top_k))
-            if missing:
-                raise ValueError(f"dataset.top_k {dict(self.top_k)} gives no k for class(es) {missing} of prompt "
-                                 f"set {self.prompts!r}")
-            top_k = {c: self.top_k[c] for c in classes}
-        else:
-            top_k = {c: self.top_k for c in classes}
-        for name, k in top_k.items():
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-                raise ValueError(f"dataset.top_k={k!r} for class {name!r}: expected an integer >= 1 "
-                                 "(candidates retrieved per class)")
-        return {c: int(k) for c, k in top_k.items()}
+        """{class: k} for every class of ``prompts`` (:func:`~salip_bench.class_prompts.top_k_per_class`:
+        ConfigError naming ``dataset.top_k`` if one is missing or < 1)."""
+        return top_k_per_class(self.top_k, list(self.class_prompts()), self.prompts)

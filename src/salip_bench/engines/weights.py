@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import torch
 
+from salip_bench.accepts import WEIGHTS
 from salip_bench.storage.files import atomic_path, cache_root
 
 log = logging.getLogger(__name__)
@@ -374,8 +375,7 @@ def pretrained_or_random(cfg: dict, weights: str, resolve: Callable[[], T] | Non
         ValueError: another ``weights`` value, or ``pretrained`` for a variant without released weights.
         WeightsNotFoundError: as :func:`resolve_weights`.
     """
-    if weights not in ("pretrained", "random"):
-        raise ValueError(f"weights must be 'pretrained' or 'random', got {weights!r}")
+    WEIGHTS.check("weights", weights)
     if weights == "pretrained" and resolve is None:
         raise ValueError(f"{cfg.get('name', 'this model')} has no pretrained weights; use it with weights=random")
     found = resolve() if weights == "pretrained" else None

@@ -3,20 +3,32 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
+from torchmetrics.classification import BinaryStatScores
 
-from salip_bench.storage.content_keys import array_key, hashed_once
-from salip_bench.evaluation.records import RecordStore
-from salip_bench.evaluation.schema import (CLIP_IMAGES_ENCODED, CONFUSION, ENGINE_COUNTER, FAILED, METRICS, OK,
-                                           RECORDED_META, SAM_ENCODER_PASSES, SampleRecord)
 from salip_bench.evaluation.memory import MemoryGuard, downscale, upscale
-from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, confusion_counts, dice_iou
+from salip_bench.evaluation.records import RecordStore
+from salip_bench.evaluation.schema import (
+    CLIP_IMAGES_ENCODED,
+    CONFUSION,
+    ENGINE_COUNTER,
+    FAILED,
+    METRICS,
+    OK,
+    RECORDED_META,
+    SAM_ENCODER_PASSES,
+    SampleRecord,
+)
+from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, counts_dict, dice_iou_from_counts, mask_tensor
+from salip_bench.storage.content_keys import array_key, hashed_once
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
@@ -76,6 +88,11 @@ class PredictModule(L.LightningModule):
     max_side: evaluate images with a longer side above it downscaled, scored at full size;
     memory: per-sample memory estimate check (None: none). See :mod:`salip_bench.evaluation.memory`.
     score_memo: shared with other modules that score the same samples (tuning's trials), or None.
+
+    Confusion counts go through torchmetrics' integer stat scores (exact int64): ``sample_counts`` per
+    sample, ``run_counts`` over every sample this invocation scores, summed across DDP ranks at the
+    end (:attr:`pooled`, logged to W&B). Dice / IoU come from the counts by
+    :func:`~salip_bench.metrics.dice_iou_from_counts` (float64, the one empty-mask rule).
     """
 
     def __init__(self, method: Callable[[Sample], Prediction], engines: dict[str, nn.Module],
@@ -94,8 +111,11 @@ class PredictModule(L.LightningModule):
         self.counters = WorkCounters(engines)
         self.fail_fast = fail_fast
         self.fingerprint = fingerprint
+        self.sample_counts = BinaryStatScores(validate_args=False, sync_on_compute=False)
+        self.run_counts = BinaryStatScores(validate_args=False)
+        self.pooled: dict[str, int | float] = {}
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # samples are numpy; the method moves what it needs
 
     def predict_step(self, batch: list[Sample], batch_idx: int) -> list[Evaluated]:
@@ -145,7 +165,9 @@ class PredictModule(L.LightningModule):
         if sample.mask is not None:
             score = partial(self.score, prediction.mask, sample)
             memo = self.score_memo
-            record.scores, record.confusion = memo.get(sample, prediction.mask, self.nsd_tolerance, score) if memo else score()
+            scored = memo.get(sample, prediction.mask, self.nsd_tolerance, score) if memo else score()
+            record.scores, record.confusion = scored
+            self.run_counts.update(*self.tensors(prediction.mask, sample.mask))
         if len(prediction.boxes):  # what the figures draw, for every method (salip also logs retrieved_boxes)
             record.boxes = np.round(np.asarray(prediction.boxes, np.float64), 1).tolist()
         record.counters = {k: after[k] - before[k] for k in after}
@@ -155,14 +177,36 @@ class PredictModule(L.LightningModule):
         record = SampleRecord.from_dict({**record.to_dict(), **extra})
         return record, prediction.mask, prediction, sample
 
+    def tensors(self, mask: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mask`` and ``target`` as the stat scores count them, on the metrics' device."""
+        device = self.run_counts.device
+        return mask_tensor(mask, device), mask_tensor(target, device)
 
     def score(self, mask: np.ndarray, sample: Sample) -> tuple[dict, dict]:
         """The scores (Dice, IoU, NSD, HD95) and confusion counts of ``mask`` against ``sample.mask``."""
-        dice, iou = dice_iou(mask, sample.mask)
+        self.sample_counts.reset()
+        self.sample_counts.update(*self.tensors(mask, sample.mask))
+        counts = counts_dict(self.sample_counts.compute())
+        dice, iou = dice_iou_from_counts(**counts)
         boundary = boundary_metrics(mask, sample.mask, sample.meta.get("spacing"), self.nsd_tolerance)
-        counts = confusion_counts(mask, sample.mask)
         return ({"dice": dice, "iou": iou, **{m: boundary[m] for m in METRICS if m in boundary}},
                 {k: counts[k] for k in CONFUSION})
+
+    def on_predict_epoch_end(self) -> None:
+        """The run's pooled counts (every scored sample of this invocation, all DDP ranks) and their
+        Dice / IoU, in :attr:`pooled`; empty when nothing was scored. Every rank calls this (the sum
+        across ranks is a collective)."""
+        scored = torch.tensor(int(self.run_counts.update_called), device=self.run_counts.device)
+        if self.trainer.world_size > 1:
+            scored = self.trainer.strategy.reduce(scored, reduce_op="sum")
+        if not int(scored):
+            self.pooled = {}
+            return
+        with warnings.catch_warnings():  # a DDP rank that scored nothing adds zeros: that is right
+            warnings.filterwarnings("ignore", message=".*compute.*before.*update", category=UserWarning)
+            counts = counts_dict(self.run_counts.compute())
+        dice, iou = dice_iou_from_counts(**counts)
+        self.pooled = {**counts, "dice": dice, "iou": iou}
 
 
 class RecordWriter(BasePredictionWriter):
@@ -177,13 +221,13 @@ class RecordWriter(BasePredictionWriter):
         self.kept: list[tuple[Sample, Prediction, SampleRecord]] = []
         self.written = 0
 
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         """Mark each sample as started before it runs: found on resume, it names a sample the
         process died in (recorded as failed then, instead of crashing every resume)."""
         for sample in batch:
             self.store.mark_started(pl_module.record_head(sample).to_dict())
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
         for record, mask, pred, sample in prediction:
             self.store.write(record, mask if self.save_masks else None)

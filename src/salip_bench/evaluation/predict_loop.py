@@ -65,7 +65,7 @@ def predict(target: RunTarget, pending: list[int], context: dict[str, Lazy],
     if logger is not None and trainer.is_global_zero:
         # The first overlays of the whole run (every DDP rank's share), read back from disk.
         kept = first_overlays(target.dataset, ids, store, overlays) if cfg["save_masks"] else writer.kept
-        log_run(logger, summary, results_frame(store.read_all(ids)), kept)
+        log_run(logger, summary, results_frame(store.read_all(ids)), kept, module.pooled)
     return summary
 
 

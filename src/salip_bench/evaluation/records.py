@@ -16,12 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from salip_bench.evaluation.aggregate import aggregate_records, sample_stats
 from salip_bench.evaluation.schema import METRICS, RECORD_ONLY, RESULT_COLUMNS, SampleRecord, as_record
 from salip_bench.storage.files import atomic_write_bytes, atomic_write_text, safe_name
-
-SCORE_COLUMNS = METRICS  # older name, kept for callers
-
 
 # A sample found marked as started but never finished: the process died in it (resume records it so).
 CRASH_FAILURE = "process died while evaluating this sample"
@@ -152,17 +148,3 @@ def integer_columns(rows: list[dict]) -> list[str]:
                 columns[key] = columns.get(key, True) and is_int
     return [c for c, is_int in columns.items() if is_int]
 
-
-def aggregate(records: list[SampleRecord | dict]) -> dict:
-    """The aggregate keys of summary.json (see :func:`salip_bench.evaluation.aggregate.aggregate_records`)."""
-    return aggregate_records(records).aggregates_dict()
-
-
-def is_labelled(record: SampleRecord | dict) -> bool:
-    """Whether the sample had a ground truth (see :attr:`SampleRecord.labelled`)."""
-    return as_record(record).labelled
-
-
-def per_sample_stats(records: list[SampleRecord | dict]) -> dict:
-    """:func:`salip_bench.evaluation.aggregate.sample_stats` as summary.json writes it."""
-    return sample_stats(records).to_dict()

@@ -34,7 +34,6 @@ SAM_ENCODER_PASSES = "sam_encoder_passes"
 CLIP_IMAGES_ENCODED = "clip_images_encoded"
 CLIP_TEXTS_ENCODED = "clip_texts_encoded"
 SAMPLE_COUNTERS = (SAM_ENCODER_PASSES, CLIP_IMAGES_ENCODED)
-RUN_COUNTERS = (*SAMPLE_COUNTERS, CLIP_TEXTS_ENCODED)
 # Which engine counter (``engine.counters()`` key, see engines/roles.py) each run counter reads.
 ENGINE_COUNTER = {SAM_ENCODER_PASSES: "encoder_passes", CLIP_IMAGES_ENCODED: "images_encoded",
                   CLIP_TEXTS_ENCODED: "texts_encoded"}
@@ -259,7 +258,7 @@ class Summary:
         overrides: the Hydra command-line overrides (report labels for runs without a config).
         conventions: empty-mask and boundary conventions, NSD tolerance, spacing unit and source.
         fingerprint: the configuration hash of every record.
-        work: :data:`RUN_COUNTERS` over the run.
+        work: :data:`SAMPLE_COUNTERS` and ``CLIP_TEXTS_ENCODED`` over the run.
         weights / weights_identity / engines / stage_engines: the weights and engines used
             (see :data:`FROM_LAST_EVALUATING_RUN`).
         versions: package versions; config: the resolved configuration.

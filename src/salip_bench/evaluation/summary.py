@@ -9,7 +9,6 @@ carried over from it, by name, and nothing else is.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,6 @@ from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
 from salip_bench.storage.files import write_if_changed
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,10 +131,6 @@ def write_tables(info: RunInfo, out_dir: Path, store: RecordStore, ids: list[str
     if records:
         write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))
     write_if_changed(summary_path, summary.to_json())
-    stats = summary.stats
-    log.info("dice_mean=%s iou_mean=%s nsd_mean=%s hd95_mean=%s n_ok=%d n_failed=%d n_unlabelled=%d",
-             stats.value("dice"), stats.value("iou"), stats.value("nsd"), stats.value("hd95"), stats.n_ok,
-             stats.n_failed, stats.n_unlabelled)
     return summary
 
 

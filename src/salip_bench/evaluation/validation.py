@@ -3,23 +3,31 @@
 Every bad setting is one :class:`ConfigError` line naming the key, the value and what is
 expected; the command line turns it into exit status 2 within the time Hydra takes to compose the
 config. Only this module's light imports run first: torch, lightning, segment_anything and
-open_clip are imported after the config is checked. Plugins of other packages get the generic
-checks (paths, run-level keys); their own keys are checked by their constructors.
+open_clip are imported after the config is checked. A built-in plugin's keys are checked by the rules
+its module declares (``ACCEPTS``, read from the source by :func:`salip_bench.accepts.read_accepts`, the
+same rules its constructor checks); plugins of other packages get the generic checks (paths, run-level
+keys) here and their own from their constructors.
 """
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from salip_bench.class_prompts import load_class_prompts
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work; the message is one line: key, value, what is expected."""
+from salip_bench.accepts import (
+    WEIGHTS,
+    ConfigError,
+    Flag,
+    IntAtLeast,
+    Nullable,
+    Positive,
+    Rule,
+    check_settings,
+    read_accepts,
+)
+from salip_bench.class_prompts import load_class_prompts, top_k_per_class
 
 
 def resume_settings(resume: bool | Mapping | None) -> dict[str, bool]:
@@ -43,69 +51,17 @@ def resume_settings(resume: bool | Mapping | None) -> dict[str, bool]:
     return {**settings, **resume}
 
 
-# (test, what is expected) pairs for the common kinds of value.
-def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low,
-            f"an integer >= {low}")
-
-
-def _number_in(low: float, high: float, low_open: bool = False, high_open: bool = False) -> tuple[Callable, str]:
-    def test(v: Any) -> bool:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or v != v:
-            return False
-        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
-    brackets = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-    return test, f"a number in {brackets}"
-
-
-def _positive() -> tuple[Callable, str]:
-    return (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0), "a number > 0"
-
-
-def _optional(check: tuple[Callable, str]) -> tuple[Callable, str]:
-    return (lambda v: v is None or check[0](v)), f"null or {check[1]}"
-
-
-def _bool() -> tuple[Callable, str]:
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-UNIT = _number_in(0.0, 1.0)
-# Keys of the built-in plugins: {group: {plugin name: {key: check}}}.
-PLUGIN_KEYS: dict[str, dict[str, dict[str, tuple[Callable, str]]]] = {
-    "generator": {"sam_everything": {
-        "points_per_side": _int_at_least(1), "points_per_batch": _int_at_least(1),
-        "pred_iou_thresh": UNIT, "stability_score_thresh": UNIT, "stability_score_offset": _number_in(0.0, 1e9),
-        "box_nms_thresh": _number_in(0.0, 1.0, low_open=True), "crop_nms_thresh": _number_in(0.0, 1.0, low_open=True),
-        "crop_n_layers": _int_at_least(0), "crop_overlap_ratio": _number_in(0.0, 1.0, high_open=True),
-        "crop_n_points_downscale_factor": _int_at_least(1), "min_mask_region_area": _int_at_least(0)}},
-    "retriever": {name: {"batch_size": _int_at_least(1), "workers": _optional(_int_at_least(1))}
-                  for name in ("crop", "crop_expand", "box", "contour", "reverse_blur")},
-    "method": {"unet": {"threshold": UNIT}, "gt_sam": {"min_component_area": _int_at_least(0)}},
-    "dataset": {name: {"max_side": _optional(_int_at_least(64))} for name in ("folder", "cxr", "hc18", "cc359")},
-}
-PLUGIN_KEYS["retriever"]["box"]["thickness"] = _number_in(0.0, 1.0, low_open=True, high_open=True)
-PLUGIN_KEYS["retriever"]["contour"]["thickness"] = _number_in(0.0, 1.0, low_open=True, high_open=True)
-PLUGIN_KEYS["retriever"]["crop_expand"]["margin"] = _number_in(0.0, 1e9)
-PLUGIN_KEYS["retriever"]["reverse_blur"]["sigma"] = _positive()
-PLUGIN_KEYS["dataset"]["cc359"].update(axis=((lambda v: v in (0, 1, 2) and not isinstance(v, bool)), "0, 1 or 2"),
-                                       cache_volumes=_int_at_least(1))
-RUN_KEYS = {"limit": _optional(_int_at_least(1)), "num_workers": _int_at_least(0), "seed": _int_at_least(0),
-            "fail_fast": _bool(), "save_masks": _bool(), "memory_limit_gb": _optional(_positive()),
-            "weights": ((lambda v: v in ("pretrained", "random")), "pretrained or random")}
+RUN_KEYS: dict[str, Rule] = {"limit": Nullable(IntAtLeast(1)), "num_workers": IntAtLeast(0), "seed": IntAtLeast(0),
+                             "fail_fast": Flag(), "save_masks": Flag(), "memory_limit_gb": Nullable(Positive()),
+                             "weights": WEIGHTS}
+# Where a built-in plugin of each group lives (a file per plugin: <package>/<name>.py, its ``ACCEPTS``).
+PLUGIN_PACKAGES = {"generator": "salip_bench.stages.generators", "filter": "salip_bench.stages.filters",
+                   "retriever": "salip_bench.stages.retrievers", "refiner": "salip_bench.stages.refiners",
+                   "method": "salip_bench.methods", "dataset": "salip_bench.datasets"}
+# The dataset group's run settings (every dataset): declared by DatasetSettings.
+DATASET_SETTINGS_MODULE = "salip_bench.datasets.settings"
 # Folders of a dataset, relative to its root ("." for the root itself).
 DATASET_DIRS = ("image_dir", "mask_dir", "annotation_dir")
-
-
-def _fail(key: str, value: Any, expected: str) -> ConfigError:
-    return ConfigError(f"{key}={value!r}: expected {expected}")
-
-
-def _check(key: str, value: Any, check: tuple[Callable, str]) -> None:
-    if value == MISSING:
-        raise ConfigError(f"{key} is required (it is ???): expected {check[1]}")
-    if not check[0](value):
-        raise _fail(key, value, check[1])
 
 
 def _existing_file(key: str, value: Any, what: str = "an existing file") -> None:
@@ -129,20 +85,17 @@ def validate(cfg: DictConfig | Mapping) -> dict:
         except Exception as err:  # noqa: BLE001 - an interpolation that does not resolve
             raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from err
     cfg = dict(cfg)
-    for key, check in RUN_KEYS.items():
+    for key, rule in RUN_KEYS.items():
         if key in cfg:
-            _check(key, cfg[key], check)
+            rule.check(key, cfg[key])
     resume_settings(cfg.get("resume", True))
     cache = cfg.get("cache") or {}
     if isinstance(cache, Mapping) and cache.get("max_gb") is not None:
-        _check("cache.max_gb", cache["max_gb"], _positive())
-    for group, plugins in PLUGIN_KEYS.items():
+        Positive().check("cache.max_gb", cache["max_gb"])
+    for group in PLUGIN_PACKAGES:
         section = cfg.get(group)
         if isinstance(section, Mapping):
-            for key, check in plugins.get(section.get("name"), {}).items():
-                if key in section:
-                    _check(f"{group}.{key}", section[key], check)
-    _check_filter(cfg.get("filter"))
+            check_settings(group, plugin_accepts(group, section.get("name")), section)
     for group in ("model", "refiner_model", "clip", "method"):
         section = cfg.get(group)
         if isinstance(section, Mapping) and "checkpoint" in section:
@@ -174,15 +127,19 @@ def check_method_inputs(method: type, dataset: Mapping) -> None:
         check_prompts(dataset, required=True)
 
 
-def _check_filter(section: Any) -> None:
-    if not isinstance(section, Mapping) or section.get("name") != "area":
-        return
-    unit = section.get("unit", "fraction")
-    if unit not in ("fraction", "pixels"):
-        raise _fail("filter.unit", unit, "fraction or pixels")
-    if "max_area" in section:
-        _check("filter.max_area", section["max_area"],
-               _number_in(0.0, 1.0, low_open=True) if unit == "fraction" else _positive())
+def plugin_accepts(group: str, name: Any) -> dict[str, Rule]:
+    """What the built-in plugin ``name`` of ``group`` declares it accepts (its module's ``ACCEPTS``, read
+    without importing it; every dataset adds the run settings of DatasetSettings); ``{}`` for a plugin
+    of another package, which its constructor checks.
+
+    Args:
+        group: a config group (``filter``, ``retriever``, ...).
+        name: the plugin's registered name.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        return {}
+    accepts = read_accepts(f"{PLUGIN_PACKAGES[group]}.{name}")
+    return {**read_accepts(DATASET_SETTINGS_MODULE), **accepts} if group == "dataset" else accepts
 
 
 def check_dataset(dataset: Mapping, needs_prompts: bool = True) -> None:
@@ -229,7 +186,7 @@ def check_prompts(dataset: Mapping, required: bool = True) -> None:
         except ValueError as err:
             raise ConfigError(str(err)) from err
         if "top_k" in dataset:
-            check_top_k(dataset["top_k"], classes, dataset["prompts"])
+            top_k_per_class(dataset["top_k"], classes, dataset["prompts"])
 
 
 def _check_lists_images(dataset: Mapping, root: Path) -> None:
@@ -252,18 +209,3 @@ def _check_lists_images(dataset: Mapping, root: Path) -> None:
         raise ConfigError(f"dataset.image_dir={image_dir}: folder {folder.resolve()} has no {wanted}; "
                           "expected a folder of images")
 
-
-def check_top_k(top_k: Any, classes: list[str], prompts: Any) -> None:
-    """``dataset.top_k``: one integer >= 1, or a mapping giving each class of the prompt set one."""
-    expected = "an integer >= 1 (candidates retrieved per class), or a mapping {class: integer >= 1}"
-    at_least_one = _int_at_least(1)[0]
-    if isinstance(top_k, Mapping):
-        missing = sorted(set(classes) - set(top_k))
-        if missing:
-            raise ConfigError(f"dataset.top_k={dict(top_k)}: no k for class(es) {missing} of prompt set {prompts!r}; "
-                              f"expected {expected}")
-        for name in classes:
-            if not at_least_one(top_k[name]):
-                raise ConfigError(f"dataset.top_k.{name}={top_k[name]!r}: expected an integer >= 1")
-    elif not at_least_one(top_k):
-        raise _fail("dataset.top_k", top_k, expected)

@@ -23,9 +23,14 @@ def make_wandb_logger(cfg: dict, out_dir: Path, run_config: dict, tags: list[str
         raise ValueError(f"unknown logger {cfg['name']!r}; known: wandb, none")
     os.environ.setdefault("WANDB_SILENT", "true")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return WandbLogger(project=cfg["project"], entity=cfg.get("entity"), name=cfg.get("run_name") or out_dir.name,
-                       save_dir=str(out_dir), offline=cfg["mode"] == "offline", config=run_config, tags=tags,
-                       mode=cfg["mode"])
+    logger = WandbLogger(project=cfg["project"], entity=cfg.get("entity"), name=cfg.get("run_name") or out_dir.name,
+                         save_dir=str(out_dir), offline=cfg["mode"] == "offline", config=run_config, tags=tags,
+                         mode=cfg["mode"])
+    # Lightning always passes wandb.init an ``anonymous`` key (None when unset), and wandb warns that the
+    # setting has no effect: a warning on every run that no setting of ours can silence.
+    if logger._wandb_init.get("anonymous") is None:
+        logger._wandb_init.pop("anonymous", None)
+    return logger
 
 
 def overlay_image(sample: Sample, prediction: Prediction, record: SampleRecord, max_side: int = 512):
@@ -66,19 +71,22 @@ def typed_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def log_run(logger: WandbLogger, summary: Summary | dict, frame: pd.DataFrame,
-            kept: list[tuple[Sample, Prediction, SampleRecord]]) -> None:
-    """Summary metrics, the per-image table and the overlays, then close the run.
+            kept: list[tuple[Sample, Prediction, SampleRecord]], pooled: dict | None = None) -> None:
+    """Summary metrics, the pooled confusion counts, the per-image table and the overlays, then close the run.
 
     Args:
         logger: the run's W&B logger (finished here).
         summary: the run's summary (its JSON object is read through :class:`Summary`).
         frame: results.csv's table; kept: (sample, prediction, record) to draw as overlays.
+        pooled: the predict module's torchmetrics counts over the samples this invocation scored, all
+            DDP ranks summed, with their Dice / IoU (:attr:`PredictModule.pooled`), logged as ``pooled/*``.
     """
     summary = summary if isinstance(summary, Summary) else Summary.from_dict(summary)
     # Every number at the summary's top level (counts, score statistics, 3D means), as before.
     flat = {**summary.extra, **summary.stats.to_dict(), **summary.conventions}
     metrics = {k: v for k, v in flat.items() if isinstance(v, (int, float)) and v is not None}
     metrics.update({f"work/{k}": v for k, v in summary.work.items()})
+    metrics.update({f"pooled/{k}": v for k, v in (pooled or {}).items()})
     logger.log_metrics(metrics)
     logger.experiment.summary.update(metrics)
     logger.log_table(key="per_image", dataframe=typed_table(frame))

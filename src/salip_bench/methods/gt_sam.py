@@ -1,11 +1,14 @@
 """Method ``gt_sam``: SAM prompted with ground-truth boxes, one per GT component (the upper bound)."""
 from __future__ import annotations
 
+from salip_bench.accepts import Flag, IntAtLeast, check_settings
 from salip_bench.masks import gt_boxes
 from salip_bench.engines.roles import BoxPromptSegmenter
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Prediction, Sample
 from salip_bench.registry import METHODS
+
+ACCEPTS = {"min_component_area": IntAtLeast(0), "multimask_output": Flag()}
 
 
 @METHODS.register("gt_sam")
@@ -19,6 +22,8 @@ class GtSamMethod:
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
 
     def __init__(self, sam: BoxPromptSegmenter, min_component_area: int = 16, multimask_output: bool = False) -> None:
+        check_settings("method", ACCEPTS, {"min_component_area": min_component_area,
+                                           "multimask_output": multimask_output})
         self.refiner = SamBoxRefiner(sam, multimask_output)
         self.min_component_area = min_component_area
 

@@ -7,10 +7,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from salip_bench.accepts import UNIT, check_settings
 from salip_bench.engines.unet import load_checkpoint, resize_image
 from salip_bench.masks import mask_box
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
+
+ACCEPTS = {"threshold": UNIT}  # a foreground probability
 
 
 @METHODS.register("unet")
@@ -24,6 +27,7 @@ class UNetMethod:
     """
 
     def __init__(self, checkpoint: str, threshold: float = 0.5, device: str = "auto") -> None:
+        check_settings("method", ACCEPTS, {"threshold": threshold})
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)

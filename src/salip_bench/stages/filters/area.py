@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from salip_bench.accepts import ByKey, NumberIn, OneOf, Positive, check_settings
 from salip_bench.registry import FILTERS
 from salip_bench.types import Candidates
+
+# max_area's rule depends on its unit: a fraction of the image, or pixels.
+ACCEPTS = {"unit": OneOf("fraction", "pixels"),
+           "max_area": ByKey("unit", "fraction", {"fraction": NumberIn(0.0, 1.0, low_open=True),
+                                                   "pixels": Positive()})}
 
 
 @FILTERS.register("area")
@@ -16,10 +22,7 @@ class AreaFilter:
     """
 
     def __init__(self, max_area: float = 0.5, unit: str = "fraction") -> None:
-        if unit not in ("pixels", "fraction"):
-            raise ValueError(f"filter area: unit must be 'pixels' or 'fraction', got {unit!r}")
-        if unit == "fraction" and not 0 < max_area <= 1:
-            raise ValueError(f"filter area: a fraction max_area must be in (0, 1], got {max_area}")
+        check_settings("filter", ACCEPTS, {"unit": unit, "max_area": max_area})
         self.max_area = max_area
         self.unit = unit
 

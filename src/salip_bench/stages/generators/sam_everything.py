@@ -15,10 +15,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from salip_bench.accepts import UNIT, IntAtLeast, NumberIn, check_settings
 from salip_bench.engines.roles import EverythingGenerator, SplitEverythingGenerator, require_role
 from salip_bench.engines.sam_grid import GRID_SETTINGS, DecodedGrid
 from salip_bench.registry import GENERATORS
 from salip_bench.types import Candidates
+
+# Upstream SamAutomaticMaskGenerator's knobs and the values they take.
+ACCEPTS = {
+    "points_per_side": IntAtLeast(1), "points_per_batch": IntAtLeast(1), "pred_iou_thresh": UNIT,
+    "stability_score_thresh": UNIT, "stability_score_offset": NumberIn(0.0, 1e9),
+    "box_nms_thresh": NumberIn(0.0, 1.0, low_open=True), "crop_nms_thresh": NumberIn(0.0, 1.0, low_open=True),
+    "crop_n_layers": IntAtLeast(0), "crop_overlap_ratio": NumberIn(0.0, 1.0, high_open=True),
+    "crop_n_points_downscale_factor": IntAtLeast(1), "min_mask_region_area": IntAtLeast(0)}
 
 
 @GENERATORS.register("sam_everything")
@@ -49,6 +58,7 @@ class SamEverythingGenerator:
             crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh, crop_overlap_ratio=crop_overlap_ratio,
             crop_n_points_downscale_factor=crop_n_points_downscale_factor,
             min_mask_region_area=min_mask_region_area)
+        check_settings("generator", ACCEPTS, self.settings)
         self.split = isinstance(sam, SplitEverythingGenerator)  # else only its one-call everything mode
 
     @property

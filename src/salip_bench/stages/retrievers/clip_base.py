@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from salip_bench.accepts import IntAtLeast, Nullable, Rule, check_settings
 from salip_bench.engines.clip_engine import ClipEngine
 from salip_bench.registry import RETRIEVERS
 from salip_bench.types import Candidates, Retrieved
 
+# What every CLIP retriever accepts; a built-in retriever's module adds its prompt's (``ACCEPTS``).
+CLIP_ACCEPTS = {"batch_size": IntAtLeast(1), "workers": Nullable(IntAtLeast(1))}
 # (mask, box) -> the RGB uint8 picture CLIP looks at, for one image.
 Draw = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (image, **parameters) -> Draw: whatever all candidates of the image share is computed once, here.
@@ -48,6 +51,7 @@ class ClipRetriever:
         missing = sorted(set(class_prompts) - set(top_k))
         if missing:
             raise ValueError(f"no top_k for class(es) {missing}")
+        check_settings("retriever", CLIP_ACCEPTS, {"batch_size": batch_size, "workers": workers})
         self.clip = clip
         self.classes = list(class_prompts)
         self.top_k = top_k
@@ -114,6 +118,7 @@ class PromptRetriever(ClipRetriever):
     """
 
     prompt: VisualPrompt  # set by register_visual_prompt on each registered subclass
+    accepts: dict[str, Rule] = {}  # the prompt's parameters' rules (its module's ACCEPTS)
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
                  batch_size: int = 32, workers: int | None = None, **params: Any) -> None:
@@ -123,6 +128,7 @@ class PromptRetriever(ClipRetriever):
         if unknown:
             raise TypeError(f"retriever {type(self).registered_name!r}: unknown parameter(s) {unknown}")  # type: ignore[attr-defined]
         self.params = {**defaults, **params}
+        check_settings("retriever", type(self).accepts, self.params)
 
     def drawer(self, image: np.ndarray) -> Draw:
         return type(self).prompt(image, **self.params)
@@ -158,17 +164,20 @@ def prompt_parameters(prompt: VisualPrompt) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 
 
-def register_visual_prompt(name: str, prompt: VisualPrompt) -> type[PromptRetriever]:
+def register_visual_prompt(name: str, prompt: VisualPrompt,
+                           accepts: dict[str, Rule] | None = None) -> type[PromptRetriever]:
     """Register the retriever ``name`` whose pictures ``prompt`` draws; returns its class.
 
     Args:
         name: the registered name, also ``conf/retriever/<name>.yaml``.
         prompt: ``(image, **params) -> (mask, box) -> picture``; every parameter after the image has
             a default and becomes a config key of the retriever, checked by the strict registry.
+        accepts: the rules of those parameters (the module's ``ACCEPTS``, which validation reads).
     """
     base = [p for p in inspect.signature(PromptRetriever).parameters.values() if p.kind is not p.VAR_KEYWORD]
     extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in prompt_parameters(prompt).items()]
     cls = type(f"{''.join(part.title() for part in name.split('_'))}Retriever", (PromptRetriever,),
                {"prompt": staticmethod(prompt), "__module__": prompt.__module__, "__doc__": prompt.__doc__,
-                "__signature__": inspect.Signature(base + extra)})
+                "__signature__": inspect.Signature(base + extra),
+                "accepts": {k: v for k, v in (accepts or {}).items() if k not in CLIP_ACCEPTS}})
     return RETRIEVERS.register(name)(cls)

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.stages.retrievers.clip_base import Draw, register_visual_prompt
+from salip_bench.accepts import Flag, Positive
+from salip_bench.stages.retrievers.clip_base import CLIP_ACCEPTS, Draw, register_visual_prompt
 from salip_bench.stages.retrievers.visual_prompts import blurred_background, reverse_blur
+
+# What this retriever accepts: batching (every CLIP retriever) and its visual prompt's parameters.
+ACCEPTS = {**CLIP_ACCEPTS, "sigma": Positive(), "grey": Flag()}
 
 
 def reverse_blur_prompt(image: np.ndarray, sigma: float = 0.02, grey: bool = True) -> Draw:
@@ -14,4 +18,4 @@ def reverse_blur_prompt(image: np.ndarray, sigma: float = 0.02, grey: bool = Tru
     return lambda mask, box: reverse_blur(image, box, sigma, grey, background)
 
 
-ReverseBlurRetriever = register_visual_prompt("reverse_blur", reverse_blur_prompt)
+ReverseBlurRetriever = register_visual_prompt("reverse_blur", reverse_blur_prompt, ACCEPTS)

@@ -23,6 +23,7 @@ def _main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
     from salip_bench.evaluation.harness import run
+    from salip_bench.evaluation.interrupts import INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked
     from salip_bench.evaluation.job import Job
     from salip_bench.evaluation.run_lock import RunLockedError
     from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
@@ -35,6 +36,10 @@ def _main(cfg: DictConfig) -> float | None:
     except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
+    except RunInterrupted as err:
+        log.warning("%s", interrupted_message(err, out_dir))
+        requeue_if_asked(err)
+        sys.exit(INTERRUPTED_STATUS)
     return summary.get("dice_mean")  # the value a Hydra sweeper optimises
 
 

@@ -1,4 +1,5 @@
-"""The Lightning side of a run: a predict-only module and a writer that stores each sample."""
+"""The Lightning side of a run: a predict-only module that evaluates and scores one sample at a time
+(the loop's module and writer: :mod:`~salip_bench.evaluation.loop_module`)."""
 from __future__ import annotations
 
 import logging
@@ -8,11 +9,9 @@ from functools import partial
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 
 from salip_bench.storage.content_keys import array_key, hashed_once
-from salip_bench.evaluation.records import RecordStore
 from salip_bench.evaluation.schema import (CLIP_IMAGES_ENCODED, CONFUSION, ENGINE_COUNTER, FAILED, METRICS, OK,
                                            RECORDED_META, SAM_ENCODER_PASSES, SampleRecord)
 from salip_bench.evaluation.memory import MemoryGuard, downscale, upscale
@@ -163,30 +162,3 @@ class PredictModule(L.LightningModule):
         counts = confusion_counts(mask, sample.mask)
         return ({"dice": dice, "iou": iou, **{m: boundary[m] for m in METRICS if m in boundary}},
                 {k: counts[k] for k in CONFUSION})
-
-
-class RecordWriter(BasePredictionWriter):
-    """Writes each finished sample (mask PNG, then its record) as soon as its batch ends, and keeps
-    the first ``overlays`` samples for the logger."""
-
-    def __init__(self, store: RecordStore, save_masks: bool, overlays: int) -> None:
-        super().__init__(write_interval="batch")
-        self.store = store
-        self.save_masks = save_masks
-        self.overlays = overlays
-        self.kept: list[tuple[Sample, Prediction, SampleRecord]] = []
-        self.written = 0
-
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
-        """Mark each sample as started before it runs: found on resume, it names a sample the
-        process died in (recorded as failed then, instead of crashing every resume)."""
-        for sample in batch:
-            self.store.mark_started(pl_module.record_head(sample).to_dict())
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
-                           dataloader_idx) -> None:
-        for record, mask, pred, sample in prediction:
-            self.store.write(record, mask if self.save_masks else None)
-            self.written += 1
-            if pred is not None and len(self.kept) < self.overlays:
-                self.kept.append((sample, pred, record))

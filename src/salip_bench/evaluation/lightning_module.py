@@ -136,6 +136,17 @@ class PredictModule(L.LightningModule):
                 return self.failed(sample, str(err))
             log.exception("sample %s failed", sample.id)
             return self.failed(sample, f"{type(err).__name__}: {err}")
+        try:  # scoring is per sample too: an error here fails this sample, not the run
+            return self.scored(sample, prediction, before, start)
+        except Exception as err:
+            if self.fail_fast:
+                raise
+            log.exception("sample %s: scoring failed", sample.id)
+            return self.failed(sample, f"scoring failed: {type(err).__name__}: {err}")
+
+    def scored(self, sample: Sample, prediction: Prediction, before: dict[str, int], start: float) -> Evaluated:
+        """The record of ``sample`` predicted as ``prediction``: scores, counters since ``before``, seconds
+        since ``start``, dataset columns and the method's info."""
         after = self.counters.snapshot()
         record = self.record_head(sample, OK)
         record.failure, record.seconds = "", round(time.perf_counter() - start, 3)

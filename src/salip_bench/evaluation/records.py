@@ -10,6 +10,7 @@ import io
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ import pandas as pd
 from PIL import Image
 
 from salip_bench.evaluation.aggregate import aggregate_records, sample_stats
-from salip_bench.evaluation.schema import METRICS, RECORD_ONLY, RESULT_COLUMNS, SampleRecord, as_record
+from salip_bench.evaluation.schema import (CONFUSION, INTEGER_COLUMNS, METRICS, RECORD_ONLY, RESULT_COLUMNS, SampleRecord,
+                                          as_record)
 from salip_bench.storage.files import atomic_write_bytes, atomic_write_text, safe_name
 
 SCORE_COLUMNS = METRICS  # older name, kept for callers
@@ -158,24 +160,50 @@ class RecordStore:
         return [r for r in (self.read(i) for i in ids) if r is not None]
 
 
-def results_frame(records: list[SampleRecord | dict]) -> pd.DataFrame:
+def method_columns() -> dict[str, str]:
+    """Every registered method's ``info_columns`` ({column: ``int`` | ``float`` | ``json``}): each is a
+    column of every run's results.csv, so that the runs of every method of a dataset share one column set."""
+    from salip_bench.registry import METHODS
+
+    columns: dict[str, str] = {}
+    for name in METHODS.names():
+        columns.update(getattr(METHODS.get(name), "info_columns", {}))
+    return columns
+
+
+def integer_column_names() -> set[str]:
+    """The columns that hold integers (empty where absent): read back as pandas' ``Int64``."""
+    return {*INTEGER_COLUMNS, *(k for k, kind in method_columns().items() if kind == "int")}
+
+
+def results_frame(records: list[SampleRecord | dict], columns: Sequence[str] = ()) -> pd.DataFrame:
     """One row per sample, JSON-encoding list-valued columns so the CSV stays one line per row.
+
+    The columns are the same for every method of a dataset: :data:`RESULT_COLUMNS`, the confusion
+    counts, the boxes, every method's info columns (:func:`method_columns`) and ``columns`` (the
+    dataset's own), empty where a sample has no value; then any other key its records hold.
 
     Args:
         records: the run's records (:class:`SampleRecord` or their JSON objects).
+        columns: further columns every run of this dataset has (its ``extra_metrics``' columns).
     """
     rows = []
     for record in records:
         data = as_record(record).to_dict()
         rows.append({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in data.items()
                      if k not in RECORD_ONLY})
+    fixed = [*RESULT_COLUMNS, *CONFUSION, "boxes", *method_columns(), *columns]
     frame = pd.DataFrame(rows)
-    for column in METRICS:
+    for column in fixed:
         if column not in frame.columns:
             frame[column] = None
-    for column in integer_columns(rows):  # failed samples leave gaps: keep counts integer (12, not 12.0)
-        frame[column] = pd.array([row.get(column) for row in rows], dtype="Int64")
-    ordered = [c for c in RESULT_COLUMNS if c in frame.columns]
+    integers = integer_column_names()
+    for column in {*integer_columns(rows), *(c for c in frame.columns if c in integers)}:
+        # failed samples leave gaps: keep counts integer (12, not 12.0)
+        values = [row.get(column) for row in rows]
+        if all(v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))) for v in values):
+            frame[column] = pd.array(values, dtype="Int64")
+    ordered = list(dict.fromkeys(c for c in RESULT_COLUMNS if c in frame.columns))
     return frame[ordered + sorted(c for c in frame.columns if c not in ordered)]
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salip_bench.datasets.settings import DatasetSettings
+from salip_bench.evaluation.extra_metrics import extra_metric_columns
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.records import RecordStore, results_frame
@@ -132,7 +134,8 @@ def write_tables(info: RunInfo, out_dir: Path, store: RecordStore, ids: list[str
     summary = build_summary(info, records, invocation, volumes)
     out_dir.mkdir(parents=True, exist_ok=True)
     if records:
-        write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))
+        columns = extra_metric_columns(DatasetSettings.from_config(info.cfg["dataset"]).extra_metrics)
+        write_if_changed(out_dir / "results.csv", results_frame(records, columns).to_csv(index=False))
     write_if_changed(summary_path, summary.to_json())
     stats = summary.stats
     log.info("dice_mean=%s iou_mean=%s nsd_mean=%s hd95_mean=%s n_ok=%d n_failed=%d n_unlabelled=%d",

@@ -17,6 +17,8 @@ class UnpromptedSamMethod:
     mask. ``sam`` is injected.
     """
 
+    info_columns = {"sam_predicted_iou": "float"}
+
     def __init__(self, sam: SamV1Engine, multimask_output: bool = False) -> None:
         if not isinstance(sam, SamV1Engine):  # SAM 2.1 / MedSAM engines offer box prompts, not this
             raise PluginError(f"method unprompted_sam runs SAM v1 only (model=sam_vit_b|l|h|sam_tiny), "

@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from salip_bench.evaluation.entry_checks import oserror_line, precheck
 from salip_bench.evaluation.validation import ConfigError, validate
 
 log = logging.getLogger("salip_bench")
@@ -36,6 +37,9 @@ def _main(cfg: DictConfig) -> float | None:
     except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:  # writing the output: a full disk, a folder made read-only meanwhile
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
     except RunInterrupted as err:
         log.warning("%s", interrupted_message(err, out_dir))
         requeue_if_asked(err)
@@ -44,6 +48,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    precheck("config")  # overrides that do not compose, an unusable output_dir: one line, exit 2
     _main()
 
 

@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from salip_bench.datasets.base import SegmentationDataset
+from salip_bench.evaluation.entry_checks import oserror_line, precheck
 from salip_bench.storage.files import atomic_write_text
-from salip_bench.registry import DATASETS, PluginError
+from salip_bench.registry import PluginError
 
 log = logging.getLogger("salip_bench")
 
@@ -59,6 +60,8 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     import lightning as L  # heavy imports after argument parsing: --help stays fast
 
     from salip_bench.engines.unet import ARCH_KEYS, UNetModule, save_checkpoint
+    from salip_bench.evaluation.harness import build_dataset
+    from salip_bench.evaluation.validation import ConfigError
 
     begin = time.perf_counter()
     # to_container leaves a missing value (dataset.prompts: ???) as the string "???" instead of raising.
@@ -68,13 +71,13 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
         torch.set_num_threads(hp["threads"])
     L.seed_everything(hp["seed"], verbose=False)
     # Prompts only matter to zero-shot retrieval; training must not require them.
-    dataset = DATASETS.build({k: v for k, v in cfg["dataset"].items() if k != "prompts"})
+    dataset = build_dataset({k: v for k, v in cfg["dataset"].items() if k != "prompts"})
     train_indices, val_indices = split_indices(len(dataset), hp["val_fraction"], hp["seed"])
     start = time.perf_counter()
     train_set, train_ids = preload(dataset, train_indices, hp["image_size"])
     val_set, val_ids = preload(dataset, val_indices, hp["image_size"])
     if train_set is None:
-        raise RuntimeError(f"no usable training sample in {cfg['dataset'].get('root')}")
+        raise ConfigError(f"no usable training sample in {cfg['dataset'].get('root')}")
     log.info("%d training / %d validation images at %d px, loaded in %.1fs", len(train_ids), len(val_ids),
              hp["image_size"], time.perf_counter() - start)
 
@@ -106,17 +109,73 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     return summary
 
 
+# unet.<key>: (type, lowest value, whether the lowest is allowed) of the training settings.
+TRAIN_NUMBERS = {"image_size": (int, 16, True), "epochs": (int, 1, True), "batch_size": (int, 1, True),
+                 "lr": (float, 0.0, False), "weight_decay": (float, 0.0, True), "val_fraction": (float, 0.0, True),
+                 "seed": (int, 0, True), "num_workers": (int, 0, True), "dropout": (float, 0.0, True)}
+
+
+def check_train_config(cfg: DictConfig | dict) -> dict:
+    """The training settings and the dataset, checked in one line each before anything loads.
+
+    Args:
+        cfg: the training config.
+
+    Raises:
+        ConfigError: the first bad setting.
+    """
+    from salip_bench.evaluation.validation import ConfigError, check_dataset
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    hp = plain.get("unet")
+    if not isinstance(hp, dict):
+        raise ConfigError(f"unet={hp!r}: expected the mapping of conf/train.yaml")
+    for key, (kind, low, inclusive) in TRAIN_NUMBERS.items():
+        value = hp.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or type(value) is int)
+        if not number or not (value >= low if inclusive else value > low):
+            raise ConfigError(f"unet.{key}={value!r}: expected {'an integer' if kind is int else 'a number'} "
+                              f"{'>=' if inclusive else '>'} {low}")
+    if not hp["val_fraction"] < 1:
+        raise ConfigError(f"unet.val_fraction={hp['val_fraction']!r}: expected a fraction in [0, 1)")
+    if hp.get("threads") is not None and (type(hp["threads"]) is not int or hp["threads"] < 1):
+        raise ConfigError(f"unet.threads={hp['threads']!r}: expected an integer >= 1 or null")
+    check_dataset(plain["dataset"], needs_prompts=False)
+    return plain
+
+
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
+    from salip_bench.evaluation.validation import ConfigError
+
     try:
-        summary = train(cfg, HydraConfig.get().runtime.output_dir)
-    except PluginError as err:
+        check_train_config(cfg)
+    except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
+    from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message,
+                                                   requeue_if_asked, stop_on_signals)
+    from salip_bench.evaluation.run_lock import RunLock, RunLockedError
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        with RunLock(out_dir), stop_on_signals():
+            summary = train(cfg, out_dir)
+    except (PluginError, ConfigError, RunLockedError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    except OSError as err:  # reading the dataset, writing the checkpoint: a full disk, permissions
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
+    except RunInterrupted as err:
+        log.warning("%s", interrupted_message(err, out_dir))
+        requeue_if_asked(err)
+        sys.exit(INTERRUPTED_STATUS)
     return summary["best_val_dice"]  # the value a Hydra sweeper optimises
 
 
 def main() -> None:
+    precheck("train")  # overrides that do not compose, an unusable output_dir: one line, exit 2
     _main()
 
 

@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.registry import DATASETS, METHODS, PluginError
+from salip_bench.evaluation.entry_checks import oserror_line, precheck
 from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked,
                                               stop_on_signals)
 from salip_bench.evaluation.job import Job
@@ -210,8 +211,21 @@ def check_tune_config(cfg: DictConfig | Mapping) -> None:
     """
     plain = validate(cfg)
     check_method_inputs(METHODS.get(plain["method"]["name"]), plain["dataset"])
+    settings = plain.get("tune")
+    if not isinstance(settings, Mapping) or not isinstance(settings.get("split"), Mapping):
+        raise ConfigError(f"tune={settings!r}: expected a mapping with split, space, n_trials, n_images, seed")
+    for key, low in (("n_trials", 1), ("n_images", 1), ("seed", 0)):
+        value = settings.get(key)
+        if type(value) is not int or value < low:
+            raise ConfigError(f"tune.{key}={value!r}: expected an integer >= {low}")
+    for key in ("baseline", "reuse"):
+        if not isinstance(settings.get(key, True), bool):
+            raise ConfigError(f"tune.{key}={settings.get(key)!r}: expected true or false")
+    if not isinstance(settings.get("space"), Mapping):
+        raise ConfigError(f"tune.space={settings.get('space')!r}: expected a mapping of dotted keys to [low, high] "
+                          "or choices, e.g. tune.space.filter.max_area=[0.5,0.95]")
     try:
-        check_dataset(plain["tune"]["split"], needs_prompts=True)
+        check_dataset(settings["split"], needs_prompts=True)
     except ConfigError as err:
         message = str(err)
         raise ConfigError("tune.split." + message.removeprefix("dataset.")
@@ -226,6 +240,9 @@ def _main(cfg: DictConfig) -> float | None:
     except (TuningError, WeightsNotFoundError, PluginError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:  # writing the output: a full disk, a folder made read-only meanwhile
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
     except RunInterrupted as err:
         log.warning("%s", interrupted_message(err, HydraConfig.get().runtime.output_dir))
         requeue_if_asked(err)
@@ -234,6 +251,7 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    precheck("tune")  # overrides that do not compose, an unusable output_dir: one line, exit 2
     _main()
 
 

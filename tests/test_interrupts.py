@@ -23,7 +23,7 @@ from salip_bench.evaluation.schema import SAMPLE_COUNTERS
 # The entry point named by argv[1], with a stall at STALL_AT while the file STALL_FLAG exists (the
 # test removes it before resuming): "sample:<id>[:<call>]" inside the <call>-th evaluation of <id>
 # (tuning evaluates each image once per trial), "between:<id>" before <id> is marked started,
-# "finalize" for a few seconds while the tables are written.
+# "finalize" for a few seconds while the tables are written, "epoch:<n>" before training epoch <n> (0-based).
 DRIVER = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
@@ -53,6 +53,14 @@ DRIVER = textwrap.dedent("""
                 stall()
             return start(self, trainer, module, batch, *args, **kwargs)
         loop_module.LoopWriter.on_predict_batch_start = patched
+    elif kind == "epoch":
+        from salip_bench.engines import unet
+        start = unet.UNetModule.on_train_epoch_start
+        def patched(self):
+            if self.current_epoch == int(where):
+                stall()
+            return start(self)
+        unet.UNetModule.on_train_epoch_start = patched
     elif kind == "finalize":
         write = finalize.write_tables
         def patched(*args, **kwargs):
@@ -63,6 +71,8 @@ DRIVER = textwrap.dedent("""
     sys.argv = [entry, *sys.argv[2:]]
     if entry == "salip-bench":
         from salip_bench.cli import main
+    elif entry == "salip-bench-train":
+        from salip_bench.train import main
     else:
         from salip_bench.tune import main
     main()
@@ -211,3 +221,36 @@ def test_interrupted_tuning_resumes_to_the_uninterrupted_result(tmp_path, tuned_
     assert status == 0, output[-3000:]
     assert_same_tuning(tuning_outcome(out), tuned_reference)
     assert not list(out.rglob("*.started")) and not list(out.rglob(LOCK_NAME))
+
+
+TRAIN = ["dataset=folder", f"dataset.root={HC18_TRAIN}", "unet.epochs=3", "unet.image_size=32", "unet.batch_size=4"]
+
+
+def trained(out: Path) -> tuple[dict, dict]:
+    import torch
+
+    summary = yaml.safe_load((out / "train_summary.json").read_text())
+    state = torch.load(out / "unet.ckpt", map_location="cpu", weights_only=False)
+    return {k: summary[k] for k in ("best_val_dice", "best_epoch", "epochs_run", "val_ids")}, state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, signum):
+    import torch
+
+    status, output = finish(launch(tmp_path, "salip-bench-train", [*TRAIN, f"output_dir={tmp_path / 'ref'}"]))
+    assert status == 0, output[-3000:]
+    out = tmp_path / "out"
+    status, output = interrupt(tmp_path, "salip-bench-train", [*TRAIN, f"output_dir={out}"], "epoch:2", signum)
+    if signum != signal.SIGKILL:
+        assert status == INTERRUPTED_STATUS and "interrupted, resume to continue" in output, output[-3000:]
+        assert not (out / LOCK_NAME).exists()
+    assert (out / "last.ckpt").is_file() and not (out / "unet.ckpt").exists()
+    status, output = finish(launch(tmp_path, "salip-bench-train", [*TRAIN, f"output_dir={out}"]))
+    assert status == 0 and "resuming from" in output, output[-3000:]
+    (summary, state), (expected, reference) = trained(out), trained(tmp_path / "ref")
+    assert summary == expected
+    weights, reference_weights = state["state_dict"], reference["state_dict"]
+    assert weights.keys() == reference_weights.keys()
+    assert all(torch.equal(weights[k], reference_weights[k]) for k in weights)

@@ -8,6 +8,7 @@ of DIR) and ``TRAIN/train_summary.json``; evaluate it with
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -55,6 +56,72 @@ def preload(dataset: SegmentationDataset, indices: list[int], size: int) -> tupl
     return TensorDataset(torch.stack(images), torch.stack(masks)), ids
 
 
+RESUME_FILE = "last.ckpt"  # the state after the last finished epoch: a stopped training resumes from it
+
+
+def training_fingerprint(cfg: dict) -> str:
+    """A hash of what the training depends on (data, U-Net settings, trainer), so that a checkpoint of
+    other settings is never resumed from.
+
+    Args:
+        cfg: the resolved training config.
+    """
+    relevant = {k: cfg.get(k) for k in ("dataset", "unet", "trainer")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_callback(fingerprint: str):  # noqa: ANN201 - a lightning Callback
+    """A Lightning callback that puts into every checkpoint what Lightning's own does not hold: the
+    module's best epoch so far (state, Dice, epoch) and the random generators' states, so that a resumed
+    training draws the same shuffles and augmentations as an uninterrupted one (same weights, same
+    best epoch).
+
+    Args:
+        fingerprint: :func:`training_fingerprint` of the settings, stored with the state.
+    """
+    import random
+
+    import numpy as np
+    from lightning.pytorch.callbacks import Callback
+
+    class ResumeState(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+            checkpoint["salip_bench"] = {
+                "fingerprint": fingerprint, "best_dice": pl_module.best_dice, "best_epoch": pl_module.best_epoch,
+                "best_state": pl_module.best_state, "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+            state = checkpoint["salip_bench"]  # resume_path checked that it is of these settings
+            pl_module.best_dice, pl_module.best_epoch = state["best_dice"], state["best_epoch"]
+            pl_module.best_state = state["best_state"]
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
+
+    return ResumeState()
+
+
+def resume_path(out_dir: Path, fingerprint: str) -> Path | None:
+    """The checkpoint to resume from, if there is one of these settings (another is set aside, named).
+
+    Args:
+        out_dir: the training's folder; fingerprint: :func:`training_fingerprint`.
+    """
+    path = out_dir / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False).get("salip_bench") or {}
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: start over, saying so
+        log.warning("%s is unreadable (%s): training from the start", path, err)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s was written with other settings: training from the start", path)
+        return None
+    return path
+
+
 def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     """Train on ``cfg.dataset`` with the ``cfg.unet`` settings into ``out_dir``; returns the summary dict."""
     import lightning as L  # heavy imports after argument parsing: --help stays fast
@@ -84,12 +151,23 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     arch = {k: hp[k] for k in ARCH_KEYS}
     module = UNetModule(arch, lr=hp["lr"], weight_decay=hp["weight_decay"], augment=hp["augment"])
     loader = partial(DataLoader, batch_size=hp["batch_size"], num_workers=hp["num_workers"])
-    trainer = L.Trainer(**cfg["trainer"], max_epochs=hp["epochs"], logger=False, enable_checkpointing=False,
-                        num_sanity_val_steps=0)
+    # Every finished epoch leaves OUT/last.ckpt (with the random generators' states): a stopped or killed
+    # training run again with the same command resumes from it, to the same weights as an uninterrupted one.
+    fingerprint = training_fingerprint(cfg)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every_epoch = ModelCheckpoint(dirpath=out_dir, filename=Path(RESUME_FILE).stem, save_top_k=1,  # the latest
+                                  enable_version_counter=False, every_n_epochs=1)
+    resume = resume_path(out_dir, fingerprint)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer = L.Trainer(**cfg["trainer"], max_epochs=hp["epochs"], logger=False, enable_checkpointing=True,
+                        callbacks=[every_epoch, resume_callback(fingerprint)], num_sanity_val_steps=0)
     with warnings.catch_warnings():  # the data is already in memory: workers would only add copies
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         start, cpu_start = time.perf_counter(), time.process_time()
-        trainer.fit(module, loader(train_set, shuffle=True), loader(val_set) if val_set is not None else None)
+        trainer.fit(module, loader(train_set, shuffle=True), loader(val_set) if val_set is not None else None,
+                    ckpt_path=str(resume) if resume is not None else None)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     # Without a validation split the last epoch's weights are kept.

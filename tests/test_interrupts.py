@@ -254,3 +254,39 @@ def test_interrupted_training_resumes_to_the_uninterrupted_weights(tmp_path, sig
     weights, reference_weights = state["state_dict"], reference["state_dict"]
     assert weights.keys() == reference_weights.keys()
     assert all(torch.equal(weights[k], reference_weights[k]) for k in weights)
+
+
+def test_a_stop_signal_waits_for_a_deferred_block_and_a_second_one_is_only_logged():
+    from salip_bench.evaluation.interrupts import RunInterrupted, deferred, stop_on_signals
+
+    done = []
+    with pytest.raises(RunInterrupted) as stopped, stop_on_signals():
+        with deferred():  # writing a record: the signal waits until it is written
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("record written")
+        done.append("never")
+    assert done == ["record written"] and stopped.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    with pytest.raises(RunInterrupted), stop_on_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            with deferred():  # the tables, while stopping: a second signal does not cut them short
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("tables written")
+    assert done[-1] == "tables written"
+
+
+def test_slurm_warning_signal_requeues_the_job(tmp_path, monkeypatch):
+    from salip_bench.evaluation.interrupts import RunInterrupted, requeue_if_asked, stop_on_signals
+
+    calls = tmp_path / "calls"
+    (tmp_path / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (tmp_path / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with pytest.raises(RunInterrupted) as stopped, stop_on_signals():
+        os.kill(os.getpid(), signal.SIGUSR1)  # sbatch --signal=USR1@90
+    assert stopped.value.requeue and requeue_if_asked(stopped.value)
+    assert calls.read_text().split() == ["requeue", "4242"]
+    assert not requeue_if_asked(RunInterrupted(signal.SIGTERM))  # a plain stop does not requeue

@@ -56,12 +56,15 @@ class _State:
     depth = 0  # nesting of deferred() blocks
     pending: int | None = None  # a signal that arrived inside one
     stopping = False  # a RunInterrupted was raised already
+    owner: int | None = None  # the process that installed the handlers (DataLoader workers inherit them)
 
 
 _state = _State()
 
 
 def _handler(signum: int, frame: object) -> None:
+    if os.getpid() != _state.owner:  # a forked DataLoader worker: the main process stops and reaps it
+        return
     if _state.stopping:
         log.warning("%s received while stopping: finishing the tables, then exiting",
                     signal.Signals(signum).name)
@@ -96,7 +99,7 @@ def stop_on_signals() -> Iterator[None]:
     if all(handler is _handler for handler in previous.values()):  # nested
         yield
         return
-    _state.pending, _state.stopping = None, False
+    _state.pending, _state.stopping, _state.owner = None, False, os.getpid()
     for s in signals:
         signal.signal(s, _handler)
     try:

@@ -170,7 +170,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_second_process_refused_then_kill_9_inside_a_sample_is_recorded_on_resume(tmp_path):
+def test_second_process_refused_then_kill_9_inside_a_sample_runs_it_again_twice_is_failed(tmp_path):
     root = hc18_copies(tmp_path / "data", {"a_ok": "100_HC", "b_stall": "208_HC", "c_ok": "249_HC"})
     out = tmp_path / "out"
     out.mkdir()
@@ -194,11 +194,21 @@ def test_second_process_refused_then_kill_9_inside_a_sample_is_recorded_on_resum
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     assert (out / LOCK_NAME).is_file()  # left behind by the killed run: stale
+    # One death in b_stall: it runs again (and stalls again); a second death in it: recorded as failed.
+    (out / "inside_b_stall").unlink()
+    second = start("stall")
+    while not (out / "inside_b_stall").exists():
+        assert second.poll() is None and time.monotonic() < deadline, second.stdout.read() if second.poll() else "timeout"
+        time.sleep(0.5)
+    assert json.loads((out / "samples" / "b_stall.started").read_text())["deaths"] == 1
+    second.send_signal(signal.SIGKILL)
+    second.wait(timeout=60)
     third = start("no-stall")
     output = third.communicate(timeout=300)[0]
     assert third.returncode == 0 and "SUMMARY 2 1" in output, output
     record = json.loads((out / "samples" / "b_stall.json").read_text())
     assert record["status"] == "failed" and record["failure"].startswith(CRASH_FAILURE)
+    assert "2 times in a row" in record["failure"] and str(second.pid) in record["failure"]
     assert not (out / LOCK_NAME).exists() and not list((out / "samples").glob("*.started"))
 
 
@@ -219,7 +229,8 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
 
 def test_a_run_that_ends_on_its_own_leaves_no_crash_markers(tmp_path):
     """Ctrl-C or an error inside a sample ends the run through its finally: that sample is pending next
-    time, not a crash; a marker of another (killed) process stays for the resume to record."""
+    time, not a crash; a marker of another (killed) process stays for the resume to count: one death
+    runs it again, a second death in a row records it as failed."""
     from salip_bench.evaluation.records import RecordStore
 
     store = RecordStore(tmp_path)
@@ -229,4 +240,9 @@ def test_a_run_that_ends_on_its_own_leaves_no_crash_markers(tmp_path):
     other.write_text(json.dumps({"id": "killed", "status": "failed", "pid": os.getpid() + 1, "started": 0}))
     store.clear_own_markers(["mine", "killed"])
     assert not store.marker_path("mine").exists() and other.exists()
+    assert store.record_crashes(["mine", "killed"]) == []  # one death: pending again, the death counted
+    assert json.loads(other.read_text())["deaths"] == 1 and json.loads(other.read_text())["pid"] is None
+    store.mark_started({"id": "killed", "status": "failed"})  # the resume runs it, and dies in it again
+    other.write_text(json.dumps({**json.loads(other.read_text()), "pid": os.getpid() + 1}))
     assert store.record_crashes(["mine", "killed"]) == ["killed"]
+    assert "2 times in a row" in json.loads(store.record_path("killed").read_text())["failure"]

@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from salip_bench.evaluation.console import log_finished, quiet_console, removing_empty_output
+from salip_bench.evaluation.entry_checks import oserror_line, precheck
 from salip_bench.evaluation.validation import ConfigError, validate
 
 log = logging.getLogger("salip_bench")
@@ -26,6 +27,7 @@ def _main(cfg: DictConfig) -> float | None:
     quiet_console()
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
     from salip_bench.evaluation.harness import run
+    from salip_bench.evaluation.interrupts import INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked
     from salip_bench.evaluation.job import Job
     from salip_bench.evaluation.run_lock import RunLockedError
     from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
@@ -38,11 +40,19 @@ def _main(cfg: DictConfig) -> float | None:
     except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:  # writing the output: a full disk, a folder made read-only meanwhile
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
+    except RunInterrupted as err:
+        log.warning("%s", interrupted_message(err, out_dir))
+        requeue_if_asked(err)
+        sys.exit(INTERRUPTED_STATUS)
     log_finished(summary, out_dir)
     return summary.get("dice_mean")  # the value a Hydra sweeper optimises
 
 
 def main() -> None:
+    precheck("config")  # overrides that do not compose, an unusable output_dir: one line, exit 2
     _main()
 
 

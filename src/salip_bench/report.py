@@ -18,6 +18,7 @@ Runs on unlabelled images (no Dice) are listed as unscored, with their figures b
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +27,13 @@ from salip_bench.reporting.failures import CATEGORIES, attribute_failures  # noq
 from salip_bench.reporting.labels import method_labels  # noqa: F401
 from salip_bench.reporting.runs import ReportError, Run, find_runs  # noqa: F401
 from salip_bench.reporting.write import write_report
+from salip_bench.evaluation.entry_checks import oserror_line, output_dir_problem
+
+
+def fail(message: str) -> None:
+    """One line on stderr and exit status 2 (argparse's own usage errors exit 2 too)."""
+    print(f"salip-bench-report: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,11 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals (0)")
     args = parser.parse_args(argv)
     if not 0.0 <= args.tau <= 1.0 or args.delta < 0.0:
-        parser.error("--tau must lie in [0, 1] and --delta be >= 0")
+        fail("--tau must lie in [0, 1] and --delta be >= 0")
+    problem = output_dir_problem(args.out, "--out")
+    if problem:
+        fail(problem)
+    logging.basicConfig(format="salip-bench-report: %(message)s")  # a run it skips: one line, named
     try:
         table = write_report(args.run_dirs, args.out, args.tau, args.delta, args.reference, args.seed)
     except ReportError as err:
-        parser.error(str(err))
+        fail(str(err))
+    except OSError as err:  # writing the report: a full disk, a folder made read-only meanwhile
+        fail(oserror_line(err))
     sys.stdout.write(table)
     print(f"report written to {args.out}", file=sys.stderr)
 

@@ -8,6 +8,7 @@ of DIR) and ``TRAIN/train_summary.json``; evaluate it with
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -24,8 +25,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from salip_bench.datasets.base import SegmentationDataset
 from salip_bench.evaluation.console import quiet_console
+from salip_bench.evaluation.entry_checks import oserror_line, precheck
 from salip_bench.storage.files import atomic_write_text
-from salip_bench.registry import DATASETS, PluginError
+from salip_bench.registry import PluginError
 
 log = logging.getLogger("salip_bench")
 
@@ -55,11 +57,79 @@ def preload(dataset: SegmentationDataset, indices: list[int], size: int) -> tupl
     return TensorDataset(torch.stack(images), torch.stack(masks)), ids
 
 
+RESUME_FILE = "last.ckpt"  # the state after the last finished epoch: a stopped training resumes from it
+
+
+def training_fingerprint(cfg: dict) -> str:
+    """A hash of what the training depends on (data, U-Net settings, trainer), so that a checkpoint of
+    other settings is never resumed from.
+
+    Args:
+        cfg: the resolved training config.
+    """
+    relevant = {k: cfg.get(k) for k in ("dataset", "unet", "trainer")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_callback(fingerprint: str):  # noqa: ANN201 - a lightning Callback
+    """A Lightning callback that puts into every checkpoint what Lightning's own does not hold: the
+    module's best epoch so far (state, Dice, epoch) and the random generators' states, so that a resumed
+    training draws the same shuffles and augmentations as an uninterrupted one (same weights, same
+    best epoch).
+
+    Args:
+        fingerprint: :func:`training_fingerprint` of the settings, stored with the state.
+    """
+    import random
+
+    import numpy as np
+    from lightning.pytorch.callbacks import Callback
+
+    class ResumeState(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+            checkpoint["salip_bench"] = {
+                "fingerprint": fingerprint, "best_dice": pl_module.best_dice, "best_epoch": pl_module.best_epoch,
+                "best_state": pl_module.best_state, "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+            state = checkpoint["salip_bench"]  # resume_path checked that it is of these settings
+            pl_module.best_dice, pl_module.best_epoch = state["best_dice"], state["best_epoch"]
+            pl_module.best_state = state["best_state"]
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
+
+    return ResumeState()
+
+
+def resume_path(out_dir: Path, fingerprint: str) -> Path | None:
+    """The checkpoint to resume from, if there is one of these settings (another is set aside, named).
+
+    Args:
+        out_dir: the training's folder; fingerprint: :func:`training_fingerprint`.
+    """
+    path = out_dir / RESUME_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False).get("salip_bench") or {}
+    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: start over, saying so
+        log.warning("%s is unreadable (%s): training from the start", path, err)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s was written with other settings: training from the start", path)
+        return None
+    return path
+
+
 def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     """Train on ``cfg.dataset`` with the ``cfg.unet`` settings into ``out_dir``; returns the summary dict."""
     import lightning as L  # heavy imports after argument parsing: --help stays fast
 
     from salip_bench.engines.unet import ARCH_KEYS, UNetModule, save_checkpoint
+    from salip_bench.evaluation.harness import build_dataset
+    from salip_bench.evaluation.validation import ConfigError
 
     begin = time.perf_counter()
     # to_container leaves a missing value (dataset.prompts: ???) as the string "???" instead of raising.
@@ -69,25 +139,36 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
         torch.set_num_threads(hp["threads"])
     L.seed_everything(hp["seed"], verbose=False)
     # Prompts only matter to zero-shot retrieval; training must not require them.
-    dataset = DATASETS.build({k: v for k, v in cfg["dataset"].items() if k != "prompts"})
+    dataset = build_dataset({k: v for k, v in cfg["dataset"].items() if k != "prompts"})
     train_indices, val_indices = split_indices(len(dataset), hp["val_fraction"], hp["seed"])
     start = time.perf_counter()
     train_set, train_ids = preload(dataset, train_indices, hp["image_size"])
     val_set, val_ids = preload(dataset, val_indices, hp["image_size"])
     if train_set is None:
-        raise RuntimeError(f"no usable training sample in {cfg['dataset'].get('root')}")
+        raise ConfigError(f"no usable training sample in {cfg['dataset'].get('root')}")
     log.info("%d training / %d validation images at %d px, loaded in %.1fs", len(train_ids), len(val_ids),
              hp["image_size"], time.perf_counter() - start)
 
     arch = {k: hp[k] for k in ARCH_KEYS}
     module = UNetModule(arch, lr=hp["lr"], weight_decay=hp["weight_decay"], augment=hp["augment"])
     loader = partial(DataLoader, batch_size=hp["batch_size"], num_workers=hp["num_workers"])
-    trainer = L.Trainer(**cfg["trainer"], max_epochs=hp["epochs"], logger=False, enable_checkpointing=False,
-                        num_sanity_val_steps=0)
+    # Every finished epoch leaves OUT/last.ckpt (with the random generators' states): a stopped or killed
+    # training run again with the same command resumes from it, to the same weights as an uninterrupted one.
+    fingerprint = training_fingerprint(cfg)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every_epoch = ModelCheckpoint(dirpath=out_dir, filename=Path(RESUME_FILE).stem, save_top_k=1,  # the latest
+                                  enable_version_counter=False, every_n_epochs=1)
+    resume = resume_path(out_dir, fingerprint)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer = L.Trainer(**cfg["trainer"], max_epochs=hp["epochs"], logger=False, enable_checkpointing=True,
+                        callbacks=[every_epoch, resume_callback(fingerprint)], num_sanity_val_steps=0)
     with warnings.catch_warnings():  # the data is already in memory: workers would only add copies
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         start, cpu_start = time.perf_counter(), time.process_time()
-        trainer.fit(module, loader(train_set, shuffle=True), loader(val_set) if val_set is not None else None)
+        trainer.fit(module, loader(train_set, shuffle=True), loader(val_set) if val_set is not None else None,
+                    ckpt_path=str(resume) if resume is not None else None)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
 
     # Without a validation split the last epoch's weights are kept.
@@ -107,18 +188,74 @@ def train(cfg: DictConfig | dict, out_dir: Path | str) -> dict:
     return summary
 
 
+# unet.<key>: (type, lowest value, whether the lowest is allowed) of the training settings.
+TRAIN_NUMBERS = {"image_size": (int, 16, True), "epochs": (int, 1, True), "batch_size": (int, 1, True),
+                 "lr": (float, 0.0, False), "weight_decay": (float, 0.0, True), "val_fraction": (float, 0.0, True),
+                 "seed": (int, 0, True), "num_workers": (int, 0, True), "dropout": (float, 0.0, True)}
+
+
+def check_train_config(cfg: DictConfig | dict) -> dict:
+    """The training settings and the dataset, checked in one line each before anything loads.
+
+    Args:
+        cfg: the training config.
+
+    Raises:
+        ConfigError: the first bad setting.
+    """
+    from salip_bench.evaluation.validation import ConfigError, check_dataset
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    hp = plain.get("unet")
+    if not isinstance(hp, dict):
+        raise ConfigError(f"unet={hp!r}: expected the mapping of conf/train.yaml")
+    for key, (kind, low, inclusive) in TRAIN_NUMBERS.items():
+        value = hp.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or type(value) is int)
+        if not number or not (value >= low if inclusive else value > low):
+            raise ConfigError(f"unet.{key}={value!r}: expected {'an integer' if kind is int else 'a number'} "
+                              f"{'>=' if inclusive else '>'} {low}")
+    if not hp["val_fraction"] < 1:
+        raise ConfigError(f"unet.val_fraction={hp['val_fraction']!r}: expected a fraction in [0, 1)")
+    if hp.get("threads") is not None and (type(hp["threads"]) is not int or hp["threads"] < 1):
+        raise ConfigError(f"unet.threads={hp['threads']!r}: expected an integer >= 1 or null")
+    check_dataset(plain["dataset"], needs_prompts=False)
+    return plain
+
+
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
     quiet_console()
+    from salip_bench.evaluation.validation import ConfigError
+
     try:
-        summary = train(cfg, HydraConfig.get().runtime.output_dir)
-    except PluginError as err:
+        check_train_config(cfg)
+    except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
+    from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message,
+                                                   requeue_if_asked, stop_on_signals)
+    from salip_bench.evaluation.run_lock import RunLock, RunLockedError
+
+    out_dir = HydraConfig.get().runtime.output_dir
+    try:
+        with RunLock(out_dir), stop_on_signals():
+            summary = train(cfg, out_dir)
+    except (PluginError, ConfigError, RunLockedError) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    except OSError as err:  # reading the dataset, writing the checkpoint: a full disk, permissions
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
+    except RunInterrupted as err:
+        log.warning("%s", interrupted_message(err, out_dir))
+        requeue_if_asked(err)
+        sys.exit(INTERRUPTED_STATUS)
     return summary["best_val_dice"]  # the value a Hydra sweeper optimises
 
 
 def main() -> None:
+    precheck("train")  # overrides that do not compose, an unusable output_dir: one line, exit 2
     _main()
 
 

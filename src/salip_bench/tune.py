@@ -46,7 +46,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.registry import DATASETS, METHODS, PluginError
+from salip_bench.evaluation.entry_checks import oserror_line, precheck
+from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked,
+                                              stop_on_signals)
 from salip_bench.evaluation.job import Job
+from salip_bench.evaluation.run_lock import RunLock, RunLockedError
 from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
 from salip_bench.evaluation.validation import ConfigError, check_dataset, check_method_inputs, validate
 from salip_bench.storage.files import atomic_write_text
@@ -123,9 +127,6 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) ->
         out_dir: where the trials, ``trials.csv`` and ``tuned.yaml`` go.
         job: the launching command, read from Hydra by the entry point (None: a library call).
     """
-    from salip_bench.evaluation.harness import run  # torch and Lightning only once the config is known to be good
-    from salip_bench.evaluation.tune_trials import run_trials, share_engines
-
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     settings, out_dir = cfg["tune"], Path(out_dir)
     if cfg.get("tuned"):
@@ -150,6 +151,23 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) ->
         raise TuningError(f"tune.split ({split.get('root')}) has no images")
     check_disjoint(split.get("root"), split_ids, cfg["dataset"].get("root"), DATASETS.build(cfg["dataset"]).ids)
 
+    with RunLock(out_dir), stop_on_signals():  # one tuning per folder; a stop signal ends it cleanly
+        return search(cfg, split, split_ids, space, baseline, out_dir, job)
+
+
+def search(cfg: dict, split: dict, split_ids: list[str], space: dict[str, Any], baseline: dict[str, Any],
+           out_dir: Path, job: Job | None) -> dict:
+    """Run the trials and write ``trials.csv`` and ``tuned.yaml`` (see :func:`tune`).
+
+    Args:
+        cfg: the resolved tuning config; split: its split's dataset config, split_ids its images.
+        space: the flattened search space; baseline: the configured values of its keys.
+        out_dir: the tuning's folder; job: the launching command.
+    """
+    from salip_bench.evaluation.harness import run  # torch and Lightning only once the config is known to be good
+    from salip_bench.evaluation.tune_trials import run_trials, share_engines
+
+    settings = cfg["tune"]
     n_drawn = settings["n_trials"] - 1 if settings["baseline"] else settings["n_trials"]
     trials = ([baseline] if settings["baseline"] else []) + sample_trials(space, n_drawn, settings["seed"])
     trial_dirs = [out_dir / "trials" / str(number) for number in range(len(trials))]
@@ -193,8 +211,21 @@ def check_tune_config(cfg: DictConfig | Mapping) -> None:
     """
     plain = validate(cfg)
     check_method_inputs(METHODS.get(plain["method"]["name"]), plain["dataset"])
+    settings = plain.get("tune")
+    if not isinstance(settings, Mapping) or not isinstance(settings.get("split"), Mapping):
+        raise ConfigError(f"tune={settings!r}: expected a mapping with split, space, n_trials, n_images, seed")
+    for key, low in (("n_trials", 1), ("n_images", 1), ("seed", 0)):
+        value = settings.get(key)
+        if type(value) is not int or value < low:
+            raise ConfigError(f"tune.{key}={value!r}: expected an integer >= {low}")
+    for key in ("baseline", "reuse"):
+        if not isinstance(settings.get(key, True), bool):
+            raise ConfigError(f"tune.{key}={settings.get(key)!r}: expected true or false")
+    if not isinstance(settings.get("space"), Mapping):
+        raise ConfigError(f"tune.space={settings.get('space')!r}: expected a mapping of dotted keys to [low, high] "
+                          "or choices, e.g. tune.space.filter.max_area=[0.5,0.95]")
     try:
-        check_dataset(plain["tune"]["split"], needs_prompts=True)
+        check_dataset(settings["split"], needs_prompts=True)
     except ConfigError as err:
         message = str(err)
         raise ConfigError("tune.split." + message.removeprefix("dataset.")
@@ -206,13 +237,21 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         check_tune_config(cfg)  # before any model loads
         tuned = tune(cfg, HydraConfig.get().runtime.output_dir, Job.from_hydra())  # Hydra is read here, never below
-    except (TuningError, WeightsNotFoundError, PluginError, ConfigError) as err:
+    except (TuningError, WeightsNotFoundError, PluginError, ConfigError, RunLockedError) as err:
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:  # writing the output: a full disk, a folder made read-only meanwhile
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
+    except RunInterrupted as err:
+        log.warning("%s", interrupted_message(err, HydraConfig.get().runtime.output_dir))
+        requeue_if_asked(err)
+        sys.exit(INTERRUPTED_STATUS)
     return tuned["score"]["dice_mean"]
 
 
 def main() -> None:
+    precheck("tune")  # overrides that do not compose, an unusable output_dir: one line, exit 2
     _main()
 
 

@@ -48,6 +48,17 @@ def head_circumference(sample: Sample, prediction: np.ndarray) -> dict:
 
 
 EXTRA_METRICS: dict[str, ExtraMetric] = {"head_circumference": head_circumference}
+# The columns each writes: results.csv has them for every sample, empty where a sample has no value.
+EXTRA_COLUMNS: dict[str, tuple[str, ...]] = {"head_circumference": ("hc_pred_mm", "hc_ref_mm", "hc_abs_err_mm")}
+
+
+def extra_metric_columns(names: Sequence[str]) -> list[str]:
+    """The results.csv columns of the extra metrics ``names`` (unknown names: none).
+
+    Args:
+        names: keys of ``EXTRA_METRICS``.
+    """
+    return [column for name in names for column in EXTRA_COLUMNS.get(name, ())]
 
 
 def extra_metrics(names: Sequence[str]) -> ExtraMetric | None:

@@ -1,4 +1,5 @@
-"""The Lightning side of a run: a predict-only module and a writer that stores each sample."""
+"""The Lightning side of a run: a predict-only module that evaluates and scores one sample at a time
+(the loop's module and writer: :mod:`~salip_bench.evaluation.loop_module`)."""
 from __future__ import annotations
 
 import logging
@@ -10,12 +11,10 @@ from functools import partial
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torchmetrics.classification import BinaryStatScores
 
 from salip_bench.evaluation.memory import MemoryGuard, downscale, upscale
-from salip_bench.evaluation.records import RecordStore
 from salip_bench.evaluation.schema import (
     CLIP_IMAGES_ENCODED,
     CONFUSION,
@@ -157,6 +156,17 @@ class PredictModule(L.LightningModule):
                 return self.failed(sample, str(err))
             log.exception("sample %s failed", sample.id)
             return self.failed(sample, f"{type(err).__name__}: {err}")
+        try:  # scoring is per sample too: an error here fails this sample, not the run
+            return self.scored(sample, prediction, before, start)
+        except Exception as err:
+            if self.fail_fast:
+                raise
+            log.exception("sample %s: scoring failed", sample.id)
+            return self.failed(sample, f"scoring failed: {type(err).__name__}: {err}")
+
+    def scored(self, sample: Sample, prediction: Prediction, before: dict[str, int], start: float) -> Evaluated:
+        """The record of ``sample`` predicted as ``prediction``: scores, counters since ``before``, seconds
+        since ``start``, dataset columns and the method's info."""
         after = self.counters.snapshot()
         record = self.record_head(sample, OK)
         record.failure, record.seconds = "", round(time.perf_counter() - start, 3)
@@ -192,13 +202,13 @@ class PredictModule(L.LightningModule):
         return ({"dice": dice, "iou": iou, **{m: boundary[m] for m in METRICS if m in boundary}},
                 {k: counts[k] for k in CONFUSION})
 
-    def on_predict_epoch_end(self) -> None:
+    def pool(self, trainer: L.Trainer) -> None:
         """The run's pooled counts (every scored sample of this invocation, all DDP ranks) and their
-        Dice / IoU, in :attr:`pooled`; empty when nothing was scored. Every rank calls this (the sum
-        across ranks is a collective)."""
+        Dice / IoU, in :attr:`pooled`; empty when nothing was scored. Every rank calls this at the end
+        of the loop (:class:`~salip_bench.evaluation.loop_module.LoopModule`; the sum across ranks is a collective)."""
         scored = torch.tensor(int(self.run_counts.update_called), device=self.run_counts.device)
-        if self.trainer.world_size > 1:
-            scored = self.trainer.strategy.reduce(scored, reduce_op="sum")
+        if trainer.world_size > 1:
+            scored = trainer.strategy.reduce(scored, reduce_op="sum")
         if not int(scored):
             self.pooled = {}
             return
@@ -208,29 +218,3 @@ class PredictModule(L.LightningModule):
         dice, iou = dice_iou_from_counts(**counts)
         self.pooled = {**counts, "dice": dice, "iou": iou}
 
-
-class RecordWriter(BasePredictionWriter):
-    """Writes each finished sample (mask PNG, then its record) as soon as its batch ends, and keeps
-    the first ``overlays`` samples for the logger."""
-
-    def __init__(self, store: RecordStore, save_masks: bool, overlays: int) -> None:
-        super().__init__(write_interval="batch")
-        self.store = store
-        self.save_masks = save_masks
-        self.overlays = overlays
-        self.kept: list[tuple[Sample, Prediction, SampleRecord]] = []
-        self.written = 0
-
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        """Mark each sample as started before it runs: found on resume, it names a sample the
-        process died in (recorded as failed then, instead of crashing every resume)."""
-        for sample in batch:
-            self.store.mark_started(pl_module.record_head(sample).to_dict())
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx) -> None:
-        for record, mask, pred, sample in prediction:
-            self.store.write(record, mask if self.save_masks else None)
-            self.written += 1
-            if pred is not None and len(self.kept) < self.overlays:
-                self.kept.append((sample, pred, record))

@@ -1,9 +1,10 @@
-"""The Lightning part of a run: Trainer, loader and :class:`PredictModule` over the pending samples,
-and the tables written whatever happens to the loop."""
+"""The one predict loop of runs and tuning's trials: Trainer, loader and :class:`LoopModule` over the
+pending samples of one or more targets, and their tables written whatever happens to the loop."""
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -11,62 +12,118 @@ from torch.utils.data import DataLoader, Subset
 
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER
-from salip_bench.evaluation.context import built_engines, stage_engines
 from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.evaluation.finalize import RunTarget, nsd_tolerance
+from salip_bench.evaluation.interrupts import deferred
 from salip_bench.evaluation.job import check_launchable
-from salip_bench.evaluation.lightning_module import PredictModule, RecordWriter, ScoreMemo
+from salip_bench.evaluation.lightning_module import PredictModule, ScoreMemo
+from salip_bench.evaluation.loop_module import Groups, ImageScope, LoopModule, LoopWriter
 from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.records import results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
-from salip_bench.registry import Lazy
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
 
 
-def predict(target: RunTarget, pending: list[int], context: dict[str, Lazy],
-            method: Callable[[Sample], Prediction]) -> dict:
-    """Evaluate ``method`` on the pending samples of ``target`` and write its tables; returns the
-    summary (``{}`` on every DDP rank but global rank 0, which alone writes tables and logs).
+@dataclass
+class Member:
+    """One target of a loop and what evaluates it.
 
     Args:
         target: the run.
-        pending: indices into ``target.ids`` still to run (:func:`~salip_bench.evaluation.resume.pending_indices`).
-        context: the run's :func:`~salip_bench.evaluation.context.build_context`, after ``method`` was built.
-        method: the built method.
+        pending: indices into ``target.ids`` still to run.
+        module: its :func:`predict_module`.
+        stages: which engine key each stage used (:func:`~salip_bench.evaluation.context.stage_engines`).
+        texts_encoded: class-prompt sentences CLIP encoded for it.
     """
-    cfg, store, ids = target.cfg, target.store, target.ids
-    engines, stages = built_engines(context), stage_engines(context)
-    if cfg["weights"] == "random":
+
+    target: RunTarget
+    pending: list[int]
+    module: PredictModule
+    stages: dict[str, str] = field(default_factory=dict)
+    texts_encoded: int = 0
+
+
+@dataclass
+class Loop:
+    """The members of one predict loop and what they share.
+
+    Args:
+        members: the targets, in order (one for a normal run).
+        engines: every engine they use, by context key.
+        groups: the order of the members on an image (None: in order, sharing nothing).
+        scope: what they share per image (tuning's decodings and memos), or None.
+        tags: extra W&B tags of every member.
+    """
+
+    members: list[Member]
+    engines: dict
+    groups: Groups | None = None
+    scope: ImageScope | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def predict(loop: Loop) -> list[dict]:
+    """Evaluate every member's pending samples in one Lightning predict loop over their union, and
+    write each member's tables; returns the summaries in order (``{}`` on every DDP rank but global
+    rank 0, which alone writes tables and logs).
+
+    Args:
+        loop: the members and what they share.
+    """
+    members, engines = loop.members, loop.engines
+    base = members[0].target.cfg
+    if base["weights"] == "random":
         log.warning(RANDOM_WEIGHTS_BANNER)
-    texts_encoded = getattr(engines.get("clip"), "texts_encoded", 0)
     identity = {k: e.identity for k, e in engines.items()}
-    logger = make_wandb_logger(cfg["logger"], target.out_dir, {**cfg, "weights_identity": identity},
-                               tags=[cfg["method"]["name"], f"weights={cfg['weights']}"])
-    overlays = cfg["logger"].get("overlays", 0) if logger else 0
+
+    def logger_of(member: Member):  # noqa: ANN202
+        cfg = member.target.cfg
+        return make_wandb_logger(cfg["logger"], member.target.out_dir, {**cfg, "weights_identity": identity},
+                                 tags=[cfg["method"]["name"], f"weights={cfg['weights']}", *loop.tags])
+
+    # One member logs through the Trainer; several (tuning's trials) each log after the loop.
+    logger = logger_of(members[0]) if len(members) == 1 else None
+    overlays = [m.target.cfg["logger"].get("overlays", 0) if logger else 0 for m in members]
     # With masks on disk the overlays are read back after the run (every rank's share); only
     # without them does the writer keep its own first samples in memory.
-    writer = RecordWriter(store, cfg["save_masks"], 0 if cfg["save_masks"] else overlays)
-    trainer = L.Trainer(**cfg["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
-    check_launchable(trainer, target.job)
-    loader = DataLoader(Subset(target.dataset, pending), batch_size=1, collate_fn=list, num_workers=cfg["num_workers"])
-    module = predict_module(cfg, method, engines, target.fingerprint, context["generator"].built)
+    writer = LoopWriter([m.target.store for m in members], [m.target.cfg["save_masks"] for m in members],
+                        [0 if m.target.cfg["save_masks"] else n for m, n in zip(members, overlays)])
+    trainer = L.Trainer(**base["trainer"], logger=logger or False, callbacks=[writer], enable_checkpointing=False)
+    check_launchable(trainer, members[0].target.job)
+    needed = sorted(set().union(*(m.pending for m in members)))
+    module = LoopModule([m.module for m in members], [{m.target.ids[i] for i in m.pending} for m in members],
+                        engines, loop.groups, loop.scope)
+    loader = DataLoader(Subset(members[0].target.dataset, needed), batch_size=1, collate_fn=list,
+                        num_workers=base["num_workers"])
+    texts = [m.texts_encoded for m in members]
+    summaries: list[dict] = [{} for _ in members]
     try:
         trainer.predict(module, dataloaders=loader, return_predictions=False)
-        texts_encoded = sum_after_all_ranks(trainer, texts_encoded)
+        texts = [sum_after_all_ranks(trainer, count) for count in texts]
     finally:  # a failed or interrupted run still leaves tables of everything finished
-        store.clear_own_markers([ids[i] for i in pending])  # an interrupted sample is pending, not crashed
-        # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
-        summary = target.finalize(engines, texts_encoded, stages) if trainer.is_global_zero else {}
+        with deferred():  # a stop signal now waits until the tables are written
+            for m in members:  # an interrupted sample is pending, not crashed
+                m.target.store.clear_own_markers([m.target.ids[i] for i in m.pending])
+            # Under DDP only global rank 0 derives the tables and logs: once, from every rank's records.
+            if trainer.is_global_zero:
+                summaries = [m.target.finalize(engines, t, m.stages) for m, t in zip(members, texts)]
     if trainer.world_size > 1:
         log.info("rank %d of %d wrote %d samples", trainer.global_rank, trainer.world_size, writer.written)
-    if logger is not None and trainer.is_global_zero:
-        # The first overlays of the whole run (every DDP rank's share), read back from disk.
-        kept = first_overlays(target.dataset, ids, store, overlays) if cfg["save_masks"] else writer.kept
-        log_run(logger, summary, results_frame(store.read_all(ids)), kept, module.pooled)
-    return summary
+    if trainer.is_global_zero:
+        for number, (m, summary) in enumerate(zip(members, summaries)):
+            member_logger = logger if len(members) == 1 else logger_of(m)
+            if member_logger is None:
+                continue
+            target = m.target
+            # The first overlays of the whole run (every DDP rank's share), read back from disk.
+            kept = (first_overlays(target.dataset, target.ids, target.store, overlays[number])
+                    if target.cfg["save_masks"] else writer.kept[number])
+            log_run(member_logger, summary, results_frame(target.store.read_all(target.ids)), kept,
+                    m.module.pooled)
+    return summaries
 
 
 def predict_module(cfg: dict, method: Callable[[Sample], Prediction], engines: dict, fingerprint: str,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from salip_bench.evaluation.records import CRASH_FAILURE, RecordStore
+from salip_bench.evaluation.records import CRASH_FAILURE, DEATHS_TO_FAIL, RecordStore, marker_deaths
 from salip_bench.evaluation.schema import FAILED
 from salip_bench.evaluation.validation import resume_settings
 
@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def record_crashes(store: RecordStore, ids: list[str], resume: bool | Mapping) -> None:
-    """On global rank 0 with resume enabled: turn the markers of samples a process died in into
-    failed records (:meth:`~salip_bench.evaluation.records.RecordStore.record_crashes`), each logged.
+    """On global rank 0 with resume enabled: settle the markers of samples a process died in
+    (:meth:`~salip_bench.evaluation.records.RecordStore.record_crashes`): one death, the sample runs
+    again; two in a row, it is recorded as failed, logged.
 
     Args:
         store: the run's records.
@@ -24,14 +25,16 @@ def record_crashes(store: RecordStore, ids: list[str], resume: bool | Mapping) -
     """
     if resume_settings(resume)["enabled"] and rank_zero_only.rank == 0:
         for sample_id in store.record_crashes(ids):
-            log.warning("sample %s: the last run died while evaluating it; recorded as failed", sample_id)
+            log.warning("sample %s: the process died while evaluating it %d times in a row; recorded as failed",
+                        sample_id, DEATHS_TO_FAIL)
 
 
 def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume: bool | Mapping) -> list[int]:
     """Indices of the samples still to run.
 
-    A failed sample is run again with ``retry_failed``; one the process died in (its record says
-    so, or rank 0 is recording it from its marker right now) only with ``retry_crashed``.
+    A failed sample is run again with ``retry_failed``; one the process died in once (its marker
+    says so) runs again; one it died in twice in a row (its record says so, or rank 0 is recording
+    it from its marker right now) only with ``retry_crashed``.
 
     Args:
         store: the run's records.
@@ -49,7 +52,8 @@ def pending_indices(store: RecordStore, ids: list[str], fingerprint: str, resume
     for index, sample_id in enumerate(ids):
         record = store.load(sample_id)
         if record is None:
-            if resume["retry_crashed"] or not store.marker_path(sample_id).is_file():
+            marker = store.read_marker(sample_id)
+            if resume["retry_crashed"] or marker is None or marker_deaths(marker) < DEATHS_TO_FAIL:
                 pending.append(index)
         elif record.fingerprint != fingerprint:
             raise RuntimeError(f"{store.out_dir} holds results of another configuration (sample {sample_id}: "

@@ -45,6 +45,8 @@ RECORDED_META = ("volume", "domain", "slice", "image_path", "spacing", "warning"
 RESULT_COLUMNS = ["id", "status", *METRICS, "failure", "warning", "domain", "volume", "slice", "n_candidates",
                   "n_kept", "retrieved_classes", "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area",
                   "seconds", *SAMPLE_COUNTERS]
+# Columns of results.csv that hold integers whatever the method (empty where a sample has none).
+INTEGER_COLUMNS = ("slice", "n_candidates", "n_kept", "gt_area", "pred_area", *CONFUSION, *SAMPLE_COUNTERS)
 # Written to samples/*.json, never to results.csv (it is the same for every row: summary.json has it).
 RECORD_ONLY = ("fingerprint",)
 

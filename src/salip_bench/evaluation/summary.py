@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from salip_bench.datasets.settings import DatasetSettings
+from salip_bench.evaluation.extra_metrics import extra_metric_columns
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.records import RecordStore, results_frame
@@ -121,15 +123,27 @@ def write_tables(info: RunInfo, out_dir: Path, store: RecordStore, ids: list[str
     """
     records = store.load_all(ids)
     summary_path = out_dir / "summary.json"
+    lost = []
     if not invocation.complete():
-        invocation = invocation.carry_over(read_summary(summary_path) or Summary())
+        previous = read_summary(summary_path)
+        if previous is None and records:  # nothing to carry: say so rather than write empty values as known
+            lost = [k for k in ("weights_identity", "engines", "stage_engines") if getattr(invocation, k) is None]
+            log.warning("%s: summary.json was missing or unreadable, and no sample was run now: %s no longer "
+                        "known (run with resume=false to evaluate again)", out_dir, ", ".join(lost))
+        elif previous is not None:  # an earlier rebuild lost them: still not known unless this invocation knows
+            lost = [k for k in (previous.extra.get("not_known") or {}).get("keys", []) if getattr(invocation, k, 0) is None]
+        invocation = invocation.carry_over(previous or Summary())
     volumes = None
     if info.dataset is not None and is_volume_dataset(info.dataset) and info.cfg["save_masks"]:
         volumes = write_volumes(info.dataset, out_dir, [r.to_dict() for r in records], info.nsd_tolerance)
     summary = build_summary(info, records, invocation, volumes)
+    if lost:
+        summary.extra["not_known"] = {"keys": lost, "why": "summary.json was missing or unreadable when the tables "
+                                      "were rebuilt from the records, and no sample was run then"}
     out_dir.mkdir(parents=True, exist_ok=True)
     if records:
-        write_if_changed(out_dir / "results.csv", results_frame(records).to_csv(index=False))
+        columns = extra_metric_columns(DatasetSettings.from_config(info.cfg["dataset"]).extra_metrics)
+        write_if_changed(out_dir / "results.csv", results_frame(records, columns).to_csv(index=False))
     write_if_changed(summary_path, summary.to_json())
     return summary
 

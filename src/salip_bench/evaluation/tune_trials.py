@@ -10,35 +10,31 @@ memoised SAM embeddings and CLIP's embedding cache) are shared by all trials. Ea
 writes an ordinary run directory (records, masks, results.csv, summary.json): resumable, and
 reported like any run. A trial's results are those of its own run, bit for bit
 (tests/test_tune.py); only its work counters and seconds differ, since the first trial of an
-image pays what the others reuse.
+image pays what the others reuse. The trials are targets of the run's own predict loop
+(:func:`~salip_bench.evaluation.harness.evaluate`): each trial folder is locked, its samples are marked
+before they run, resumed and scored as a run's are.
 """
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch import nn
-from torch.utils.data import DataLoader, Subset
 
-from salip_bench.evaluation.harness import (build_context, check_launchable, config_fingerprint, finalize,
-                                            pending_indices, sum_after_all_ranks)
-from salip_bench.evaluation.predict_loop import predict_module
 from salip_bench.engines.box_memo import BoxMemoStore, unwrapped
-from salip_bench.evaluation.context import built_engines, stage_engines
-from salip_bench.storage.content_keys import hashed_once
-from salip_bench.evaluation.records import RecordStore, results_frame
-from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
+from salip_bench.evaluation.context import build_context, built_engines, stage_engines
+from salip_bench.evaluation.finalize import RunTarget
+from salip_bench.evaluation.harness import evaluate, open_targets
 from salip_bench.evaluation.job import Job
-from salip_bench.evaluation.lightning_module import PredictModule, ScoreMemo
-from salip_bench.engines.weights import RANDOM_WEIGHTS_BANNER
-from salip_bench.registry import DATASETS, METHODS, Lazy
+from salip_bench.evaluation.lightning_module import ScoreMemo
+from salip_bench.evaluation.predict_loop import Loop, Member, predict_module
 from salip_bench.evaluation.tuned import apply_tuned
+from salip_bench.registry import METHODS, Lazy
+from salip_bench.storage.content_keys import hashed_once
 from salip_bench.types import Candidates, Sample
 
 log = logging.getLogger(__name__)
@@ -107,114 +103,68 @@ class _SharingGenerator:
         return getattr(self.generator, name)
 
 
-class TrialsModule(L.LightningModule):
-    """Evaluates every trial that still needs a sample, trials of one grid after one another."""
+class TrialsScope:
+    """What the trials share while they evaluate one image: its decodings (released per grid), the
+    refiner's box memo and the score memo (cleared after the image: trials go image by image, no
+    later call repeats it)."""
 
-    def __init__(self, trials: list[PredictModule], pending: list[set[str]], groups: list[tuple[str | None, list[int]]],
-                 engines: dict[str, nn.Module], shared: SharedDecoding, box_memo: BoxMemoStore,
-                 score_memo: ScoreMemo) -> None:
-        super().__init__()
-        self.engines = nn.ModuleDict(engines)  # moved to the accelerator by the Trainer; the trials use them
-        self.trials, self.pending, self.groups, self.shared = trials, pending, groups, shared
-        self.box_memo, self.score_memo = box_memo, score_memo
+    def __init__(self, shared: SharedDecoding, box_memo: BoxMemoStore, score_memo: ScoreMemo) -> None:
+        self.shared, self.box_memo, self.score_memo = shared, box_memo, score_memo
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
-        return batch
-
-    def predict_step(self, batch: list[Sample], batch_idx: int) -> list[tuple[int, tuple]]:
-        out = []
-        for sample in batch:
+    @contextmanager
+    def around(self, sample: Sample) -> Iterator[None]:
+        try:
             with hashed_once():
                 self.shared.start(sample.image)
-                for key, members in self.groups:
-                    out.extend((t, self.trials[t].evaluate(sample)) for t in members if sample.id in self.pending[t])
-                    if key is not None:
-                        self.shared.release(key)  # its low-res logits: 256 KB a mask
+                yield
+        finally:
             self.shared.start(None)
-            self.box_memo.clear()  # trials go image by image: no later call repeats this image's boxes
+            self.box_memo.clear()
             self.score_memo.clear()
-        return out
 
-
-class TrialsWriter(BasePredictionWriter):
-    """Writes each (trial, sample) result into that trial's record store."""
-
-    def __init__(self, stores: list[RecordStore], save_masks: list[bool]) -> None:
-        super().__init__(write_interval="batch")
-        self.stores, self.save_masks = stores, save_masks
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
-                           dataloader_idx) -> None:
-        for trial, (record, mask, _, _) in prediction:
-            self.stores[trial].write(record, mask if self.save_masks[trial] else None)
+    def release(self, key: str) -> None:
+        self.shared.release(key)  # its low-res logits: 256 KB a mask
 
 
 def run_trials(configs: list[dict], out_dirs: list[Path], job: Job | None = None) -> list[dict]:
     """Evaluate each trial config (an evaluation config, as ``harness.run`` takes) into its out_dir,
-    image by image with shared engines and decodings; returns their summaries in order.
+    image by image with shared engines and decodings, as targets of the run's own loop (locks, crash
+    markers, resume, unique ids, scoring); returns their summaries in order.
 
     Args:
         configs: resolved trial configs that :func:`share_engines` accepts.
         out_dirs: one run directory per trial.
         job: the launching command (None: a library call).
     """
-    configs = [apply_tuned(cfg) for cfg in configs]
-    if not share_engines(configs):
+    if not share_engines([apply_tuned(cfg) for cfg in configs]):
         raise ValueError("trials that differ outside the stage groups "
                          f"{STAGE_GROUPS} cannot share engines: run them one by one (harness.run)")
-    base, out_dirs = configs[0], [Path(d) for d in out_dirs]
-    L.seed_everything(base["seed"], verbose=False)
-    dataset = DATASETS.build(base["dataset"])
-    ids = dataset.ids[: base["limit"]] if base.get("limit") else dataset.ids
-    fingerprints = [config_fingerprint(cfg) for cfg in configs]
-    stores = [RecordStore(d) for d in out_dirs]
-    pending = [pending_indices(s, ids, f, base["resume"]) for s, f in zip(stores, fingerprints)]
-    needed = sorted(set().union(*pending))
-    log.info("%d trials x %d samples, %d samples to run", len(configs), len(ids), len(needed))
-    if not needed:
-        return [finalize(c, d, s, ids, f, engines={}, texts_encoded=None, job=job)
-                for c, d, s, f in zip(configs, out_dirs, stores, fingerprints)]
+    return evaluate(open_targets(configs, out_dirs, job), plan_trials)
 
+
+def plan_trials(targets: list[RunTarget], pending: list[list[int]]) -> Loop:
+    """The loop of the trials: one set of engines built once, each trial's method around them, the
+    generators of one point grid sharing each image's decoding.
+
+    Args:
+        targets: the trials' runs; pending: their pending indices.
+    """
     shared, models, box_memo, score_memo = SharedDecoding(), {}, BoxMemoStore(), ScoreMemo()
-    trials, texts, groups, stages = [], [], {}, []
-    for number, cfg in enumerate(configs):
-        context = build_context(cfg, dataset, **models, box_memo=box_memo)
+    members, groups = [], {}
+    for number, (target, todo) in enumerate(zip(targets, pending)):
+        context = build_context(target.cfg, target.dataset, **models, box_memo=box_memo)
         inner = context["generator"]
         context["generator"] = Lazy(lambda inner=inner: shared.wrap(inner()))
-        before = {k: getattr(e, "texts_encoded", 0) for k, e in models.items()}
-        method = METHODS.build(cfg["method"], **context)
+        before = getattr(models.get("clip"), "texts_encoded", 0)
+        method = METHODS.build(target.cfg["method"], **context)
         # The refiner's engine too (moved to the device, counted, reported), without its memo wrapper.
         models.update({k: unwrapped(e) for k, e in built_engines(context).items()})
-        stages.append(stage_engines(context))
-        texts.append(getattr(models.get("clip"), "texts_encoded", 0) - before.get("clip", 0))
+        texts = getattr(models.get("clip"), "texts_encoded", 0) - before
         generator = context["generator"]() if context["generator"].built else None
         key = generator.key if isinstance(generator, _SharingGenerator) else None
         groups.setdefault(key or f"alone:{number}", (key, []))[1].append(number)
-        trials.append(predict_module(cfg, method, models, fingerprints[number], generator is not None, score_memo))
-    for trial in trials:  # engines a later trial built first are counted for every trial
-        trial.counters.engines = models
-    if base["weights"] == "random":
-        log.warning(RANDOM_WEIGHTS_BANNER)
-
-    writer = TrialsWriter(stores, [cfg["save_masks"] for cfg in configs])
-    trainer = L.Trainer(**base["trainer"], logger=False, callbacks=[writer], enable_checkpointing=False)
-    check_launchable(trainer, job)
-    pending_ids = [{ids[i] for i in p} for p in pending]
-    module = TrialsModule(trials, pending_ids, list(groups.values()), models, shared, box_memo, score_memo)
-    loader = DataLoader(Subset(dataset, needed), batch_size=1, collate_fn=list, num_workers=base["num_workers"])
-    summaries: list[dict] = []
-    try:
-        trainer.predict(module, dataloaders=loader, return_predictions=False)
-        texts = [sum_after_all_ranks(trainer, count) for count in texts]
-    finally:  # a failed or interrupted tuning still leaves every trial's tables of what finished
-        if trainer.is_global_zero:
-            summaries = [finalize(c, d, s, ids, f, models, t, used, job=job)
-                         for c, d, s, f, t, used in zip(configs, out_dirs, stores, fingerprints, texts, stages)]
-    if trainer.is_global_zero:
-        identity = {k: e.identity for k, e in models.items()}
-        for cfg, out_dir, store, summary in zip(configs, out_dirs, stores, summaries):
-            logger = make_wandb_logger(cfg["logger"], out_dir, {**cfg, "weights_identity": identity},
-                                       tags=[cfg["method"]["name"], f"weights={cfg['weights']}", "tuning-trial"])
-            if logger is not None:
-                log_run(logger, summary, results_frame(store.read_all(ids)), [])
-    return summaries
+        module = predict_module(target.cfg, method, models, target.fingerprint, generator is not None, score_memo)
+        members.append(Member(target, todo, module, stage_engines(context), texts))
+    for member in members:  # engines a later trial built first are counted for every trial
+        member.module.counters.engines = models
+    return Loop(members, models, list(groups.values()), TrialsScope(shared, box_memo, score_memo), ["tuning-trial"])

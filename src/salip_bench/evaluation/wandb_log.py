@@ -55,16 +55,19 @@ def overlay_image(sample: Sample, prediction: Prediction, record: SampleRecord, 
 
 
 def typed_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The per-image table with numbers as numbers (so the W&B UI can sort and plot them): columns
-    that are numeric once empty cells are NaN become float/int, the rest text ("" for empty)."""
+    """The per-image table with numbers as numbers (so the W&B UI can sort and plot them) and strict
+    JSON: columns that are numeric once empty cells are missing hold ints (integer columns) or floats,
+    with None (JSON ``null``) where a sample has no finite value, never NaN / Infinity, which are not
+    JSON; the rest is text ("" for empty)."""
     typed = {}
     for column in frame.columns:
         values = frame[column]
         numeric = pd.to_numeric(values, errors="coerce")
         if values.dtype != bool and numeric.notna().sum() == values.notna().sum():
-            # A nullable Int64 column holds pd.NA where a sample failed; W&B types a column by its
-            # first cell and rejects numbers after an NA, so a column with gaps goes as float + NaN.
-            typed[column] = numeric.astype("float64") if numeric.isna().any() else numeric
+            integer = pd.api.types.is_integer_dtype(values.dtype)  # Int64 / int64: counts, areas
+            cast = int if integer else float
+            typed[column] = pd.Series([cast(v) if pd.notna(v) and np.isfinite(float(v)) else None for v in numeric],
+                                      index=frame.index, dtype=object)
         else:
             typed[column] = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
     return pd.DataFrame(typed, index=frame.index)

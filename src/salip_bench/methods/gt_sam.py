@@ -20,6 +20,7 @@ class GtSamMethod:
     """
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
+    info_columns = {"n_gt_boxes": "int"}
 
     def __init__(self, sam: BoxPromptSegmenter, min_component_area: int = 16, multimask_output: bool = False) -> None:
         check_settings("method", ACCEPTS, {"min_component_area": min_component_area,

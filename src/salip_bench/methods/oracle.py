@@ -32,6 +32,7 @@ class OracleMethod:
     ``generator``, ``filter``, ``refiner`` and ``top_k`` are injected."""
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
+    info_columns = {"n_candidates": "int", "n_kept": "int", "oracle_dice": "float", "retrieved_dice": "float"}
 
     def __init__(self, generator: Generate, filter: Filter, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:

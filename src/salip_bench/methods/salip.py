@@ -20,6 +20,9 @@ class SalipMethod:
     """
 
     needs_prompts = True  # retrieves with the organ's sentences: dataset.prompts must be set
+    # The results.csv columns of Prediction.info (every method's are written for every run: one column set).
+    info_columns = {"n_candidates": "int", "n_kept": "int", "retrieved_classes": "json", "retrieved_scores": "json",
+                    "retrieved_boxes": "json", "oracle_dice": "float", "retrieved_dice": "float"}
 
     def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:

@@ -22,6 +22,8 @@ class Sam3TextMethod:
     """
 
     needs_prompts = True  # prompts SAM 3 with the organ's names / sentences: dataset.prompts must be set
+    info_columns = {"n_prompts": "int", "n_instances": "int", "instance_classes": "json", "instance_scores": "json",
+                    "instance_boxes": "json"}
 
     def __init__(self, sam: object, class_prompts: dict[str, list[str]], top_k: dict[str, int],
                  prompt: str = "class_name", min_score: float = 0.5) -> None:

@@ -14,6 +14,8 @@ class UnpromptedSamMethod:
     mask. ``sam`` is injected.
     """
 
+    info_columns = {"sam_predicted_iou": "float"}
+
     def __init__(self, sam: UnpromptedSegmenter, multimask_output: bool = False) -> None:
         # SAM 2.1 / MedSAM engines offer box prompts, not this
         require_role(sam, UnpromptedSegmenter, "method unprompted_sam", "SAM v1: model=sam_vit_b|l|h|sam_tiny")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from salip_bench.evaluation.schema import BOUNDARY_METRICS, METRICS, VOLUME_METRICS
-from salip_bench.reporting.stats import bootstrap_ci, paired_tests
+from salip_bench.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, paired_tests
 from salip_bench.reporting.text import cell as _cell
 from salip_bench.reporting.text import ci_cell, markdown_table, p_cell
 
@@ -208,17 +208,24 @@ def run_notes(runs: list, labels: list[str], references: dict[str, int]) -> list
     return notes
 
 
-TABLE_LEGEND = ("DSC: mean±std over images [seeded percentile bootstrap 95% CI of the mean, "
-                "scipy.stats.bootstrap], and its median; mIoU, NSD, HD95: mean±std; rows marked (3D) over volumes (3D scores of the stacked "
-                "slices). p: two-sided Wilcoxon signed-rank on per-image Dice against the reference method, "
-                "Holm-corrected over the methods of the row; n = images both scored. Failed samples are counted "
-                "and left out of the means; HD95 is undefined (counted) when exactly one mask is empty.")
+def table_legend(seed: int = BOOTSTRAP_SEED, n_resamples: int = BOOTSTRAP_RESAMPLES) -> str:
+    """The footnote of the table: what each number is, with the bootstrap's seed and resamples.
+
+    Args:
+        seed: the bootstrap's seed (``--seed``); n_resamples: its resamples.
+    """
+    return (f"DSC: mean±std over images [seeded percentile bootstrap 95% CI of the mean, scipy.stats.bootstrap, "
+            f"seed {seed}, {n_resamples} resamples], and its median; mIoU, NSD, HD95: mean±std; rows marked (3D) "
+            "over volumes (3D scores of the stacked slices). p: two-sided Wilcoxon signed-rank on per-image Dice "
+            "against the reference method, Holm-corrected over the methods of the row; n = images both scored. "
+            "Failed samples are counted and left out of the means; HD95 is undefined (counted) when exactly one "
+            "mask is empty.")
 
 
 def table_markdown(wide: pd.DataFrame, methods: list[str], runs: list, labels: list[str],
-                   references: dict[str, int]) -> str:
+                   references: dict[str, int], seed: int = BOOTSTRAP_SEED) -> str:
     header, rows = table_rows(wide, methods) if len(wide) else (["ROI", "Dataset", "Domain"], [])
     text = markdown_table(header, rows)
     if len(wide):
         text += "\n## Statistics\n\n" + markdown_table(*stats_rows(wide, methods))
-    return text + "\n".join(["", TABLE_LEGEND, *run_notes(runs, labels, references)]) + "\n"
+    return text + "\n".join(["", table_legend(seed), *run_notes(runs, labels, references)]) + "\n"

@@ -14,7 +14,7 @@ from salip_bench.reporting.labels import method_labels
 from salip_bench.reporting.qualitative import write_figures
 from salip_bench.reporting.runs import ReportError, find_runs
 from salip_bench.storage.files import atomic_write_text
-from salip_bench.reporting.tables import (ROW_KEYS, TABLE_LEGEND, add_paired_tests, reference_runs, run_notes,
+from salip_bench.reporting.tables import (ROW_KEYS, add_paired_tests, reference_runs, run_notes, table_legend,
                                           stats_rows, table_entries, table_markdown, table_rows, wide_table)
 
 
@@ -40,7 +40,7 @@ def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float
     wide = wide_table(add_paired_tests(entries, runs, labels, references), methods) if len(entries) \
         else pd.DataFrame(columns=ROW_KEYS)
     out.mkdir(parents=True, exist_ok=True)
-    table = table_markdown(wide, methods, runs, labels, references)
+    table = table_markdown(wide, methods, runs, labels, references, seed)
     atomic_write_text(out / "table.md", table)
     atomic_write_text(out / "table.csv", wide.to_csv(index=False))
     failures = failure_table(runs, labels, tau, delta)
@@ -54,6 +54,6 @@ def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float
     plot_dice([r for r in runs if r.scored], [lb for r, lb in zip(runs, labels) if r.scored], out / "dice.png")
     figures, figure_notes = write_figures(runs, labels, references, out / "figures")
     tables = [table_rows(wide, methods), stats_rows(wide, methods)] if len(wide) else []
-    write_html(out / "report.html", tables, [TABLE_LEGEND, *run_notes(runs, labels, references)], out / "dice.png",
+    write_html(out / "report.html", tables, [table_legend(seed), *run_notes(runs, labels, references)], out / "dice.png",
                figures, figure_notes, failures_md, hc, [(lb, r) for r, lb in zip(runs, labels) if not r.scored])
     return table

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryStatScores
 
 from salip_bench.datasets.folder import FolderDataset
+from salip_bench.evaluation.loop_module import LoopModule
 from salip_bench.evaluation.lightning_module import PredictModule
 from salip_bench.evaluation.wandb_log import log_run
 from salip_bench.metrics import confusion_counts, dice_iou
@@ -57,8 +58,9 @@ def test_run_counts_pool_every_scored_sample_and_go_to_wandb(samples):
                            True, "f")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    out = trainer.predict(module, DataLoader([*samples, unlabelled], batch_size=1, collate_fn=list))
-    assert [records[0][0].confusion for records in out[:3]] == [counts for _, counts, _, _ in PINNED]
+    loop = LoopModule([module], [{s.id for s in [*samples, unlabelled]}], {})  # the run's one predict loop
+    out = trainer.predict(loop, DataLoader([*samples, unlabelled], batch_size=1, collate_fn=list))
+    assert [records[0][1][0].confusion for records in out[:3]] == [counts for _, counts, _, _ in PINNED]
     counts, dice, iou = PINNED_POOLED
     assert module.pooled == {**counts, "dice": dice, "iou": iou}
 

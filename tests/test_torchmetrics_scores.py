@@ -7,10 +7,10 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import HC18
 from torch.utils.data import DataLoader
 from torchmetrics.classification import BinaryStatScores
 
+from conftest import HC18
 from salip_bench.datasets.folder import FolderDataset
 from salip_bench.evaluation.loop_module import LoopModule
 from salip_bench.evaluation.lightning_module import PredictModule

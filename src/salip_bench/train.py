@@ -85,20 +85,28 @@ def resume_callback(fingerprint: str):  # noqa: ANN201 - a lightning Callback
     import numpy as np
     from lightning.pytorch.callbacks import Callback
 
-    class ResumeState(Callback):
+    class ResumeState(Callback):  # plain values and tensors only: Lightning loads it with weights_only
         def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+            numpy_state = np.random.get_state(legacy=False)
+            version, internal, gauss = random.getstate()
             checkpoint["salip_bench"] = {
                 "fingerprint": fingerprint, "best_dice": pl_module.best_dice, "best_epoch": pl_module.best_epoch,
                 "best_state": pl_module.best_state, "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate()}
+                "numpy_rng": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                              "pos": int(numpy_state["state"]["pos"]), "has_gauss": int(numpy_state["has_gauss"]),
+                              "gauss": float(numpy_state["gauss"])},
+                "python_rng": [version, list(internal), gauss]}
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
             state = checkpoint["salip_bench"]  # resume_path checked that it is of these settings
             pl_module.best_dice, pl_module.best_epoch = state["best_dice"], state["best_epoch"]
             pl_module.best_state = state["best_state"]
             torch.set_rng_state(state["torch_rng"])
-            np.random.set_state(state["numpy_rng"])
-            random.setstate(state["python_rng"])
+            saved = state["numpy_rng"]
+            np.random.set_state({"bit_generator": "MT19937", "has_gauss": saved["has_gauss"], "gauss": saved["gauss"],
+                                 "state": {"key": saved["key"].numpy().astype(np.uint32), "pos": saved["pos"]}})
+            version, internal, gauss = state["python_rng"]
+            random.setstate((version, tuple(internal), gauss))
 
     return ResumeState()
 
@@ -113,7 +121,7 @@ def resume_path(out_dir: Path, fingerprint: str) -> Path | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False).get("salip_bench") or {}
+        state = torch.load(path, map_location="cpu", weights_only=True).get("salip_bench") or {}
     except Exception as err:  # noqa: BLE001 - a truncated or foreign file: start over, saying so
         log.warning("%s is unreadable (%s): training from the start", path, err)
         return None

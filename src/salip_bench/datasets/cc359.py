@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 
 from salip_bench.datasets.base import SegmentationDataset, nonfinite_warning, to_rgb_uint8, window_uint8
+from salip_bench.datasets.masks_io import to_target
 from salip_bench.registry import DATASETS
 from salip_bench.types import Sample
 
@@ -91,7 +92,8 @@ class CC359Dataset(SegmentationDataset):
     is the two other dimensions in reverse order. Intensities are windowed per volume to its
     0.5–99.5th percentiles of its finite voxels and given as uint8 RGB; a volume with NaN/Inf
     voxels gets a ``warning`` column on each of its slices (an all-non-finite one fails); masks are
-    voxels > 0.5.
+    read by the rule of :mod:`salip_bench.datasets.masks_io` (a label map of several structures fails
+    its slices: use ``dataset=nnunet`` with ``dataset.organs``).
 
     Building the dataset reads only the volumes' headers (for the slice counts). A volume whose
     header cannot be read (corrupt, not NIfTI) becomes one failed sample ``<id>_unreadable``
@@ -191,9 +193,10 @@ class CC359Dataset(SegmentationDataset):
         if image.ndim != 3:
             raise ValueError(f"volume {volume_id} has shape {image.shape}; expected 3 dimensions")
         voxels = np.asanyarray(image.dataobj)
-        entry = (window_uint8(voxels),
-                 np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5 if mask is not None else None,
-                 nonfinite_warning(voxels, f"volume {volume_id}"))
+        target, warnings = (to_target(np.asanyarray(mask.dataobj).reshape(image.shape), what=f"mask {mask_path.name}")
+                            if mask is not None else (None, []))
+        warning = "; ".join(w for w in [nonfinite_warning(voxels, f"volume {volume_id}"), *warnings] if w) or None
+        entry = (window_uint8(voxels), target, warning)
         self._cache[volume_id] = entry
         while len(self._cache) > self.cache_volumes:
             self._cache.popitem(last=False)

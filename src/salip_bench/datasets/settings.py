@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from salip_bench.class_prompts import load_class_prompts
+from salip_bench.organ_prompts import organ_prompts
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,18 @@ class DatasetSettings:
         values["extra_metrics"] = tuple(values.get("extra_metrics") or ())
         return cls(**values)
 
-    def class_prompts(self) -> dict[str, list[str]]:
-        """{class: [sentences]} of ``prompts`` (ValueError naming ``dataset.prompts`` if unusable)."""
+    def class_prompts(self, organs: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """{class: [sentences]} of ``prompts`` (ValueError naming ``dataset.prompts`` if unusable); with
+        ``organs`` (a dataset's targets by name) one class per organ, from ``prompts`` or the organ library
+        (:func:`salip_bench.organ_prompts.organ_prompts`)."""
+        if organs:
+            return organ_prompts(list(organs), self.prompts)[0]
         return load_class_prompts(self.prompts)
 
-    def top_k_per_class(self) -> dict[str, int]:
-        """{class: k} for every class of ``prompts``; ValueError naming ``dataset.top_k`` if one is missing or < 1."""
-        classes = list(self.class_prompts())
+    def top_k_per_class(self, organs: Sequence[str] | None = None) -> dict[str, int]:
+        """{class: k} for every class of ``prompts`` (or of ``organs``); ValueError naming ``dataset.top_k``
+        if one is missing or < 1."""
+        classes = list(organs) if organs else list(self.class_prompts())
         if isinstance(self.top_k, Mapping):
             # Extra classes are fine: one mapping may serve several prompt sets (conf/experiment/tab2.yaml).
             missing = sorted(set(classes) - set(self.top_k))

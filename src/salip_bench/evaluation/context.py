@@ -28,7 +28,8 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
 
     Args:
         cfg: the resolved run config.
-        dataset: the built dataset (not read: what to retrieve comes from the config, see below).
+        dataset: the built dataset: its ``organ_names`` (``dataset.organs``) are the classes to retrieve
+            when set; otherwise what to retrieve comes from the config.
         sam, clip, refiner_sam: already-built engines to use instead of building them.
         box_memo: where the refiner's box prompts are memoised (tuning's trials share one), or None.
     """
@@ -41,14 +42,15 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
             engine = build_engine(cfg, "refiner_model")
         return box_memo.around(engine) if box_memo is not None else engine
 
-    settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, not the dataset's
+    settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, or the dataset's organs
+    organs = getattr(dataset, "organ_names", None)
     # reuse: the jobs of a multirun share each engine and CLIP instead of reloading them.
     models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
               "refiner_sam": Lazy(refiner_engine),
               "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
                                                       cache=FeatureCache.from_config(cfg.get("cache")))),
-              "class_prompts": Lazy(settings.class_prompts),
-              "top_k": Lazy(settings.top_k_per_class)}
+              "class_prompts": Lazy(lambda: settings.class_prompts(organs)),
+              "top_k": Lazy(lambda: settings.top_k_per_class(organs))}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
               "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
               "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),

@@ -148,7 +148,7 @@ def spacing_source(dataset: Any) -> str | None:
     if getattr(dataset, "spacing_unit", "pixel") == "pixel":
         return "no pixel size known: 1 pixel = 1 unit (NSD tolerance and HD95 in pixels)"
     if is_volume_dataset(dataset):
-        return "NIfTI voxel sizes (mm)"
+        return "NIfTI voxel sizes (mm)" if not hasattr(dataset, "cases") else "NIfTI voxel sizes / DICOM geometry (mm)"
     if getattr(dataset, "pixel_size_csv", None):
         return f"pixel sizes (mm) from {dataset.pixel_size_csv}"
     return "dataset.spacing (mm)"

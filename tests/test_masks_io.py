@@ -157,3 +157,26 @@ def test_label_tables_in_both_conventions_and_organs_by_name():
 def test_organs_without_a_label_table_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="dataset.organs needs a label table"):
         layout(tmp_path, Image.fromarray(square().astype(np.uint8)), organs=["liver"])
+
+
+@pytest.mark.parametrize("size", ["0", "-0.1", "nan", "inf"])
+def test_hc18_csv_pixel_size_not_finite_and_positive_fails_that_image(tmp_path, size):
+    outline = np.zeros(SHAPE, np.uint8)
+    outline[5, 5:12] = outline[14, 5:12] = outline[5:15, 5] = outline[5:15, 11] = 255
+    (tmp_path / "training_set").mkdir()
+    for stem in ("good", "bad"):
+        Image.fromarray(np.full(SHAPE, 90, np.uint8)).save(tmp_path / "training_set" / f"{stem}.png")
+        Image.fromarray(outline).save(tmp_path / "training_set" / f"{stem}_Annotation.png")
+    (tmp_path / "training_set_pixel_size_and_HC.csv").write_text(
+        f"filename,pixel size(mm),head circumference (mm)\ngood.png,0.1,5.0\nbad.png,{size},5.0\n")
+    from salip_bench.datasets.hc18 import HC18Dataset
+    dataset = HC18Dataset(str(tmp_path))
+    bad, good = dataset[dataset.ids.index("bad")], dataset[dataset.ids.index("good")]
+    assert good.error is None and good.meta["spacing"] == [0.1, 0.1]
+    assert bad.image is None and "expected a finite number > 0" in bad.error
+
+
+@pytest.mark.parametrize("spacing", [0, -1.0, float("nan"), float("inf"), [1.0, 0.0]])
+def test_config_spacing_not_finite_and_positive_is_one_line(tmp_path, spacing):
+    with pytest.raises(ValueError, match="finite positive"):
+        layout(tmp_path, Image.fromarray(square().astype(np.uint8)), spacing=spacing)

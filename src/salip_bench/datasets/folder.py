@@ -1,6 +1,7 @@
 """Dataset ``folder``: 2D images and masks in two folders, paired by a file-name rule."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,6 +105,6 @@ def pixel_spacing(spacing: float | Sequence[float] | None) -> tuple[float, float
     if spacing is None:
         return (1.0, 1.0)
     values = [float(spacing)] * 2 if isinstance(spacing, (int, float)) else [float(v) for v in spacing]
-    if len(values) != 2 or not all(v > 0 for v in values):
-        raise ValueError(f"dataset spacing must be a positive number or [row, column], got {spacing!r}")
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"dataset spacing must be a finite positive number or [row, column], got {spacing!r}")
     return (values[0], values[1])

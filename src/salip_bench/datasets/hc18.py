@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import logging
 from pathlib import Path
 
@@ -98,7 +99,11 @@ class HC18Dataset(FolderDataset):
             return [1.0, 1.0]
         if image_path.stem not in self.pixel_sizes:
             raise ValueError(f"dataset hc18: {self.pixel_size_csv} has no pixel size for {image_path.name}")
-        return [self.pixel_sizes[image_path.stem][0]] * 2
+        size = self.pixel_sizes[image_path.stem][0]
+        if not math.isfinite(size) or size <= 0:  # that image fails; used as given it makes negative circumferences
+            raise ValueError(f"dataset hc18: {self.pixel_size_csv} gives {image_path.name} the pixel size {size!r}; "
+                             "expected a finite number > 0 (mm)")
+        return [size] * 2
 
     def _find_csv(self, pixel_size_csv: str | None) -> Path | None:
         if pixel_size_csv:

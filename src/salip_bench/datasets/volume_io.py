@@ -37,6 +37,13 @@ def read_volume(path: str | Path) -> Volume:
     """
     path = Path(path)
     volume = read_dicom_series(path) if path.is_dir() else Volume(sitk.ReadImage(str(path)), source=str(path))
+    if path.name.endswith((".nii", ".nii.gz")):
+        # ITK's NIfTI reader (and nibabel's header check) turn a zero or NaN pixdim into 1 with only a
+        # console warning: check the header as stored.
+        import nibabel as nib
+        with nib.openers.ImageOpener(str(path)) as handle:
+            header = type(nib.load(str(path)).header).from_fileobj(handle, check=False)
+        check_spacing(np.abs(header["pixdim"][1:1 + min(int(header["dim"][0]), 3)]), f"{path} (NIfTI pixdim)")
     check_spacing(volume.image.GetSpacing(), str(path))
     return volume
 
@@ -92,7 +99,7 @@ def describe(image: sitk.Image) -> str:
     """One line: size, spacing, origin and orientation code of ``image``."""
     code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) if image.GetDimension() == 3 else "2D"
     return (f"size {image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, "
-            f"origin {tuple(round(o, 2) for o in image.GetOrigin())}, {code}")
+            f"origin {tuple(round(o, 2) for o in image.GetOrigin())} (LPS mm), axes {code} (ITK code)")
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = GEOMETRY_TOLERANCE) -> bool:

@@ -22,7 +22,8 @@ class VolumesDataset(SlicedVolumes):
     image_pattern: ``*`` + a fixed suffix (the name without it is the id), or one file / folder name
     (e.g. ``series`` for a DICOM folder; its id is the name without extension); mask_pattern: the mask's
     name, formatted with ``{id}``; ``mask_pattern=null`` (or ``mask_dir=null``): unlabelled volumes,
-    predicted and written out without scores. labels / organs: a label table and the organs to score
+    predicted and written out without scores; a file matching image_pattern that is another
+    volume's mask (``v_mask.nii.gz`` in one folder with ``v.nii.gz``) is not a volume. labels / organs: a label table and the organs to score
     (as for ``nnunet``); without organs a mask must be binary (:mod:`salip_bench.datasets.masks_io`).
     Slicing (RAS+, ``axis`` 0/1/2 = sagittal/coronal/axial), ``slice_range``, ``skip_empty``, the label
     map's alignment in physical space, ``window`` / ``modality`` and ``channel`` are those of
@@ -60,5 +61,7 @@ class VolumesDataset(SlicedVolumes):
             found = {case_id(path): path} if path.exists() else {}
         if not found:
             raise FileNotFoundError(f"dataset volumes: no volumes matching {self.image_pattern!r} in {self.image_dir}")
-        return {case: (path, self.mask_dir / self.mask_pattern.format(id=case) if self.labelled else None)
-                for case, path in found.items()}
+        cases = {case: (path, self.mask_dir / self.mask_pattern.format(id=case) if self.labelled else None)
+                 for case, path in found.items()}
+        masks = {mask for _, mask in cases.values() if mask is not None}
+        return {case: pair for case, pair in cases.items() if pair[0] not in masks}  # v_mask.nii.gz is v's mask

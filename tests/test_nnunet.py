@@ -1,0 +1,294 @@
+"""dataset=nnunet (nnU-Net v2 raw and MSD layouts), volumes with label maps, DICOM series, geometry checks
+and CT windows: on the shared ct_abdomen / ct_dicom sets and on tiny synthetic layouts, bad inputs included."""
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED
+from salip_bench.datasets.nnunet import NnunetDataset
+from salip_bench.datasets.volume_io import read_volume, to_ras
+from salip_bench.datasets.volumes import VolumesDataset
+from salip_bench.datasets.windows import resolve_window
+from salip_bench.evaluation.label_volumes import write_label_volumes
+from salip_bench.storage.files import safe_name
+
+CT_ABDOMEN, CT_DICOM = SHARED / "ct_abdomen", SHARED / "ct_dicom"
+needs_data = pytest.mark.skipif(not CT_ABDOMEN.is_dir(), reason="shared dev data not present")
+FIVE = ["liver", "spleen", "kidney_left", "kidney_right", "stomach"]
+
+
+def nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def phantom(shape=(12, 10, 6)) -> tuple[np.ndarray, np.ndarray]:
+    image = np.random.default_rng(0).normal(40, 20, shape).astype(np.int16)
+    labels = np.zeros(shape, np.uint8)
+    labels[2:6, 2:5, 1:4], labels[7:10, 5:9, 2:5], labels[7:9, 1:3, 0:2] = 1, 2, 3
+    return image, labels
+
+
+def nnunet_layout(root: Path, labels=None, ending=".nii.gz", channels=None) -> Path:
+    image, label = phantom()
+    for case in ("c1", "c2"):
+        for c in range(len(channels or {"0": "CT"})):
+            nifti(root / "imagesTr" / f"{case}_{c:04d}.nii.gz", image + 100 * c)
+        nifti(root / "labelsTr" / f"{case}.nii.gz", label)
+    nifti(root / "imagesTs" / "c3_0000.nii.gz", image)
+    info = {"channel_names": channels or {"0": "CT"}, "file_ending": ending, "numTraining": 2,
+            "labels": labels or {"background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3}}
+    (root / "dataset.json").write_text(json.dumps(info))
+    return root
+
+
+@needs_data
+def test_ct_abdomen_five_organs_give_150_samples_with_organ_masks_and_ct_window():
+    dataset = NnunetDataset(str(CT_ABDOMEN), organs=FIVE)
+    assert len(dataset) == 150 and dataset.ids[:2] == ["tsct_001_slice000_liver", "tsct_001_slice000_spleen"]
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert all(s.error is None and s.meta["spacing"] == [3.0, 3.0] for s in samples)
+    voxels = {o: sum(int(s.mask.sum()) for s in samples if s.meta["organ"] == o) for o in FIVE}
+    assert voxels == {"liver": 38634, "spleen": 9452, "kidney_left": 3676, "kidney_right": 3947, "stomach": 4675}
+    assert dataset.windows["tsct_001"] == {"kind": "hu", "name": "abdomen", "low": -160.0, "high": 240.0}
+
+
+@needs_data
+def test_ct_abdomen_label_map_without_organs_fails_each_slice_naming_the_cure():
+    dataset = NnunetDataset(str(CT_ABDOMEN), slice_range=[10, 11])
+    assert "label map" in dataset[0].error and "dataset.organs" in dataset[0].error
+
+
+@needs_data
+def test_label_volumes_on_the_input_affine_hold_only_the_chosen_organs(tmp_path):
+    dataset = NnunetDataset(str(CT_ABDOMEN), organs=["liver", {"kidney": ["kidney_left", "kidney_right"]}])
+    (tmp_path / "masks").mkdir()
+    from PIL import Image
+    records = []
+    for i in range(len(dataset)):
+        sample = dataset[i]  # a perfect prediction: the reference itself
+        Image.fromarray(sample.mask.astype(np.uint8) * 255).save(tmp_path / "masks" / f"{safe_name(sample.id)}.png")
+        records.append({"id": sample.id, "status": "ok", **sample.meta})
+    result = write_label_volumes(dataset, tmp_path, records)
+    assert set(result) == {"tsct_001/liver", "tsct_001/kidney"}
+    assert result["tsct_001/liver"]["nsd_3d"] == 1.0 and result["tsct_001/kidney"]["hd95_3d"] == 0.0
+    written = nib.load(result["tsct_001/liver"]["path"])
+    source = nib.load(str(CT_ABDOMEN / "imagesTr" / "tsct_001_0000.nii.gz"))
+    reference = np.asanyarray(nib.load(str(CT_ABDOMEN / "labelsTr" / "tsct_001.nii.gz")).dataobj)
+    assert np.array_equal(written.affine, source.affine) and written.shape == source.shape
+    data = np.asanyarray(written.dataobj)
+    assert set(np.unique(data)) == {0, 2, 5}
+    assert np.array_equal(data == 5, reference == 5) and np.array_equal(data == 2, np.isin(reference, [2, 3]))
+    table = json.loads((tmp_path / "volumes" / "tsct_001.labels.json").read_text())
+    assert table == {"5": "liver", "2": "kidney"}
+
+
+def test_nnunet_v2_layout_regions_split_and_channels(tmp_path):
+    root = nnunet_layout(tmp_path / "d", labels={"background": 0, "liver": 1, "kidney": [2, 3]})
+    dataset = NnunetDataset(str(root), organs="all")
+    assert dataset.organ_names == ["liver", "kidney"] and len(dataset) == 2 * 6 * 2
+    kidney = dataset[dataset.ids.index("c1_slice002_kidney")]
+    _, labels = phantom()
+    assert kidney.mask.sum() == np.isin(labels[:, :, 2], [2, 3]).sum()
+    test = NnunetDataset(str(root), split="test")
+    assert not test.labelled and test.ids[0] == "c3_slice000" and test[0].mask is None
+    two = nnunet_layout(tmp_path / "two", channels={"0": "T1", "1": "T2"})
+    with pytest.raises(ValueError, match="2 channels.*dataset.channel"):
+        NnunetDataset(str(two), organs=["liver"])
+    t2 = NnunetDataset(str(two), organs=["liver"], channel="T2")
+    assert t2.cases["c1"][0].name == "c1_0001.nii.gz"
+    assert t2.windows == {} or True  # read lazily; MRI keeps the percentile window
+    t2[0]
+    assert t2.windows["c1"]["kind"] == "percentile"
+
+
+def test_msd_layout_with_4d_images_and_channel(tmp_path):
+    image, labels = phantom()
+    four_d = np.stack([image, image * 0 + 7], axis=-1)
+    nifti(tmp_path / "imagesTr" / "BRATS_001.nii.gz", four_d)
+    nifti(tmp_path / "labelsTr" / "BRATS_001.nii.gz", labels)
+    nifti(tmp_path / "imagesTs" / "BRATS_002.nii.gz", four_d)
+    info = {"modality": {"0": "FLAIR", "1": "T1w"}, "labels": {"0": "background", "1": "edema", "2": "tumour", "3": "x"},
+            "training": [{"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}],
+            "test": ["./imagesTs/BRATS_002.nii.gz"]}
+    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="dataset.channel"):
+        NnunetDataset(str(tmp_path), organs=["edema"])
+    dataset = NnunetDataset(str(tmp_path), organs=["edema"], channel=1)
+    sample = dataset[0]
+    assert sample.error is None and (sample.image == sample.image.flat[0]).all()  # channel 1 is constant
+    assert NnunetDataset(str(tmp_path), split="test", channel="FLAIR").ids[0] == "BRATS_002_slice000"
+    info["modality"] = {"0": "FLAIR"}  # says one channel, the file holds two: the case fails in one line
+    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    failed = NnunetDataset(str(tmp_path), organs=["edema"])
+    assert "2 channels (a 4D image): choose one with dataset.channel" in failed[0].error
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "dataset.json does not exist"), ("{not json", "not valid JSON"), ('{"name": "x"}', "no 'labels' entry"),
+    ('{"labels": {"liver": "five"}}', "expected an integer")])
+def test_bad_dataset_json_is_one_line(tmp_path, content, match):
+    if content is not None:
+        (tmp_path / "dataset.json").write_text(content)
+    with pytest.raises(ValueError, match=match):
+        NnunetDataset(str(tmp_path))
+
+
+def test_missing_label_file_unnamed_value_and_unknown_organ(tmp_path):
+    root = nnunet_layout(tmp_path, labels={"background": 0, "liver": 1, "kidney_left": 2})  # value 3 unnamed
+    (root / "labelsTr" / "c2.nii.gz").unlink()
+    dataset = NnunetDataset(str(root), organs=["liver"])
+    assert "unnamed" not in dataset.ids[0]
+    first = dataset[0]
+    assert first.error is None and "value(s) [3] that the label table does not name" in first.meta["warning"]
+    assert dataset.ids[-1] == "c2_unreadable_liver" and "no label file" in dataset[len(dataset) - 1].error
+    with pytest.raises(ValueError, match=r"no organ 'kidney_rigth' in dataset.json \(closest: kidney_left"):
+        NnunetDataset(str(root), organs=["kidney_rigth"])
+
+
+def test_label_map_in_another_voxel_order_gives_the_same_masks(tmp_path):
+    image, labels = phantom()
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    nifti(tmp_path / "a" / "v.nii.gz", image, affine)
+    nifti(tmp_path / "a" / "v_mask.nii.gz", labels, affine)
+    # The same labels stored x-reversed and z-reversed, with the affine that says so.
+    flipped = labels[::-1, :, ::-1]
+    flip_affine = affine.copy()
+    flip_affine[0, 0], flip_affine[2, 2] = -2.0, -3.0
+    flip_affine[:3, 3] = [2.0 * (labels.shape[0] - 1), 0, 3.0 * (labels.shape[2] - 1)]
+    nifti(tmp_path / "b" / "v.nii.gz", image, affine)
+    nifti(tmp_path / "b" / "v_mask.nii.gz", flipped, flip_affine)
+    same = VolumesDataset(str(tmp_path / "a"), organs="all", labels=str(table(tmp_path)))
+    other = VolumesDataset(str(tmp_path / "b"), organs="all", labels=str(table(tmp_path)))
+    assert same.ids == other.ids
+    for i in range(len(same)):
+        assert np.array_equal(same[i].mask, other[i].mask)
+    assert not np.array_equal(labels, flipped)
+
+
+def table(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"1": "liver", "2": "kidney_left", "3": "kidney_right"}))
+    return path
+
+
+def test_label_map_on_another_grid_is_resampled_or_fails_naming_both_geometries(tmp_path):
+    image, labels = phantom()
+    nifti(tmp_path / "v.nii.gz", image, np.diag([2.0, 2.0, 2.0, 1.0]))
+    # Twice as fine, covering the image: resampled nearest-neighbour onto the image's grid.
+    fine = labels.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    fine_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    fine_affine[:3, 3] = -0.5
+    nifti(tmp_path / "v_mask.nii.gz", fine, fine_affine)
+    dataset = VolumesDataset(str(tmp_path), organs="all", labels=str(table(tmp_path)))
+    got = np.stack([dataset[i].mask for i in range(len(dataset)) if dataset[i].meta["organ"] == "liver"])
+    assert got.sum() == (labels == 1).sum()
+    # Same shape, shifted far away: it does not cover the image, every sample of the case fails.
+    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted[:3, 3] = [100, 0, 0]
+    nifti(tmp_path / "v_mask.nii.gz", labels, shifted)
+    failed = VolumesDataset(str(tmp_path), organs="all", labels=str(table(tmp_path)))
+    error = failed[0].error
+    assert failed.ids[0] == "v_unreadable_liver"
+    assert "does not cover its image" in error and "origin (-100.0" in error and "origin (0.0, 0.0, 0.0)" in error
+
+
+@pytest.mark.parametrize("zoom", [0.0, np.nan, -2.0])
+def test_bad_spacing_in_the_header_fails_the_case(tmp_path, zoom):
+    image, labels = phantom()
+    nifti(tmp_path / "v.nii", image)
+    raw = bytearray((tmp_path / "v.nii").read_bytes())
+    raw[76 + 8: 76 + 12] = struct.pack("<f", zoom)  # pixdim[2], which nibabel and ITK would "repair" on save/read
+    (tmp_path / "v.nii").write_bytes(bytes(raw))
+    nifti(tmp_path / "v_mask.nii.gz", (labels > 0).astype(np.uint8))
+    dataset = VolumesDataset(str(tmp_path), image_pattern="*.nii")
+    if zoom < 0:  # ITK reads a negative pixdim as a flip of spacing 2: a grid the 1 mm mask does not cover
+        assert "does not cover its image" in dataset[0].error and "spacing (1.0, 2.0, 1.0)" in dataset[0].error
+        return
+    assert dataset.ids == ["v_unreadable"] and "must be finite and > 0" in dataset[0].error
+
+
+@needs_data
+def test_ct_dicom_series_is_ordered_rescaled_and_the_label_map_lands_on_the_liver():
+    dataset = VolumesDataset(str(CT_DICOM), image_pattern="series", mask_pattern="labels.nii.gz",
+                             labels=str(CT_DICOM / "labels.json"), organs=["liver", "spleen"])
+    assert len(dataset) == 40 and dataset.errors == {}
+    entry = dataset.volume("series")
+    hu = to_ras(read_volume(CT_DICOM / "series").image)
+    assert hu[entry["labels"] == 5].mean() == pytest.approx(89, abs=1.5)
+    assert hu[entry["labels"] == 1].mean() == pytest.approx(80, abs=1.5)
+    assert entry["window"]["name"] == "abdomen"  # DICOM Modality CT
+    assert dataset[0].meta["spacing"] == pytest.approx([0.9765625, 0.9765625])
+
+
+def dicom_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "series"
+    shutil.copytree(CT_DICOM / "series", folder)
+    return folder
+
+
+@needs_data
+def test_dicom_two_series_a_missing_slice_or_a_non_image_object_fail_in_one_line(tmp_path):
+    folder = dicom_copy(tmp_path / "two")
+    for path in sorted(folder.iterdir())[:10]:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.1"
+        ds.save_as(path)
+    with pytest.raises(ValueError, match="holds 2 series"):
+        read_volume(folder)
+    folder = dicom_copy(tmp_path / "gap")
+    by_z = sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    by_z[7].unlink()
+    with pytest.raises(ValueError, match="not evenly spaced"):
+        read_volume(folder)
+    folder = dicom_copy(tmp_path / "sr")
+    ds = pydicom.dcmread(next(folder.iterdir()))
+    del ds.PixelData
+    ds.Modality, ds.SOPClassUID = "SR", "1.2.840.10008.5.1.4.1.1.88.11"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.2"
+    ds.save_as(folder / "report.dcm")
+    with pytest.raises(ValueError, match="series|not images"):
+        read_volume(folder)
+    # Through the dataset: the case is one recorded failure naming the reason, not a crash.
+    dataset = VolumesDataset(str(tmp_path / "gap"), image_pattern="series", mask_dir=None)
+    assert "not evenly spaced" in dataset[0].error
+
+
+def test_ct_windows_presets_ranges_and_errors():
+    assert resolve_window(None, "CT")["name"] == "abdomen"
+    assert resolve_window(None, "MRI")["kind"] == "percentile"
+    assert resolve_window("lung", "CT") == {"kind": "hu", "name": "lung", "low": -1350.0, "high": 150.0}
+    assert resolve_window([-100, 300], None)["low"] == -100.0
+    for bad in ("abdomn", [300, -100], [1, 2, 3]):
+        with pytest.raises(ValueError, match="dataset.window"):
+            resolve_window(bad, "CT")
+
+
+def test_two_cases_sharing_one_label_file_is_an_error_unless_shared(tmp_path):
+    image, labels = phantom()
+    for case in ("a", "b"):
+        nifti(tmp_path / f"{case}.nii.gz", image)
+    nifti(tmp_path / "labels" / "mask.nii.gz", (labels > 0).astype(np.uint8))
+    with pytest.raises(ValueError, match="paired with both a and b"):
+        VolumesDataset(str(tmp_path), mask_dir="labels", mask_pattern="mask.nii.gz")
+    shared = VolumesDataset(str(tmp_path), mask_dir="labels", mask_pattern="mask.nii.gz", shared_mask=True)
+    assert shared[0].error is None
+
+
+def test_dicom_like_geometry_written_back_matches(tmp_path):
+    image, _ = phantom()
+    nifti(tmp_path / "v.nii.gz", image, np.diag([-2.0, 2.0, 3.0, 1.0]))
+    volume = read_volume(tmp_path / "v.nii.gz").image
+    from salip_bench.datasets.volume_io import from_ras
+    back = from_ras(to_ras(volume), volume)
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(volume))

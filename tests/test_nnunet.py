@@ -292,3 +292,31 @@ def test_dicom_like_geometry_written_back_matches(tmp_path):
     from salip_bench.datasets.volume_io import from_ras
     back = from_ras(to_ras(volume), volume)
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(volume))
+
+
+@needs_data
+def test_multi_organ_run_rows_summary_volumes_and_one_model_pass_per_slice(tmp_path):
+    import pandas as pd
+
+    from conftest import SMOKE, compose_config
+    from salip_bench.evaluation.harness import run
+    out = tmp_path / "run"
+    organs = "[liver,spleen,vertebrae_L1]"  # vertebrae_L1 has no library sentences: templates, said so
+    summary = run(compose_config(SMOKE + ["dataset=nnunet", f"dataset.root={CT_ABDOMEN}", f"dataset.organs={organs}",
+                                          "dataset.slice_range=[12,14]", f"output_dir={out}"]), out)
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 6 and frame["status"].eq("ok").all() and frame["dice"].notna().all()
+    assert frame["organ"].tolist() == ["liver", "spleen", "vertebrae_L1"] * 2
+    # The slice's SAM passes and CLIP embeddings are paid by its first organ only.
+    later = frame[frame["organ"] != "liver"]
+    assert later["sam_encoder_passes"].eq(0).all() and later["clip_images_encoded"].eq(0).all()
+    assert frame.loc[frame["organ"] == "liver", "clip_images_encoded"].gt(0).all()
+    assert set(summary["per_organ"]) == {"liver", "spleen", "vertebrae_L1"}
+    assert summary["per_organ"]["liver"]["n_total"] == 2 and "dice_3d_mean" in summary["per_organ"]["liver"]
+    assert summary["prompt_source"] == {"liver": "library", "spleen": "library", "vertebrae_L1": "template"}
+    assert summary["window"]["name"] == "abdomen" and summary["uses_labels"] is False
+    assert set(summary["per_volume"]) == {"tsct_001/liver", "tsct_001/spleen", "tsct_001/vertebrae_L1"}
+    written = np.asanyarray(nib.load(str(out / "volumes" / "tsct_001.nii.gz")).dataobj)
+    assert set(np.unique(written)) <= {0, 5, 1, 31}
+    assert json.loads((out / "volumes" / "tsct_001.labels.json").read_text()) == {"5": "liver", "1": "spleen",
+                                                                                   "31": "vertebrae_L1"}

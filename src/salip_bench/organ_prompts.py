@@ -38,7 +38,8 @@ def aliases() -> dict[str, str]:
     return table
 
 
-def organ_prompts(organs: list[str], prompts: str | None = LIBRARY) -> tuple[dict[str, list[str]], dict[str, str]]:
+def organ_prompts(organs: list[str], prompts: str | None = LIBRARY,
+                  quiet: bool = False) -> tuple[dict[str, list[str]], dict[str, str]]:
     """Sentences for each organ of a run, and where they came from.
 
     Args:
@@ -66,6 +67,7 @@ def organ_prompts(organs: list[str], prompts: str | None = LIBRARY) -> tuple[dic
             readable = organ.replace("_", " ")
             sentences[organ] = [t.format(name=readable) for t in TEMPLATES]
             sources[organ] = "template"
-            log.warning("organ %r has no sentences in the prompt library: using template sentences over its name "
-                        "(prompt_source: template); give your own with dataset.prompts=FILE.json", organ)
+            if not quiet:
+                log.warning("organ %r has no sentences in the prompt library: using template sentences over its "
+                            "name (prompt_source: template); give your own with dataset.prompts=FILE.json", organ)
     return sentences, sources

@@ -16,6 +16,7 @@ from typing import Any
 
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
+from salip_bench.evaluation.organs import dataset_facts
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
@@ -108,6 +109,7 @@ def build_summary(info: RunInfo, records: list[SampleRecord], invocation: Invoca
     summary.weights_identity = invocation.weights_identity or {}
     summary.engines, summary.stage_engines = invocation.engines or {}, invocation.stage_engines or {}
     summary.versions, summary.config = info.versions, cfg
+    summary.extra.update(dataset_facts(dataset, records, summary, cfg["dataset"].get("prompts")))
     return summary
 
 

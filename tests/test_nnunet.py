@@ -320,3 +320,70 @@ def test_multi_organ_run_rows_summary_volumes_and_one_model_pass_per_slice(tmp_p
     assert set(np.unique(written)) <= {0, 5, 1, 31}
     assert json.loads((out / "volumes" / "tsct_001.labels.json").read_text()) == {"5": "liver", "1": "spleen",
                                                                                    "31": "vertebrae_L1"}
+
+
+@needs_data
+def test_precomputed_label_maps_score_like_monais_dice_metric(tmp_path):
+    """Another tool's label map (its own values and names, stored in another voxel order) is scored with
+    the Dice MONAI's DiceMetric gives on the same voxels."""
+    import pandas as pd
+    import torch
+    from monai.metrics import DiceMetric
+    from scipy.ndimage import binary_erosion
+
+    from conftest import compose_config
+    from salip_bench.evaluation.harness import run
+    reference = nib.load(str(CT_ABDOMEN / "labelsTr" / "tsct_001.nii.gz"))
+    truth = np.asanyarray(reference.dataobj)
+    predicted = np.zeros(truth.shape, np.uint8)  # the tool's own values: liver 1, spleen 2
+    predicted[binary_erosion(truth == 5, iterations=2)] = 1
+    predicted[np.roll(truth == 1, 2, axis=0)] = 2
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # stored x-reversed, with the affine that says so
+    flip[0, 3] = truth.shape[0] - 1
+    pred_dir = tmp_path / "pred"
+    nifti(pred_dir / "tsct_001.nii.gz", predicted[::-1], reference.affine @ flip)
+    (pred_dir / "labels.json").write_text(json.dumps({"1": "liver", "2": "spleen"}))
+    out = tmp_path / "run"
+    summary = run(compose_config(["logger=none", "cache.enabled=false", "method=precomputed", f"method.dir={pred_dir}",
+                                  f"method.labels={pred_dir / 'labels.json'}", "dataset=nnunet",
+                                  f"dataset.root={CT_ABDOMEN}", "dataset.organs=[liver,spleen]",
+                                  f"output_dir={out}"]), out)
+    assert summary["n_ok"] == 60 and summary["n_failed"] == 0
+    frame = pd.read_csv(out / "results.csv")
+    for organ, ours, theirs in (("liver", 5, 1), ("spleen", 1, 2)):
+        metric = DiceMetric(include_background=False)
+        pred_t = torch.from_numpy(predicted == theirs)[None, None].float()
+        truth_t = torch.from_numpy(truth == ours)[None, None].float()
+        expected = float(metric(pred_t, truth_t).item())
+        assert summary["per_volume"][f"tsct_001/{organ}"]["dice_3d"] == pytest.approx(expected, abs=1e-6)  # MONAI divides in float32
+        assert summary["per_organ"][organ]["dice_3d_mean"] == pytest.approx(expected, abs=1e-6)  # MONAI divides in float32
+        # Per slice too, where the reference is not empty (MONAI leaves empty references NaN).
+        z = int(np.argmax((truth == ours).sum(axis=(0, 1))))
+        row = frame[frame["id"] == f"tsct_001_slice{z:03d}_{organ}"].iloc[0]
+        per_slice = DiceMetric(include_background=False)(pred_t[..., z], truth_t[..., z]).item()
+        assert row["dice"] == pytest.approx(per_slice, abs=1e-6)
+
+
+def test_precomputed_png_masks_for_a_2d_dataset_and_a_missing_prediction(tmp_path):
+    from PIL import Image
+
+    from salip_bench.datasets.folder import FolderDataset
+    from salip_bench.datasets.predictions import PredictionReader
+    from salip_bench.methods.precomputed import PrecomputedMethod
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "pred").mkdir()
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:8, 2:8], labels[10:18, 10:25] = 1, 2
+    for stem in ("a", "b"):
+        Image.fromarray(np.full((20, 30), 90, np.uint8)).save(tmp_path / "images" / f"{stem}.png")
+        Image.fromarray(labels).save(tmp_path / "masks" / f"{stem}_mask.png")
+    Image.fromarray(((labels == 2) * 7).astype(np.uint8)).save(tmp_path / "pred" / "a.png")  # its own value 7
+    (tmp_path / "labels.json").write_text(json.dumps({"1": "spleen", "2": "liver"}))
+    (tmp_path / "pred" / "labels.json").write_text(json.dumps({"7": "liver"}))
+    dataset = FolderDataset(str(tmp_path), labels=str(tmp_path / "labels.json"), organs=["liver"])
+    method = PrecomputedMethod(PredictionReader(str(tmp_path / "pred"), str(tmp_path / "pred" / "labels.json")),
+                               dir=str(tmp_path / "pred"))
+    assert np.array_equal(method(dataset[0]).mask, labels == 2)
+    with pytest.raises(FileNotFoundError, match="no prediction for b"):
+        method(dataset[1])

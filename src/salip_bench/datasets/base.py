@@ -213,6 +213,13 @@ class SegmentationDataset(Dataset):
         """Inverse of :meth:`split_index`."""
         return base if organ is None else base * len(self.targets) + list(self.targets).index(organ)
 
+    def organ_parts(self, organ: str) -> list[str]:
+        """The label-table names a target is made of (``kidney`` → ``[kidney_right, kidney_left]``), so
+        another tool's label table can be matched by name (``method=precomputed``)."""
+        values = self.targets[organ] if self.targets else frozenset()
+        parts = [n for n, v in (self.label_names or {}).items() if v and set(v) <= values]
+        return parts or [organ]
+
     @staticmethod
     def add_warnings(meta: dict, warnings: Sequence[str]) -> None:
         """Append ``warnings`` to the sample's ``warning`` column."""

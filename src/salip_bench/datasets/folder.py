@@ -96,7 +96,8 @@ class FolderDataset(SegmentationDataset):
                                             names_by_value(self.label_names) if self.label_names else None)
             self.add_warnings(meta, warnings)
         if organ:
-            meta["organ"] = organ
+            meta["organ"], meta["organ_parts"] = organ, self.organ_parts(organ)
+            meta["organ_values"] = sorted(self.targets[organ])
         return Sample(id=self.ids[self.sample_index(index, organ)], image=to_rgb_uint8(raw), mask=mask, meta=meta)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from salip_bench.class_prompts import load_class_prompts
-from salip_bench.organ_prompts import organ_prompts
+from salip_bench.prompts.organs import organ_prompts
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class DatasetSettings:
     def class_prompts(self, organs: Sequence[str] | None = None) -> dict[str, list[str]]:
         """{class: [sentences]} of ``prompts`` (ValueError naming ``dataset.prompts`` if unusable); with
         ``organs`` (a dataset's targets by name) one class per organ, from ``prompts`` or the organ library
-        (:func:`salip_bench.organ_prompts.organ_prompts`)."""
+        (:func:`salip_bench.prompts.organs.organ_prompts`)."""
         if organs:
             return organ_prompts(list(organs), self.prompts)[0]
         return load_class_prompts(self.prompts)

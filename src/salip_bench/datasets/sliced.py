@@ -171,6 +171,9 @@ class SlicedVolumes(SegmentationDataset):
                 mask, warnings = to_target(values, what=f"label map of {case}")
                 self.add_warnings(meta, warnings)
         meta["spacing"] = slice_spacing(entry["spacing"], self.axis)
+        meta["axis"] = self.axis  # where a slice lies in its volume (method=precomputed reads it)
+        if organ is not None:
+            meta["organ_parts"], meta["organ_values"] = self.organ_parts(organ), sorted(self.targets[organ])
         return Sample(id=self._ids[index], image=image, mask=mask, meta=meta)
 
     def label_value(self, organ: str | None) -> int:

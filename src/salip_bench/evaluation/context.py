@@ -2,6 +2,7 @@
 each stage ended up using (the per-engine report of ``summary.json``)."""
 from __future__ import annotations
 
+from salip_bench.datasets.predictions import PredictionReader
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.engines.box_memo import BoxMemoStore
 from salip_bench.engines.clip import build_clip
@@ -50,7 +51,10 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
               "clip": Lazy(lambda: clip or build_clip(cfg["clip"], cfg["weights"], reuse=True,
                                                       cache=FeatureCache.from_config(cfg.get("cache")))),
               "class_prompts": Lazy(lambda: settings.class_prompts(organs)),
-              "top_k": Lazy(lambda: settings.top_k_per_class(organs))}
+              "top_k": Lazy(lambda: settings.top_k_per_class(organs)),
+              # method=precomputed: another tool's predictions, read by the dataset layer's rules
+              "read_prediction": Lazy(lambda: PredictionReader(cfg["method"]["dir"], cfg["method"].get("labels"),
+                                                               cfg["method"].get("pattern")))}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
               "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
               "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),

@@ -9,6 +9,7 @@ from typing import Any
 from salip_bench.evaluation.aggregate import sample_stats
 from salip_bench.evaluation.schema import VOLUME_METRICS, SampleRecord, Summary, as_record
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
+from salip_bench.prompts.organs import organ_prompts
 
 # Metrics Reloaded's question for a slice whose reference is empty: one stated rule per metric.
 EMPTY_REFERENCE_RULES = {"dice": EMPTY_MASK_CONVENTION.replace("GT", "reference"),
@@ -63,7 +64,6 @@ def dataset_facts(dataset: Any, records: Sequence[SampleRecord | dict], summary:
         facts["window"] = next(iter(windows.values())) if len(distinct) == 1 else dict(windows)
     organs = getattr(dataset, "organ_names", None)
     if organs:
-        from salip_bench.organ_prompts import organ_prompts
         facts["per_organ"] = per_organ(records, summary)
         facts["prompt_source"] = organ_prompts(organs, prompts, quiet=True)[1]
         facts["empty_reference_rules"] = EMPTY_REFERENCE_RULES

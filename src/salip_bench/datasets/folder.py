@@ -46,8 +46,8 @@ class FolderDataset(SegmentationDataset):
                  organs: object = None, shared_mask: bool = False) -> None:
         super().__init__()
         self.shared_mask = bool(shared_mask)
-        self.set_targets(organs, read_label_table(labels) if labels else None, "dataset folder")
         self.root = Path(root).expanduser()
+        self.set_targets(organs, read_label_table(labels, root=self.root) if labels else None, "dataset folder")
         self.image_dir = self.root / image_dir
         self.mask_dir = self.root / mask_dir if mask_dir is not None else None
         self.labelled = mask_dir is not None

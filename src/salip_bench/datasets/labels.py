@@ -39,9 +39,12 @@ def label_table(entry: Mapping[str, Any], source: str = "labels") -> dict[str, l
     return table
 
 
-def read_label_table(path: str | Path, key: str = "dataset.labels") -> dict[str, list[int]]:
-    """A ``{value: name}`` (or {name: value}) JSON file → {name: [values]}; a whole ``dataset.json`` works too."""
+def read_label_table(path: str | Path, key: str = "dataset.labels", root: Path | None = None) -> dict[str, list[int]]:
+    """A ``{value: name}`` (or {name: value}) JSON file → {name: [values]}; a whole ``dataset.json`` works too.
+    A relative path that does not exist from the working directory is looked up in ``root`` (the dataset's)."""
     path = Path(path).expanduser()
+    if root is not None and not path.is_absolute() and not path.exists() and (root / path).exists():
+        path = root / path
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

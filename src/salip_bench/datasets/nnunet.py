@@ -76,7 +76,7 @@ class NnunetDataset(SlicedVolumes):
         self.info = read_dataset_json(self.root)
         self.split = split
         self.labelled = split == "training"
-        table = (read_label_table(labels) if labels
+        table = (read_label_table(labels, root=self.root) if labels
                  else label_table(self.info["labels"], f"{self.root / 'dataset.json'} labels"))
         self.channels = {str(k): str(v) for k, v in
                          (self.info.get("channel_names") or self.info.get("modality") or {}).items()}

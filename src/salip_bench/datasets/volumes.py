@@ -49,7 +49,7 @@ class VolumesDataset(SlicedVolumes):
         self.channel = None if channel is None else str(int(channel))
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"dataset volumes: image folder {self.image_dir} does not exist")
-        self.setup(organs, read_label_table(labels) if labels else None, f"dataset.labels={labels}", axis,
+        self.setup(organs, read_label_table(labels, root=self.root) if labels else None, f"dataset.labels={labels}", axis,
                    slice_range, skip_empty, window, modality, cache_volumes, shared_mask, "dataset volumes")
 
     def list_cases(self) -> dict[str, tuple[Path, Path | None]]:

@@ -44,15 +44,16 @@ def organ_prompts(organs: list[str], prompts: str | None = LIBRARY,
 
     Args:
         organs: the run's target names (``dataset.organs`` as resolved against the label table).
-        prompts: the prompt set to look in (the built-in ``organs`` library, or a user JSON file
-            {name: [sentences]}); names are matched directly, then through the library's aliases.
+        prompts: the prompt set to look in first (a built-in set or a user JSON file {name: [sentences]};
+            unset: only the built-in ``organs`` library); names are matched directly, then through the
+            library's aliases.
 
     Returns:
         ({organ: [sentences]}, {organ: "library" | "prompts" | "template"}); an organ found nowhere gets
         template sentences over its name, with a warning line.
     """
     library = load_class_prompts(LIBRARY)
-    given = load_class_prompts(prompts) if prompts not in (None, "", LIBRARY) else {}
+    given = load_class_prompts(prompts) if prompts not in (None, "", "???", LIBRARY) else {}  # ???: unset
     given_folded = {normalise(k): k for k in given}
     alias = aliases()
     sentences: dict[str, list[str]] = {}

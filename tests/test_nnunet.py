@@ -320,6 +320,10 @@ def test_multi_organ_run_rows_summary_volumes_and_one_model_pass_per_slice(tmp_p
     assert set(np.unique(written)) <= {0, 5, 1, 31}
     assert json.loads((out / "volumes" / "tsct_001.labels.json").read_text()) == {"5": "liver", "1": "spleen",
                                                                                    "31": "vertebrae_L1"}
+    from salip_bench.reporting.write import write_report
+    write_report([out], tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert all(f"organ: {o}" in table for o in ("liver", "spleen", "vertebrae_L1"))
 
 
 @needs_data

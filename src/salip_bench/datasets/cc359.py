@@ -127,6 +127,7 @@ class CC359Dataset(SegmentationDataset):
         self.mask_dir = self.root / mask_dir
         self.mask_pattern = mask_pattern
         self.axis = axis
+        self.skip_empty = skip_empty  # it reads the labels: summary.json says uses_labels
         self.cache_volumes = max(1, int(cache_volumes))
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, str | None]] = OrderedDict()
         if not self.image_dir.is_dir():

@@ -391,3 +391,30 @@ def test_precomputed_png_masks_for_a_2d_dataset_and_a_missing_prediction(tmp_pat
     assert np.array_equal(method(dataset[0]).mask, labels == 2)
     with pytest.raises(FileNotFoundError, match="no prediction for b"):
         method(dataset[1])
+
+
+def test_absent_organs_are_counted_and_skip_empty_says_it_uses_labels(tmp_path):
+    from salip_bench.evaluation.organs import dataset_facts
+    from salip_bench.evaluation.schema import Summary
+    root = nnunet_layout(tmp_path)
+    dataset = NnunetDataset(str(root), organs=["liver", "kidney_left"], skip_empty=True)
+    _, labels = phantom()
+    present = sorted(set(np.nonzero(np.isin(labels, [1, 2]).any(axis=(0, 1)))[0]))
+    assert sorted({dataset.index[i][1] for i in range(len(dataset.index))}) == present
+    records = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        gt = int(sample.mask.sum())
+        pred = 5 if sample.meta["organ"] == "kidney_left" else 0  # a prediction on every kidney slice
+        records.append({"id": sample.id, "status": "ok", "organ": sample.meta["organ"], "volume": sample.meta["volume"],
+                        "dice": 1.0 if gt == pred == 0 else 0.0, "gt_area": gt, "pred_area": pred,
+                        "tp": 0, "fp": pred, "fn": gt})
+    facts = dataset_facts(dataset, records, Summary(), None)
+    assert facts["uses_labels"] is True and facts["window"]["name"] == "abdomen"
+    kidney_empty = sum(1 for r in records if r["organ"] == "kidney_left" and r["gt_area"] == 0)
+    assert kidney_empty > 0  # slices kept for the liver where the kidney is absent: scored, not skipped
+    assert facts["per_organ"]["kidney_left"]["n_empty_reference"] == kidney_empty
+    assert facts["per_organ"]["kidney_left"]["n_false_positive_slices"] == kidney_empty
+    assert facts["per_organ"]["liver"]["n_false_positive_slices"] == 0
+    assert "both reference and prediction empty" in facts["empty_reference_rules"]["dice"]
+    assert dataset_facts(NnunetDataset(str(root), organs=["liver"]), [], Summary(), None)["uses_labels"] is False

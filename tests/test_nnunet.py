@@ -418,3 +418,20 @@ def test_absent_organs_are_counted_and_skip_empty_says_it_uses_labels(tmp_path):
     assert facts["per_organ"]["liver"]["n_false_positive_slices"] == 0
     assert "both reference and prediction empty" in facts["empty_reference_rules"]["dice"]
     assert dataset_facts(NnunetDataset(str(root), organs=["liver"]), [], Summary(), None)["uses_labels"] is False
+
+
+def test_organ_prompt_library_aliases_and_template_fallback(caplog):
+    from salip_bench.class_prompts import load_class_prompts
+    from salip_bench.prompts.organs import organ_prompts
+    library = load_class_prompts("organs")
+    btcv = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
+            "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right", "adrenal_gland_left"]
+    for name in btcv + ["lung_left", "lung_right", "heart", "brain", "urinary_bladder", "prostate"]:
+        assert len(library[name]) >= 4, name
+    with caplog.at_level("WARNING"):
+        sentences, sources = organ_prompts(["Right Kidney", "IVC", "gall-bladder", "bladder", "femur_left"])
+    assert sources == {"Right Kidney": "library", "IVC": "library", "gall-bladder": "library", "bladder": "library",
+                       "femur_left": "template"}
+    assert sentences["Right Kidney"] == library["kidney_right"] and sentences["bladder"] == library["urinary_bladder"]
+    assert all("femur left" in s for s in sentences["femur_left"])
+    assert "femur_left" in caplog.text and "prompt_source: template" in caplog.text

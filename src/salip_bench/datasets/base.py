@@ -119,14 +119,6 @@ def check_shared_masks(pairs: Mapping[str, Path]) -> None:
         owners[key] = image
 
 
-def to_binary_mask(array: np.ndarray) -> np.ndarray:
-    """Label image → bool: 0/1 and 0/255 masks alike; anti-aliased 0–255 masks are cut at half range."""
-    if array.ndim == 3:
-        array = array[..., 0]
-    top = float(array.max()) if array.size else 0.0
-    return array > (top / 2 if top > 1 else 0)
-
-
 def read_image(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         image.load()

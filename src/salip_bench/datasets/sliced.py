@@ -62,10 +62,11 @@ class SlicedVolumes(SegmentationDataset):
         self.errors: dict[str, str] = {}
         for case in self.cases:
             try:
-                entry = self.volume(case)
-                indices = list(slice_bounds(slice_range, entry["image"].shape[axis]))
-                if skip_empty:
-                    indices = [i for i in indices if entry["present"][i]]
+                if skip_empty:  # reads the labels now
+                    entry = self.volume(case)
+                    indices = [i for i in slice_bounds(slice_range, entry["image"].shape[axis]) if entry["present"][i]]
+                else:  # the header only: a case is read when its first slice is evaluated
+                    indices = list(slice_bounds(slice_range, self.ras_shape(case)[axis]))
                 self.index.extend((case, i) for i in indices)
             except Exception as err:  # noqa: BLE001 - one bad case is failed samples, the others run
                 log.warning("%s: case %s cannot be read (%s): recorded as failed", who, case, err)
@@ -77,6 +78,22 @@ class SlicedVolumes(SegmentationDataset):
 
     def list_cases(self) -> dict[str, tuple[Path, Path | None]]:
         raise NotImplementedError
+
+    def ras_shape(self, case: str) -> tuple[int, ...]:
+        """The case's shape in RAS+ order, from the file's header when it holds one 3D image (else read)."""
+        path = self.cases[case][0]
+        if path.is_file():
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            if reader.GetDimension() == 3 and reader.GetNumberOfComponents() == 1:
+                direction = np.abs(np.asarray(reader.GetDirection()).reshape(3, 3))
+                shape = [0, 0, 0]
+                for index_axis, size in enumerate(reader.GetSize()):
+                    shape[int(np.argmax(direction[:, index_axis]))] = size  # LPS and RAS share the axes' order
+                if sorted(shape) == sorted(reader.GetSize()) and all(shape):
+                    return tuple(shape)
+        return self.volume(case)["image"].shape
 
     @property
     def ids(self) -> list[str]:

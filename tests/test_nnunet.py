@@ -435,3 +435,25 @@ def test_organ_prompt_library_aliases_and_template_fallback(caplog):
     assert sentences["Right Kidney"] == library["kidney_right"] and sentences["bladder"] == library["urinary_bladder"]
     assert all("femur left" in s for s in sentences["femur_left"])
     assert "femur_left" in caplog.text and "prompt_source: template" in caplog.text
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".mha", ".png"])
+def test_nnunet_v2_other_file_endings_read_without_code_changes(tmp_path, ending):
+    image, labels = phantom()
+    if ending == ".png":  # a 2D nnU-Net dataset: one slice per case
+        image, labels = np.clip(image[:, :, 2], 0, 255).astype(np.uint8), labels[:, :, 2]
+    for case in ("c1", "c2"):
+        (tmp_path / "imagesTr").mkdir(exist_ok=True)
+        (tmp_path / "labelsTr").mkdir(exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(tmp_path / "imagesTr" / f"{case}_0000{ending}"))
+        sitk.WriteImage(sitk.GetImageFromArray(labels), str(tmp_path / "labelsTr" / f"{case}{ending}"))
+    (tmp_path / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "file_ending": ending,
+                                                       "labels": {"background": 0, "liver": 1, "kidney": [2, 3]}}))
+    dataset = NnunetDataset(str(tmp_path), organs="all")
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert all(s.error is None for s in samples), samples[0].error
+    kidney = sum(int(s.mask.sum()) for s in samples if s.meta["organ"] == "kidney")
+    assert kidney == 2 * int(np.isin(labels, [2, 3]).sum())  # two cases with the same labels
+    if ending == ".png":  # a 2D image is one slice, shown as stored
+        assert len(dataset) == 2 * 2 and np.array_equal(samples[0].image[..., 0], image)
+        assert np.array_equal(samples[1].mask, np.isin(labels, [2, 3]))

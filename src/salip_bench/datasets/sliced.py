@@ -121,13 +121,14 @@ class SlicedVolumes(SegmentationDataset):
             image = self.pick_channel(image, case)
         voxels = to_ras(image)
         warnings = [w for w in [nonfinite_warning(voxels, f"volume {case}")] if w]
-        window = resolve_window(self.window_setting, self.modality or volume.modality)
+        window = resolve_window(self.window_setting, self.modality or volume.modality)  # 8-bit 2D images: as they are
         self.windows[case] = window
         spacing = ras_spacing(image)
         check_spacing(spacing, str(image_path))
         reference = sitk.Image(image.GetSize(), sitk.sitkUInt8)  # the grid, without the voxels
         reference.CopyInformation(image)
-        entry: dict = {"image": apply_window(voxels, window), "labels": None, "spacing": spacing,
+        keep = image.GetDimension() == 2 and voxels.dtype == np.uint8 and window["kind"] == "percentile"
+        entry: dict = {"image": voxels if keep else apply_window(voxels, window), "labels": None, "spacing": spacing,
                        "warnings": warnings, "window": window, "reference": reference}
         if label_path is not None:
             if not label_path.exists():

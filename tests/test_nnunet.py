@@ -457,3 +457,28 @@ def test_nnunet_v2_other_file_endings_read_without_code_changes(tmp_path, ending
     if ending == ".png":  # a 2D image is one slice, shown as stored
         assert len(dataset) == 2 * 2 and np.array_equal(samples[0].image[..., 0], image)
         assert np.array_equal(samples[1].mask, np.isin(labels, [2, 3]))
+
+
+def test_cc359_mask_on_another_grid_is_resampled_or_fails_and_bad_pixdim_fails(tmp_path):
+    from salip_bench.datasets.cc359 import CC359Dataset
+    image, labels = phantom()
+    brain = (labels > 0).astype(np.uint8)
+    nifti(tmp_path / "Original" / "v.nii.gz", image, np.diag([2.0, 2.0, 2.0, 1.0]))
+    fine = np.diag([1.0, 1.0, 1.0, 1.0])
+    fine[:3, 3] = -0.5
+    nifti(tmp_path / "Silver-standard" / "v_ss.nii.gz", brain.repeat(2, 0).repeat(2, 1).repeat(2, 2), fine)
+    dataset = CC359Dataset(str(tmp_path))
+    assert sum(int(dataset[i].mask.sum()) for i in range(len(dataset))) == int(brain.sum())
+    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted[:3, 3] = [6.0, 0, 0]  # same shape, moved 3 voxels: scored as aligned before
+    nifti(tmp_path / "Silver-standard" / "v_ss.nii.gz", brain, shifted)
+    error = CC359Dataset(str(tmp_path))[0].error
+    assert "does not cover its image" in error and "6.0" in error
+    nifti(tmp_path / "Original" / "v.nii", image)
+    (tmp_path / "Original" / "v.nii.gz").unlink()
+    raw = bytearray((tmp_path / "Original" / "v.nii").read_bytes())
+    raw[76 + 4: 76 + 8] = struct.pack("<f", 0.0)
+    (tmp_path / "Original" / "v.nii").write_bytes(bytes(raw))
+    nifti(tmp_path / "Silver-standard" / "v_ss.nii.gz", brain)
+    bad = CC359Dataset(str(tmp_path), image_pattern="*.nii")
+    assert "must be finite and > 0" in bad[0].error

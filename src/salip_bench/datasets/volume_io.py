@@ -38,12 +38,7 @@ def read_volume(path: str | Path) -> Volume:
     path = Path(path)
     volume = read_dicom_series(path) if path.is_dir() else Volume(sitk.ReadImage(str(path)), source=str(path))
     if path.name.endswith((".nii", ".nii.gz")):
-        # ITK's NIfTI reader (and nibabel's header check) turn a zero or NaN pixdim into 1 with only a
-        # console warning: check the header as stored.
-        import nibabel as nib
-        with nib.openers.ImageOpener(str(path)) as handle:
-            header = type(nib.load(str(path)).header).from_fileobj(handle, check=False)
-        check_spacing(np.abs(header["pixdim"][1:1 + min(int(header["dim"][0]), 3)]), f"{path} (NIfTI pixdim)")
+        check_nifti_pixdim(path)
     check_spacing(volume.image.GetSpacing(), str(path))
     return volume
 
@@ -86,6 +81,15 @@ def check_even_slices(reader: sitk.ImageSeriesReader, count: int, name: str) -> 
     if steps.min() <= 0 or steps.max() - steps.min() > 0.01 * steps.max() + 1e-3:
         raise ValueError(f"DICOM series {name}: slices are not evenly spaced (steps {steps.min():.3g}..{steps.max():.3g} mm): "
                          "a slice is missing or duplicated")
+
+
+def check_nifti_pixdim(path: Path) -> None:
+    """ValueError unless the NIfTI header's spatial pixdims, as stored, are finite and non-zero: ITK's
+    reader and nibabel's header check turn a zero or NaN into 1 with only a console warning."""
+    import nibabel as nib
+    with nib.openers.ImageOpener(str(path)) as handle:
+        header = type(nib.load(str(path)).header).from_fileobj(handle, check=False)
+    check_spacing(np.abs(header["pixdim"][1:1 + min(int(header["dim"][0]), 3)]), f"{path} (NIfTI pixdim)")
 
 
 def check_spacing(spacing: tuple[float, ...] | list[float], source: str) -> None:

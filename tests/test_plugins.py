@@ -6,7 +6,7 @@ import inspect
 import numpy as np
 import pytest
 
-from conftest import CONF, CXR, HC18, MRI, SMOKE, compose_config, yaml_config
+from conftest import CONF, CXR, HC18, MRI, SHARED, SMOKE, compose_config, yaml_config
 from salip_bench.evaluation.harness import build_context
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.masks import gt_boxes, mask_box
@@ -29,9 +29,11 @@ DATASET_ROOTS = {"folder": {"root": str(CXR), "prompts": "lungs"},
                  "cc359": {"root": str(MRI), "image_dir": ".", "mask_dir": ".", "image_pattern": "*_T1w.nii.gz",
                            "mask_pattern": "{id}_brainmask.nii.gz", "slice_range": [40, 42]},
                  "volumes": {"root": str(MRI), "image_pattern": "*_T1w.nii.gz", "mask_pattern": "{id}_brainmask.nii.gz",
-                             "slice_range": [40, 42], "prompts": "brain"}}
+                             "slice_range": [40, 42], "prompts": "brain"},
+                 "nnunet": {"root": str(SHARED / "ct_abdomen"), "organs": ["liver"], "slice_range": [12, 14]}}
 METHOD_OVERRIDES = {"unet": ["method.checkpoint=${oc.env:SALIP_TEST_UNET_CKPT}"],
-                    "sam3_text": ["model=sam3_tiny", "method.min_score=0.0"]}
+                    "sam3_text": ["model=sam3_tiny", "method.min_score=0.0"],
+                    "precomputed": [f"method.dir={CXR / 'masks'}", "method.pattern='{stem}_mask.png'"]}
 # Methods that bring their own engine (built from model=...) instead of the SAM v1 fixture.
 OWN_ENGINE_METHODS = {"sam3_text"}
 
@@ -100,7 +102,7 @@ def test_plugin_builds_from_its_yaml_and_runs(kind, name, tiny_sam, tiny_clip, c
 
 
 # What build_context injects by parameter name: never a config key, so no yaml states it.
-INJECTED = {"sam", "clip", "class_prompts", "top_k", "generator", "filter", "retriever", "refiner"}
+INJECTED = {"sam", "clip", "class_prompts", "top_k", "generator", "filter", "retriever", "refiner", "read_prediction"}
 YAMLS = [(kind, path.stem) for kind in GROUPS for path in sorted((CONF / GROUPS[kind]).glob("*.yaml"))]
 
 

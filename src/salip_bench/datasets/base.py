@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from salip_bench.class_prompts import builtin_prompt_names, load_class_prompts  # noqa: F401 (re-exported)
+from salip_bench.datasets.labels import resolve_organs
 from salip_bench.types import Sample
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,21 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def to_binary_mask(array: np.ndarray) -> np.ndarray:
-    """Label image → bool: 0/1 and 0/255 masks alike; anti-aliased 0–255 masks are cut at half range."""
-    if array.ndim == 3:
-        array = array[..., 0]
-    top = float(array.max()) if array.size else 0.0
-    return array > (top / 2 if top > 1 else 0)
+def check_shared_masks(pairs: Mapping[str, Path]) -> None:
+    """Raise ValueError when a pairing rule gives two images one mask file (``dataset.shared_mask=true``
+    says that is meant).
+
+    Args:
+        pairs: {image: its mask path}.
+    """
+    owners: dict[Path, str] = {}
+    for image, mask in pairs.items():
+        key = Path(mask)
+        if key in owners:
+            raise ValueError(f"mask {key} is paired with both {owners[key]} and {image}: each would be scored "
+                             "against the same mask; fix the pairing rule, or set dataset.shared_mask=true if "
+                             "they share it on purpose")
+        owners[key] = image
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -156,3 +166,55 @@ class SegmentationDataset(Dataset):
     def sample_meta(self, index: int) -> dict:
         """What is known of a sample without reading it (e.g. its volume), kept in its record when it fails."""
         return {}
+
+    # Organs by name (dataset.organs): each base item (image or slice) gives one sample per target.
+    targets: dict[str, frozenset[int]] | None = None  # {target: label values}; None: the mask as one target
+    label_names: dict[str, list[int]] | None = None  # the label table {name: [values]}, if any
+
+    def set_targets(self, organs: object, table: dict[str, list[int]] | None, who: str,
+                    source: str = "dataset.labels") -> None:
+        """Resolve ``dataset.organs`` against the label ``table`` (ValueError naming close names)."""
+        self.label_names = table
+        if organs is None or organs == "" or (isinstance(organs, (list, tuple)) and not organs):
+            self.targets = None
+            return
+        if table is None:
+            raise ValueError(f"{who}: dataset.organs needs a label table: dataset.labels=FILE.json ({{value: name}})")
+        self.targets = resolve_organs(organs, table, source)
+
+    @property
+    def organ_names(self) -> list[str] | None:
+        """The run's targets by name (their prompts are looked up by these names), or None."""
+        return list(self.targets) if self.targets else None
+
+    def organ_ids(self, base_ids: Sequence[str]) -> list[str]:
+        """Sample ids: ``<base>_<organ>`` for each base item and target (organ-minor, so one image's
+        organs follow each other and share its model pass), or the base ids without organs."""
+        if not self.targets:
+            return list(base_ids)
+        return [f"{base}_{organ}" for base in base_ids for organ in self.targets]
+
+    def split_index(self, index: int) -> tuple[int, str | None]:
+        """Sample index → (base item index, organ or None)."""
+        if not self.targets:
+            return index, None
+        base, k = divmod(index, len(self.targets))
+        return base, list(self.targets)[k]
+
+    def sample_index(self, base: int, organ: str | None) -> int:
+        """Inverse of :meth:`split_index`."""
+        return base if organ is None else base * len(self.targets) + list(self.targets).index(organ)
+
+    def organ_parts(self, organ: str) -> list[str]:
+        """The label-table names a target is made of (``kidney`` → ``[kidney_right, kidney_left]``), so
+        another tool's label table can be matched by name (``method=precomputed``)."""
+        values = self.targets[organ] if self.targets else frozenset()
+        parts = [n for n, v in (self.label_names or {}).items() if v and set(v) <= values]
+        return parts or [organ]
+
+    @staticmethod
+    def add_warnings(meta: dict, warnings: Sequence[str]) -> None:
+        """Append ``warnings`` to the sample's ``warning`` column."""
+        joined = "; ".join(([meta["warning"]] if meta.get("warning") else []) + list(warnings))
+        if joined:
+            meta["warning"] = joined

@@ -12,6 +12,8 @@ import numpy as np
 
 from salip_bench.accepts import IntAtLeast, OneOf, check_settings
 from salip_bench.datasets.base import SegmentationDataset, nonfinite_warning, to_rgb_uint8, window_uint8
+from salip_bench.datasets.masks_io import to_target
+from salip_bench.datasets.volume_io import check_nifti_pixdim
 from salip_bench.registry import DATASETS
 from salip_bench.types import Sample
 
@@ -51,6 +53,22 @@ def canonical_zooms(path: Path) -> tuple[float, ...]:
     for source_axis, (target_axis, _) in enumerate(ornt):
         zooms[int(target_axis)] = float(image.header.get_zooms()[source_axis])
     return tuple(zooms)
+
+
+def on_image_grid(mask: nib.Nifti1Image, image: nib.Nifti1Image, volume_id: str) -> nib.Nifti1Image:
+    """``mask`` on ``image``'s grid: as is when the affines agree; resampled nearest-neighbour through
+    physical coordinates when it covers the image; else ValueError naming both geometries."""
+    if mask.shape[:3] == image.shape[:3] and np.allclose(mask.affine, image.affine, atol=1e-3):
+        return mask
+    corners = np.array([[x, y, z, 1] for x in (0, image.shape[0] - 1) for y in (0, image.shape[1] - 1)
+                        for z in (0, image.shape[2] - 1)], float)
+    inside = (np.linalg.inv(mask.affine) @ image.affine @ corners.T)[:3].T
+    if (inside < -0.5 - 1e-3).any() or (inside > np.asarray(mask.shape[:3]) - 0.5 + 1e-3).any():
+        raise ValueError(f"mask of volume {volume_id} does not cover its image: mask shape {mask.shape[:3]}, affine "
+                         f"{np.round(mask.affine, 3).tolist()}; image shape {image.shape[:3]}, affine "
+                         f"{np.round(image.affine, 3).tolist()}")
+    from nibabel.processing import resample_from_to
+    return resample_from_to(mask, (image.shape[:3], image.affine), order=0)
 
 
 def slice_spacing(zooms: Sequence[float], axis: int) -> list[float]:
@@ -93,7 +111,8 @@ class CC359Dataset(SegmentationDataset):
     is the two other dimensions in reverse order. Intensities are windowed per volume to its
     0.5–99.5th percentiles of its finite voxels and given as uint8 RGB; a volume with NaN/Inf
     voxels gets a ``warning`` column on each of its slices (an all-non-finite one fails); masks are
-    voxels > 0.5.
+    read by the rule of :mod:`salip_bench.datasets.masks_io` (a label map of several structures fails
+    its slices: use ``dataset=nnunet`` with ``dataset.organs``).
 
     Building the dataset reads only the volumes' headers (for the slice counts). A volume whose
     header cannot be read (corrupt, not NIfTI) becomes one failed sample ``<id>_unreadable``
@@ -126,6 +145,7 @@ class CC359Dataset(SegmentationDataset):
         self.mask_dir = self.root / mask_dir
         self.mask_pattern = mask_pattern
         self.axis = axis
+        self.skip_empty = skip_empty  # it reads the labels: summary.json says uses_labels
         self.cache_volumes = max(1, int(cache_volumes))
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, str | None]] = OrderedDict()
         if not self.image_dir.is_dir():
@@ -185,16 +205,16 @@ class CC359Dataset(SegmentationDataset):
         mask_path = self.mask_path(volume_id)
         if mask_path is not None and not mask_path.is_file():
             raise FileNotFoundError(f"no mask {mask_path} for volume {volume_id}")
+        check_nifti_pixdim(self.image_paths[volume_id])
         image = canonical(self.image_paths[volume_id])
-        mask = canonical(mask_path) if mask_path is not None else None
-        if mask is not None and image.shape[:3] != mask.shape[:3]:
-            raise ValueError(f"mask shape {mask.shape} != image shape {image.shape} for volume {volume_id}")
+        mask = on_image_grid(canonical(mask_path), image, volume_id) if mask_path is not None else None
         if image.ndim != 3:
             raise ValueError(f"volume {volume_id} has shape {image.shape}; expected 3 dimensions")
         voxels = np.asanyarray(image.dataobj)
-        entry = (window_uint8(voxels),
-                 np.asanyarray(mask.dataobj).reshape(image.shape) > 0.5 if mask is not None else None,
-                 nonfinite_warning(voxels, f"volume {volume_id}"))
+        target, warnings = (to_target(np.asanyarray(mask.dataobj).reshape(image.shape), what=f"mask {mask_path.name}")
+                            if mask is not None else (None, []))
+        warning = "; ".join(w for w in [nonfinite_warning(voxels, f"volume {volume_id}"), *warnings] if w) or None
+        entry = (window_uint8(voxels), target, warning)
         self._cache[volume_id] = entry
         while len(self._cache) > self.cache_volumes:
             self._cache.popitem(last=False)

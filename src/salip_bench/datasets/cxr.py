@@ -21,7 +21,8 @@ class ChestXrayDataset(FolderDataset):
     mask_patterns: mask file names tried in order, formatted with ``{stem}`` and ``{name}``;
     suffixes: image extensions to list; skip_unmasked: leave out images that have no mask (the
     Kaggle set ships about 100 images without one, which would otherwise all be recorded as
-    failures) instead of recording them as failed samples.
+    failures) instead of recording them as failed samples; shared_mask: true when several images
+    (``a.png`` / ``a.jpg``) share one mask on purpose (else an error naming both).
     Ids are the images' stems,
     or their file names where stems clash (``a.png`` / ``a.jpg``), as in
     :class:`~salip_bench.datasets.folder.FolderDataset`.
@@ -29,11 +30,12 @@ class ChestXrayDataset(FolderDataset):
 
     def __init__(self, root: str, image_dir: str = "CXR_png", mask_dir: str = "masks",
                  mask_patterns: Sequence[str] = ("{stem}_mask.png", "{stem}.png"),
-                 suffixes: Sequence[str] = (".png", ".jpg", ".jpeg"), skip_unmasked: bool = True) -> None:
+                 suffixes: Sequence[str] = (".png", ".jpg", ".jpeg"), skip_unmasked: bool = True,
+                 shared_mask: bool = False) -> None:
         if isinstance(mask_patterns, str) or not mask_patterns:
             raise ValueError(f"dataset cxr: mask_patterns must be a non-empty list, got {mask_patterns!r}")
         self.mask_patterns = list(mask_patterns)
-        super().__init__(root, image_dir, mask_dir, self.mask_patterns[0], suffixes)
+        super().__init__(root, image_dir, mask_dir, self.mask_patterns[0], suffixes, shared_mask=shared_mask)
         if skip_unmasked:
             self.image_paths = [p for p in self.image_paths if self.mask_path(p).is_file()]
             if not self.image_paths:

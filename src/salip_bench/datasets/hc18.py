@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import logging
 from pathlib import Path
 
@@ -71,7 +72,8 @@ class HC18Dataset(FolderDataset):
     the usual names in root and image_dir. Ids
     are the images' stems, or their file names where stems differ only in case or suffix
     (``a.png`` / ``a.PNG``), as in :class:`~salip_bench.datasets.folder.FolderDataset`; the CSV
-    rows are matched by stem. Unparsable CSV rows are skipped with a warning.
+    rows are matched by stem. Unparsable CSV rows are skipped with a warning. Two images paired with
+    one annotation (``a.png`` / ``a.PNG``) are an error naming both unless ``shared_mask=true``.
 
     Each sample's ``meta`` carries the CSV's ``pixel_size_mm`` and reference ``hc_ref_mm`` (None
     without a CSV or a reference), the data of the ``head_circumference`` metric that
@@ -79,8 +81,10 @@ class HC18Dataset(FolderDataset):
     """
 
     def __init__(self, root: str, image_dir: str = "training_set", annotation_dir: str = "training_set",
-                 annotation_suffix: str = "_Annotation.png", pixel_size_csv: str | None = None) -> None:
-        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",))
+                 annotation_suffix: str = "_Annotation.png", pixel_size_csv: str | None = None,
+                 shared_mask: bool = False) -> None:
+        super().__init__(root, image_dir, annotation_dir, "{stem}" + annotation_suffix, (".png",),
+                         shared_mask=shared_mask)
         self.image_paths = [p for p in self.image_paths if not p.name.endswith(annotation_suffix)]
         if not self.image_paths:
             raise FileNotFoundError(f"dataset hc18: no images (other than *{annotation_suffix}) in {self.image_dir}")
@@ -95,7 +99,11 @@ class HC18Dataset(FolderDataset):
             return [1.0, 1.0]
         if image_path.stem not in self.pixel_sizes:
             raise ValueError(f"dataset hc18: {self.pixel_size_csv} has no pixel size for {image_path.name}")
-        return [self.pixel_sizes[image_path.stem][0]] * 2
+        size = self.pixel_sizes[image_path.stem][0]
+        if not math.isfinite(size) or size <= 0:  # that image fails; used as given it makes negative circumferences
+            raise ValueError(f"dataset hc18: {self.pixel_size_csv} gives {image_path.name} the pixel size {size!r}; "
+                             "expected a finite number > 0 (mm)")
+        return [size] * 2
 
     def _find_csv(self, pixel_size_csv: str | None) -> Path | None:
         if pixel_size_csv:

@@ -14,6 +14,7 @@ from typing import Any
 
 from salip_bench.accepts import IntAtLeast, Nullable, check_settings
 from salip_bench.class_prompts import load_class_prompts, top_k_per_class
+from salip_bench.prompts.organs import organ_prompts
 
 # The run settings every dataset accepts (top_k's rule, which needs the prompt set, is top_k_per_class).
 ACCEPTS = {"max_side": Nullable(IntAtLeast(64))}
@@ -48,11 +49,17 @@ class DatasetSettings:
         values["extra_metrics"] = tuple(values.get("extra_metrics") or ())
         return cls(**values)
 
-    def class_prompts(self) -> dict[str, list[str]]:
-        """{class: [sentences]} of ``prompts`` (ValueError naming ``dataset.prompts`` if unusable)."""
+    def class_prompts(self, organs: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """{class: [sentences]} of ``prompts`` (ValueError naming ``dataset.prompts`` if unusable); with
+        ``organs`` (a dataset's targets by name) one class per organ, from ``prompts`` or the organ library
+        (:func:`salip_bench.prompts.organs.organ_prompts`)."""
+        if organs:
+            return organ_prompts(list(organs), self.prompts)[0]
         return load_class_prompts(self.prompts)
 
-    def top_k_per_class(self) -> dict[str, int]:
-        """{class: k} for every class of ``prompts`` (:func:`~salip_bench.class_prompts.top_k_per_class`:
-        ConfigError naming ``dataset.top_k`` if one is missing or < 1)."""
-        return top_k_per_class(self.top_k, list(self.class_prompts()), self.prompts)
+    def top_k_per_class(self, organs: Sequence[str] | None = None) -> dict[str, int]:
+        """{class: k} for every class of ``prompts`` (or of ``organs``)
+        (:func:`~salip_bench.class_prompts.top_k_per_class`: ConfigError naming ``dataset.top_k`` if one is
+        missing or < 1)."""
+        classes = list(organs) if organs else list(self.class_prompts())
+        return top_k_per_class(self.top_k, classes, self.prompts)

@@ -2,6 +2,7 @@
 each stage ended up using (the per-engine report of ``summary.json``)."""
 from __future__ import annotations
 
+from salip_bench.datasets.predictions import PredictionReader
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.engines import builder
 from salip_bench.engines.box_memo import BoxMemoStore
@@ -26,7 +27,8 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
 
     Args:
         cfg: the resolved run config.
-        dataset: the built dataset (not read: what to retrieve comes from the config, see below).
+        dataset: the built dataset: its ``organ_names`` (``dataset.organs``) are the classes to retrieve
+            when set; otherwise what to retrieve comes from the config.
         sam, clip, refiner_sam: already-built engines to use instead of building them.
         box_memo: where the refiner's box prompts are memoised (tuning's trials share one), or None.
     """
@@ -39,13 +41,17 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
             engine = build_engine(cfg, "refiner_model")
         return box_memo.around(engine) if box_memo is not None else engine
 
-    settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, not the dataset's
+    settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, or the dataset's organs
+    organs = getattr(dataset, "organ_names", None)
     # build_engine reuses: the jobs of a multirun share each engine and CLIP instead of reloading them.
     models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
               "refiner_sam": Lazy(refiner_engine),
               "clip": Lazy(lambda: clip or build_engine(cfg, "clip")),
-              "class_prompts": Lazy(settings.class_prompts),
-              "top_k": Lazy(settings.top_k_per_class)}
+              "class_prompts": Lazy(lambda: settings.class_prompts(organs)),
+              "top_k": Lazy(lambda: settings.top_k_per_class(organs)),
+              # method=precomputed: another tool's predictions, read by the dataset layer's rules
+              "read_prediction": Lazy(lambda: PredictionReader(cfg["method"]["dir"], cfg["method"].get("labels"),
+                                                               cfg["method"].get("pattern")))}
     stages = {"generator": Lazy(lambda: GENERATORS.build(cfg["generator"], **models)),
               "filter": Lazy(lambda: FILTERS.build(cfg["filter"], **models)),
               "retriever": Lazy(lambda: RETRIEVERS.build(cfg["retriever"], **models)),

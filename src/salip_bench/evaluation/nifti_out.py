@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from salip_bench.datasets.cc359 import CC359Dataset
+from salip_bench.datasets.sliced import SlicedVolumes
 from salip_bench.storage.files import atomic_path, safe_name
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics
 
@@ -17,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def is_volume_dataset(dataset: object) -> bool:
-    """Whether ``dataset`` samples slices of NIfTI volumes (``cc359``, ``volumes``)."""
-    return isinstance(dataset, CC359Dataset)
+    """Whether ``dataset`` samples slices of volumes (``cc359``, ``volumes``, ``nnunet``)."""
+    return isinstance(dataset, (CC359Dataset, SlicedVolumes))
 
 
 def to_source_grid(canonical_data: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -34,24 +35,29 @@ def place_slice(volume: np.ndarray, axis: int, index: int, shown: np.ndarray) ->
     np.moveaxis(volume, axis, 0)[index] = np.flipud(shown).T
 
 
-def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path) -> None:
-    """Save ``data`` as uint8 NIfTI with ``reference``'s affine and (copied) header, atomically."""
+def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path, dtype: type = np.uint8) -> None:
+    """Save ``data`` as ``dtype`` (uint8) NIfTI with ``reference``'s affine and (copied) header, atomically."""
     header = reference.header.copy()
-    header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(data.astype(np.uint8), reference.affine, header=header)
+    header.set_data_dtype(dtype)
+    image = nib.Nifti1Image(data.astype(dtype), reference.affine, header=header)
     image.header.set_slope_inter(1, 0)
     with atomic_path(path, suffix=".nii.gz") as tmp:  # nib.save picks the format from the name
         nib.save(image, str(tmp))
 
 
-def write_volumes(dataset: CC359Dataset, out_dir: Path, records: list[dict],
+def write_volumes(dataset: CC359Dataset | SlicedVolumes, out_dir: Path, records: list[dict],
                   tolerance: float = NSD_TOLERANCE_MM) -> dict[str, dict]:
     """Assemble each volume's predicted slices (``masks/<id>.png``) into ``out_dir/volumes/<volume>.nii.gz``
     and score labelled volumes in 3D on the evaluated slices: ``nsd_3d`` / ``hd95_3d`` in mm.
 
     Slices that were not evaluated (outside ``slice_range``, failed) are 0 in the written mask and
     left out of the 3D scores. Returns {volume: {"path", "nsd_3d", "hd95_3d", "n_slices_written"}}.
+    Datasets read with their geometry (``volumes``, ``nnunet``) write multi-label maps through
+    :func:`salip_bench.evaluation.label_volumes.write_label_volumes`.
     """
+    if isinstance(dataset, SlicedVolumes):
+        from salip_bench.evaluation.label_volumes import write_label_volumes  # it builds on this module
+        return write_label_volumes(dataset, out_dir, records, tolerance)
     masks_dir = out_dir / "masks"
     results: dict[str, dict] = {}
     for volume_id, image_path in dataset.image_paths.items():

@@ -40,9 +40,9 @@ ENGINE_COUNTER = {SAM_ENCODER_PASSES: "encoder_passes", CLIP_IMAGES_ENCODED: "im
 
 # Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries, the
 # pixel spacing of the boundary metrics, and the dataset's warning about the input.
-RECORDED_META = ("volume", "domain", "slice", "image_path", "spacing", "warning")
+RECORDED_META = ("volume", "domain", "slice", "image_path", "spacing", "warning", "organ")
 # The column order of results.csv; other columns (method info, dataset extras) follow sorted.
-RESULT_COLUMNS = ["id", "status", *METRICS, "failure", "warning", "domain", "volume", "slice", "n_candidates",
+RESULT_COLUMNS = ["id", "status", *METRICS, "failure", "warning", "domain", "volume", "organ", "slice", "n_candidates",
                   "n_kept", "retrieved_classes", "retrieved_scores", "retrieved_boxes", "gt_area", "pred_area",
                   "seconds", *SAMPLE_COUNTERS]
 # Columns of results.csv that hold integers whatever the method (empty where a sample has none).

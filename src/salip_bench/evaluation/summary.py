@@ -17,6 +17,7 @@ from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.evaluation.extra_metrics import extra_metric_columns
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
+from salip_bench.evaluation.organs import dataset_facts
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
@@ -107,6 +108,7 @@ def build_summary(info: RunInfo, records: list[SampleRecord], invocation: Invoca
     summary.weights_identity = invocation.weights_identity or {}
     summary.engines, summary.stage_engines = invocation.engines or {}, invocation.stage_engines or {}
     summary.versions, summary.config = info.versions, cfg
+    summary.extra.update(dataset_facts(dataset, records, summary, cfg["dataset"].get("prompts")))
     return summary
 
 
@@ -155,7 +157,7 @@ def spacing_source(dataset: Any) -> str | None:
     if getattr(dataset, "spacing_unit", "pixel") == "pixel":
         return "no pixel size known: 1 pixel = 1 unit (NSD tolerance and HD95 in pixels)"
     if is_volume_dataset(dataset):
-        return "NIfTI voxel sizes (mm)"
+        return "NIfTI voxel sizes (mm)" if not hasattr(dataset, "cases") else "NIfTI voxel sizes / DICOM geometry (mm)"
     if getattr(dataset, "pixel_size_csv", None):
         return f"pixel sizes (mm) from {dataset.pixel_size_csv}"
     return "dataset.spacing (mm)"

@@ -124,7 +124,7 @@ def check_method_inputs(method: type, dataset: Mapping) -> None:
         ConfigError: ``dataset.prompts`` is unset or bad for a method that needs it.
     """
     if getattr(method, "needs_prompts", False):
-        check_prompts(dataset, required=True)
+        check_prompts(dataset, required=not dataset.get("organs"))  # organs by name: the organ library
 
 
 def plugin_accepts(group: str, name: Any) -> dict[str, Rule]:
@@ -167,7 +167,7 @@ def check_dataset(dataset: Mapping, needs_prompts: bool = True) -> None:
         _existing_file("dataset.pixel_size_csv", str(root_path / str(dataset["pixel_size_csv"])),
                        "a CSV file inside dataset.root")
     _check_lists_images(dataset, root_path)
-    check_prompts(dataset, required=needs_prompts)
+    check_prompts(dataset, required=needs_prompts and not dataset.get("organs"))  # organs: the organ library
 
 
 def check_prompts(dataset: Mapping, required: bool = True) -> None:

@@ -1,12 +1,15 @@
 """Method ``salip``: the zero-shot pipeline assembled from the generator/filter/retriever/refiner groups."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from salip_bench.metrics import dice_iou, greedy_oracle
 from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
 from salip_bench.registry import METHODS
-from salip_bench.types import Prediction, Sample
+from salip_bench.storage.content_keys import array_key
+from salip_bench.types import Candidates, Prediction, Sample
 
 
 @METHODS.register("salip")
@@ -30,15 +33,36 @@ class SalipMethod:
         self.top_k = top_k
 
     def __call__(self, sample: Sample) -> Prediction:
-        result = salip(sample.image, self.generator, self.filter, self.retriever, self.refiner)
+        organ = sample.meta.get("organ")
+        if organ is None:
+            result = salip(sample.image, self.generator, self.filter, self.retriever, self.refiner)
+        else:  # one organ of a multi-organ run: the slice's candidates and their CLIP embeddings are shared
+            result = salip(sample.image, self.shared_generate, self.shared_keep,
+                           partial(self.retriever, classes=[organ]), self.refiner)
         retrieved = result.retrieved
         info = {"n_candidates": len(result.candidates), "n_kept": len(result.kept),
                 "retrieved_classes": retrieved.classes,
                 "retrieved_scores": np.round(retrieved.scores, 5).tolist(),
                 "retrieved_boxes": np.round(retrieved.candidates.boxes, 1).tolist()}
         if sample.mask is not None:
-            info.update(stage_scores(result, sample.mask, sum(self.top_k.values())))
+            k = self.top_k[organ] if organ is not None else sum(self.top_k.values())
+            info.update(stage_scores(result, sample.mask, k))
         return Prediction(mask=result.mask, boxes=retrieved.candidates.boxes, info=info)
+
+    # The expensive passes of one slice, kept for its next organ (organs of a slice are consecutive
+    # samples): SAM's "segment everything" proposals, the filter's choice among them, and (in the
+    # retriever, keyed by the same objects) the candidates' CLIP embeddings.
+    def shared_generate(self, image: np.ndarray) -> Candidates:
+        key = array_key(image)
+        memo = getattr(self, "_slice_memo", None)
+        if memo is None or memo[0] != key:
+            candidates = self.generator(image)
+            self._slice_memo = memo = (key, image, candidates, self.filter(candidates, image.shape[:2]))
+        return memo[2]
+
+    def shared_keep(self, candidates: Candidates, shape: tuple[int, int]) -> Candidates:
+        memo = self._slice_memo
+        return memo[3] if memo[2] is candidates else self.filter(candidates, shape)
 
 
 def stage_scores(result: SalipResult, target: np.ndarray, k: int) -> dict:

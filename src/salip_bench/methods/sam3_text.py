@@ -37,7 +37,9 @@ class Sam3TextMethod:
         height, width = sample.image.shape[:2]
         mask = np.zeros((height, width), bool)
         classes, scores, boxes, found = [], [], [], 0
-        for name, texts in self.prompts.items():
+        organ = sample.meta.get("organ")  # one organ of a multi-organ run: only its sentences
+        chosen = {organ: self.prompts[organ]} if organ is not None else self.prompts
+        for name, texts in chosen.items():
             k = self.top_k[name]
             pooled = [self.sam.segment_text(sample.image, text, min_score=self.min_score, max_instances=k)
                       for text in texts]
@@ -51,7 +53,7 @@ class Sam3TextMethod:
             boxes.append(np.concatenate([p[2] for p in pooled])[best])
         boxes_xyxy = np.clip(np.concatenate(boxes), 0, [width - 1, height - 1, width - 1, height - 1]) \
             if boxes else np.zeros((0, 4), np.float32)
-        info = {"n_prompts": sum(len(t) for t in self.prompts.values()), "n_instances": found,
+        info = {"n_prompts": sum(len(t) for t in chosen.values()), "n_instances": found,
                 "instance_classes": classes, "instance_scores": np.round(scores, 5).tolist(),
                 "instance_boxes": np.round(boxes_xyxy, 1).tolist()}
         return Prediction(mask=mask, boxes=boxes_xyxy.astype(np.float32), info=info)

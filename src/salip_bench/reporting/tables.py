@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from salip_bench.evaluation.schema import BOUNDARY_METRICS, METRICS, VOLUME_METRICS
+from salip_bench.evaluation.schema import BOUNDARY_METRICS, METRICS, VOLUME_METRICS, Stats
 from salip_bench.reporting.stats import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, bootstrap_ci, paired_tests
 from salip_bench.reporting.text import cell as _cell
 from salip_bench.reporting.text import ci_cell, markdown_table, p_cell
@@ -18,9 +18,22 @@ COLUMN_METRICS = ("dsc", "miou", "nsd", "hd95")
 def _scope_results(run, domain: str) -> pd.DataFrame | None:
     """The run's per-image results in one domain (``all``: every image)."""
     results = run.results
+    if results is not None and domain.startswith(ORGAN_SCOPE) and "organ" in results.columns:
+        return results[results["organ"].astype(str) == domain[len(ORGAN_SCOPE):]]
     if results is None or domain == "all" or "domain" not in results.columns:
         return results
     return results[results["domain"].astype(str) == domain]
+
+
+ORGAN_SCOPE = "organ: "  # rows per organ of a multi-organ run (dataset.organs)
+
+
+def organ_scopes(summary) -> list[tuple]:  # noqa: ANN001
+    """(scope, stats, volumes) per organ of a run with ``per_organ`` in its summary."""
+    per_volume = summary.per_volume or {}
+    return [(f"{ORGAN_SCOPE}{organ}", Stats.from_dict(entry),
+             [v for key, v in per_volume.items() if key.endswith(f"/{organ}")])
+            for organ, entry in (summary.extra.get("per_organ") or {}).items()]
 
 
 def _image_dice(results: pd.DataFrame | None) -> np.ndarray:
@@ -47,6 +60,7 @@ def table_entries(runs: list, labels: list[str], seed: int = 0) -> pd.DataFrame:
         scopes = [(str(d), stats, [v for v in volumes if v.domain == d]) for d, stats in domains.items()]
         if len(domains) != 1:  # one domain: its row already is the whole dataset
             scopes.append(("all", summary.stats, volumes))
+        scopes += organ_scopes(summary)
         for domain, stats, scope_volumes in scopes:
             entry = {"roi": run.roi, "dataset": run.dataset, "domain": domain, "method": label,
                      "n_ok": stats.n_ok, "n_failed": stats.n_failed, "n_total": stats.n_total}
@@ -201,6 +215,8 @@ def run_notes(runs: list, labels: list[str], references: dict[str, int]) -> list
         unit = {"pixel": "pixels"}.get(summary.spacing_unit, summary.spacing_unit)
         units = f"; NSD at {summary.nsd_tolerance:g} {unit}, HD95 in {unit}" if unit else ""
         status = "" if run.scored else " — UNSCORED (unlabelled images: predictions only)"
+        if summary.extra.get("uses_labels"):
+            status += " — uses_labels: slices were chosen by the reference labels (skip_empty)"
         notes.append(f"- {label} on {run.dataset}: {run.path} ({stats.n_ok}/{stats.n_total} ok"
                      f"{failed}{unlabelled}{units}){status}")
     for dataset, index in references.items():

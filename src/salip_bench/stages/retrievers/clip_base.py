@@ -18,6 +18,7 @@ import torch
 from salip_bench.accepts import IntAtLeast, Nullable, Rule, check_settings
 from salip_bench.engines.clip_engine import ClipEngine
 from salip_bench.registry import RETRIEVERS
+from salip_bench.storage.content_keys import array_key
 from salip_bench.types import Candidates, Retrieved
 
 # What every CLIP retriever accepts; a built-in retriever's module adds its prompt's (``ACCEPTS``).
@@ -95,18 +96,32 @@ class ClipRetriever:
         with torch.autocast("cpu", enabled=False):  # cosine similarities in float32 under bf16 autocast too
             return (embeddings @ self.prototypes.T).numpy()
 
-    def __call__(self, image: np.ndarray, candidates: Candidates) -> Retrieved:
+    def shared_scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
+        """:meth:`scores`, memoised for the last (image, candidates) pair: the organs of one slice
+        (``dataset.organs``) embed its candidates once and only read their own column."""
+        memo = getattr(self, "_scores_memo", None)
+        key = array_key(image)
+        if memo is not None and memo[0] is candidates and memo[1] == key:
+            return memo[2]
+        similarity = self.scores(image, candidates)
+        self._scores_memo = (candidates, key, similarity)  # holds the candidates: their id stays theirs
+        return similarity
+
+    def __call__(self, image: np.ndarray, candidates: Candidates, classes: list[str] | None = None) -> Retrieved:
+        """Top-k candidates per class (``classes``: only those, e.g. one organ of a multi-organ run)."""
         if len(candidates) == 0:
             return Retrieved(candidates, [], np.zeros(0, np.float32), np.zeros(0, np.int64))
-        similarity = self.scores(image, candidates)
-        picked, classes, scores = [], [], []
+        similarity = self.scores(image, candidates) if classes is None else self.shared_scores(image, candidates)
+        picked, classes_out, scores = [], [], []
         for column, name in enumerate(self.classes):
+            if classes is not None and name not in classes:
+                continue
             order = np.argsort(-similarity[:, column], kind="stable")[: self.top_k[name]]
             picked.extend(order.tolist())
-            classes.extend([name] * len(order))
+            classes_out.extend([name] * len(order))
             scores.extend(similarity[order, column].tolist())
         index = np.asarray(picked, np.int64)
-        return Retrieved(candidates.select(index), classes, np.asarray(scores, np.float32), index)
+        return Retrieved(candidates.select(index), classes_out, np.asarray(scores, np.float32), index)
 
 
 class PromptRetriever(ClipRetriever):

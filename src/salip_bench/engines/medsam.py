@@ -20,6 +20,7 @@ from skimage.transform import resize
 from torch import nn
 
 from salip_bench.storage.feature_cache import FeatureCache
+from salip_bench.engines.box_scores import BoxMasks, BoxScores  # qc
 from salip_bench.engines.sam_v1 import ARCH_KEYS, build_sam_model
 from salip_bench.storage.content_keys import image_key
 from salip_bench.engines.weights import WeightsNotFoundError, file_sha256, load_state_dict, resolve_checkpoint
@@ -86,7 +87,8 @@ class MedSamEngine(nn.Module):
         return self._memo[key]
 
     @torch.no_grad()
-    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool,
+                      with_scores: bool = False) -> np.ndarray | BoxMasks:
         """One mask per box. MedSAM was trained for one mask per box; with ``multimask_output`` the
         best-scored of SAM's three heads is kept (off MedSAM's recipe).
 
@@ -95,7 +97,7 @@ class MedSamEngine(nn.Module):
         height, width = image.shape[:2]
         embedding = self.embedding(image)
         frame = np.array([width, height, width, height])
-        out = np.zeros((len(boxes), height, width), bool)
+        out, scored = np.zeros((len(boxes), height, width), bool), BoxScores(len(boxes))  # qc: scores
         for i, box in enumerate(np.asarray(boxes, np.float64)):
             box_t = torch.as_tensor(box / frame * self.side, dtype=torch.float, device=self.device)[None, None]
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=box_t, masks=None)
@@ -106,7 +108,8 @@ class MedSamEngine(nn.Module):
             probability = F.interpolate(torch.sigmoid(logits[:, best:best + 1]), size=(height, width),
                                         mode="bilinear", align_corners=False)
             out[i] = probability[0, 0].cpu().numpy() > 0.5
-        return out
+            scored.add_probability(i, probability[0, 0].cpu().numpy(), float(iou[0, best]))  # qc
+        return scored.result(out) if with_scores else out  # qc
 
 
 @ENGINES.register("medsam")

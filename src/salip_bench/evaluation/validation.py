@@ -143,6 +143,7 @@ def validate(cfg: DictConfig | Mapping) -> dict:
                 if key in section:
                     _check(f"{group}.{key}", section[key], check)
     _check_filter(cfg.get("filter"))
+    _check_qc(cfg)  # qc: qc.abstain_below / qc.failure_dice in [0, 1], an estimator that fits the method
     for group in ("model", "refiner_model", "clip", "method"):
         section = cfg.get(group)
         if isinstance(section, Mapping) and "checkpoint" in section:
@@ -267,3 +268,13 @@ def check_top_k(top_k: Any, classes: list[str], prompts: Any) -> None:
                 raise ConfigError(f"dataset.top_k.{name}={top_k[name]!r}: expected an integer >= 1")
     elif not at_least_one(top_k):
         raise _fail("dataset.top_k", top_k, expected)
+
+
+def _check_qc(cfg: Mapping) -> None:
+    """The ``qc`` thresholds (:func:`salip_bench.qc.settings.check_qc_settings`) as a one-line
+    :class:`ConfigError`; whether the estimator fits the method is checked once plugins are imported."""
+    from salip_bench.qc.settings import QualityConfigError, check_qc_settings
+    try:
+        check_qc_settings(cfg)
+    except QualityConfigError as err:
+        raise ConfigError(str(err)) from None

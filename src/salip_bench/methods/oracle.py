@@ -32,6 +32,8 @@ class OracleMethod:
     ``generator``, ``filter``, ``refiner`` and ``top_k`` are injected."""
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
+    qc_signals = ()  # its retrieval reads the ground truth: nothing it does is label-free
+    qc_note = "its retrieval reads the ground truth, so no label-free quality exists"
 
     def __init__(self, generator: Generate, filter: Filter, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:

@@ -5,6 +5,8 @@ import numpy as np
 
 from salip_bench.metrics import dice_iou, greedy_oracle
 from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
+from salip_bench.methods.quality_signals import salip_signals, scored_refine
+from salip_bench.qc.signals import SALIP_SIGNALS
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 
@@ -20,6 +22,8 @@ class SalipMethod:
     """
 
     needs_prompts = True  # retrieves with the organ's sentences: dataset.prompts must be set
+    qc_signals = SALIP_SIGNALS  # label-free signals it records (salip_bench.qc)
+    default_qc = "salip"
 
     def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:
@@ -27,12 +31,14 @@ class SalipMethod:
         self.top_k = top_k
 
     def __call__(self, sample: Sample) -> Prediction:
-        result = salip(sample.image, self.generator, self.filter, self.retriever, self.refiner)
+        refined: dict = {}  # SAM's confidence in the refined mask, for the quality estimators
+        result = salip(sample.image, self.generator, self.filter, self.retriever, scored_refine(self.refiner, refined))
         retrieved = result.retrieved
         info = {"n_candidates": len(result.candidates), "n_kept": len(result.kept),
                 "retrieved_classes": retrieved.classes,
                 "retrieved_scores": np.round(retrieved.scores, 5).tolist(),
                 "retrieved_boxes": np.round(retrieved.candidates.boxes, 1).tolist()}
+        info.update(salip_signals(result, refined))
         if sample.mask is not None:
             info.update(stage_scores(result, sample.mask, sum(self.top_k.values())))
         return Prediction(mask=result.mask, boxes=retrieved.candidates.boxes, info=info)

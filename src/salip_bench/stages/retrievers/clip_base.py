@@ -17,6 +17,7 @@ import torch
 
 from salip_bench.engines.clip import ClipEngine
 from salip_bench.registry import RETRIEVERS
+from salip_bench.stages.retrievers.guards import BACKGROUND_SENTENCES, RetrievalGuards, retrieve_top_k
 from salip_bench.types import Candidates, Retrieved
 
 # (mask, box) -> the RGB uint8 picture CLIP looks at, for one image.
@@ -44,7 +45,8 @@ class ClipRetriever:
     """
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, workers: int | None = None) -> None:
+                 batch_size: int = 32, workers: int | None = None, dedup_iou: float | None = None,
+                 exclusive: bool = False) -> None:
         missing = sorted(set(class_prompts) - set(top_k))
         if missing:
             raise ValueError(f"no top_k for class(es) {missing}")
@@ -55,9 +57,10 @@ class ClipRetriever:
         self.workers = workers if workers is not None else torch.get_num_threads()
         cache = getattr(clip, "embedding_cache", None)  # the same sentences in every trial of a tuning: once
         encode = clip.encode_texts if cache is None else lambda sentences: cache.texts(clip, sentences)
-        self.prototypes = torch.stack([
-            torch.nn.functional.normalize(encode(list(sentences)).mean(dim=0), dim=0)
-            for sentences in class_prompts.values()])  # (C, D)
+        self.prototypes = torch.stack([prototype(encode, sentences) for sentences in class_prompts.values()])  # (C, D)
+        # Guards (issue 22), private so that the embedding cache's signature of the pictures ignores them.
+        self._guards = RetrievalGuards(dedup_iou, exclusive)
+        self._background = prototype(encode, BACKGROUND_SENTENCES)  # (D,): qc margin, exclusive retrieval
 
     def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
         """The picture CLIP looks at for one candidate (``mask`` (H, W) bool, ``box`` XYXY inclusive)."""
@@ -74,9 +77,9 @@ class ClipRetriever:
                   if not k.startswith("_") and k not in ("batch_size", "workers", "classes") and _is_setting(v)}
         return {"kind": f"{type(self).__module__}.{type(self).__qualname__}", **params}
 
-    def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
-        """(N, C) cosine similarity of every candidate to every class prototype; embeddings CLIP made
-        before for this image, prompt and candidate come from its embedding cache."""
+    def embeddings(self, image: np.ndarray, candidates: Candidates) -> torch.Tensor:
+        """(N, D) CLIP embeddings of every candidate's visual prompt; those CLIP made before for this
+        image, prompt and candidate come from its embedding cache."""
         draw = lazy_drawer(lambda: self.drawer(image))  # nothing drawn (no blur) when every embedding is cached
 
         def build(i: int) -> np.ndarray:
@@ -84,25 +87,32 @@ class ClipRetriever:
 
         cache = getattr(self.clip, "embedding_cache", None)
         if cache is None:
-            embeddings = self.clip.encode_built(len(candidates), build, self.batch_size, self.workers)
-        else:
-            embeddings = cache.embed(self.clip, self.prompt_signature(), image, candidates.masks, candidates.boxes,
-                                     build, self.batch_size, self.workers)
-        with torch.autocast("cpu", enabled=False):  # cosine similarities in float32 under bf16 autocast too
-            return (embeddings @ self.prototypes.T).numpy()
+            return self.clip.encode_built(len(candidates), build, self.batch_size, self.workers)
+        return cache.embed(self.clip, self.prompt_signature(), image, candidates.masks, candidates.boxes,
+                           build, self.batch_size, self.workers)
+
+    def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
+        """(N, C) cosine similarity of every candidate to every class prototype."""
+        return similarities(self.embeddings(image, candidates), self.prototypes)
 
     def __call__(self, image: np.ndarray, candidates: Candidates) -> Retrieved:
         if len(candidates) == 0:
             return Retrieved(candidates, [], np.zeros(0, np.float32), np.zeros(0, np.int64))
-        similarity = self.scores(image, candidates)
-        picked, classes, scores = [], [], []
-        for column, name in enumerate(self.classes):
-            order = np.argsort(-similarity[:, column], kind="stable")[: self.top_k[name]]
-            picked.extend(order.tolist())
-            classes.extend([name] * len(order))
-            scores.extend(similarity[order, column].tolist())
-        index = np.asarray(picked, np.int64)
-        return Retrieved(candidates.select(index), classes, np.asarray(scores, np.float32), index)
+        embeddings = self.embeddings(image, candidates)
+        similarity = similarities(embeddings, self.prototypes)
+        background = similarities(embeddings, self._background[None])[:, 0]  # (N,): qc and exclusive retrieval
+        return retrieve_top_k(candidates, similarity, background, self.classes, self.top_k, self._guards)
+
+
+def similarities(embeddings: torch.Tensor, prototypes: torch.Tensor) -> np.ndarray:
+    """(N, C) cosine similarities of L2-normalised rows, in float32 under bf16 autocast too."""
+    with torch.autocast("cpu", enabled=False):
+        return (embeddings.float() @ prototypes.float().T).numpy()
+
+
+def prototype(encode: Callable[[list[str]], torch.Tensor], sentences: list[str]) -> torch.Tensor:
+    """(D,) a class's text prototype: the mean of its sentences' normalised embeddings, re-normalised."""
+    return torch.nn.functional.normalize(encode(list(sentences)).mean(dim=0), dim=0)
 
 
 class PromptRetriever(ClipRetriever):
@@ -116,8 +126,9 @@ class PromptRetriever(ClipRetriever):
     prompt: VisualPrompt  # set by register_visual_prompt on each registered subclass
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, workers: int | None = None, **params: Any) -> None:
-        super().__init__(clip, class_prompts, top_k, batch_size, workers)
+                 batch_size: int = 32, workers: int | None = None, dedup_iou: float | None = None,
+                 exclusive: bool = False, **params: Any) -> None:
+        super().__init__(clip, class_prompts, top_k, batch_size, workers, dedup_iou, exclusive)
         defaults = prompt_parameters(type(self).prompt)
         unknown = sorted(set(params) - set(defaults))
         if unknown:

@@ -17,6 +17,7 @@ from typing import Any
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.records import RecordStore, results_frame
+from salip_bench.evaluation.risk_coverage import quality_summary  # qc
 from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
 from salip_bench.storage.files import write_if_changed
@@ -108,6 +109,9 @@ def build_summary(info: RunInfo, records: list[SampleRecord], invocation: Invoca
     summary.weights_identity = invocation.weights_identity or {}
     summary.engines, summary.stage_engines = invocation.engines or {}, invocation.stage_engines or {}
     summary.versions, summary.config = info.versions, cfg
+    quality = quality_summary(records, cfg)  # qc: risk-coverage numbers and abstention
+    if quality is not None:
+        summary.extra["quality"] = quality
     return summary
 
 

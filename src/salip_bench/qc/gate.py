@@ -38,7 +38,7 @@ class QualityGate:
         abstained = quality < self.abstain_below
         info[ABSTAINED] = bool(abstained)
         if sample.mask is not None:
-            info[DICE_WITHOUT_ABSTENTION] = round(dice_iou(prediction.mask, sample.mask)[0], 6)
+            info[DICE_WITHOUT_ABSTENTION] = float(dice_iou(prediction.mask, sample.mask)[0])
         if not abstained:
             return Prediction(prediction.mask, prediction.boxes, info)
         return Prediction(np.zeros_like(prediction.mask, dtype=bool), np.zeros((0, 4), np.float32), info)

@@ -26,7 +26,6 @@ from scipy.stats import mannwhitneyu, spearmanr
 
 from salip_bench.evaluation.schema import SampleRecord, as_record
 from salip_bench.qc.base import ABSTAINED, DICE_WITHOUT_ABSTENTION, QUALITY
-from salip_bench.qc.build import estimator_name
 from salip_bench.qc.settings import DEFAULT_FAILURE_DICE
 from salip_bench.registry import PluginError
 
@@ -155,6 +154,8 @@ def unabstained_dice(row: Mapping) -> float:
 
 def resolved_estimator(cfg: Mapping) -> str | None:
     """The estimator name the run used (``qc=auto``: the method's default)."""
+    from salip_bench.qc.build import estimator_name  # here: the report reads results without torch
+
     qc = cfg.get("qc") or {}
     try:
         return estimator_name(qc, cfg["method"]["name"])

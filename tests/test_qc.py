@@ -152,3 +152,20 @@ def test_oracle_and_qc_none_record_no_quality(tmp_path):
                                     f"output_dir={out}", *overrides]), out)
         assert "quality" not in pd.read_csv(out / "results.csv").columns
     assert build_gate({"method": {"name": "oracle"}, "qc": {"name": "auto"}}) is None
+
+
+def test_a_refiner_engine_without_scores_still_refines_and_records_no_refined_scores(tiny_sam, hc18_sample):
+    from salip_bench.stages.refiners.sam_box import SamBoxRefiner
+
+    class PlainBoxes:  # a third-party engine with the box role but no with_scores
+        identity = {"model": "plain"}
+
+        def segment_boxes(self, image, boxes, multimask_output):  # noqa: ANN001, ANN201
+            return tiny_sam.segment_boxes(image, boxes, multimask_output)
+
+    boxes = np.array([[100, 100, 400, 300]], np.float32)
+    mask, scores = SamBoxRefiner(PlainBoxes()).refine_scored(hc18_sample.image, boxes)
+    np.testing.assert_array_equal(mask, tiny_sam.segment_boxes(hc18_sample.image, boxes, False)[0])
+    assert scores == {"predicted_iou": None, "stability": None}
+    mask, scores = SamBoxRefiner(tiny_sam).refine_scored(hc18_sample.image, boxes)
+    assert 0 <= scores["stability"] <= 1 and scores["predicted_iou"] is not None

@@ -1,8 +1,6 @@
 """Refiner ``sam_box``: prompt SAM with the retrieved masks' bounding boxes; union of its masks."""
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
@@ -46,9 +44,13 @@ class SamBoxRefiner:
             image: (H, W, 3) uint8 RGB.
             boxes: (K, 4) XYXY inclusive.
         """
-        if len(boxes) == 0 or "with_scores" not in inspect.signature(self.sam.segment_boxes).parameters:
-            return self.segment_boxes(image, boxes), {"predicted_iou": None, "stability": None}
-        out = self.sam.segment_boxes(image, np.asarray(boxes, np.float32), self.multimask_output, True)
+        unscored = {"predicted_iou": None, "stability": None}
+        if len(boxes) == 0:
+            return self.segment_boxes(image, boxes), unscored
+        try:
+            out = self.sam.segment_boxes(image, np.asarray(boxes, np.float32), self.multimask_output, True)
+        except TypeError:  # an engine whose segment_boxes has no with_scores: its masks, without scores
+            return self.segment_boxes(image, boxes), unscored
         areas = out.masks.reshape(len(boxes), -1).sum(axis=1).astype(np.float64)
         weights = areas if areas.sum() > 0 else np.ones(len(boxes))
         return out.masks.any(axis=0), {"predicted_iou": float(np.average(out.predicted_iou, weights=weights)),

@@ -26,7 +26,7 @@ ESTIMATORS = QC.names()
 SIGNALS = {**{name: 0.8 for name in (*S.SAM_SIGNALS, S.MEAN_CONFIDENCE, S.REFINED_PRED_IOU, S.REFINED_STABILITY,
                                       S.RETRIEVED_REFINED_IOU, S.RETRIEVED_PRED_IOU, S.RETRIEVED_STABILITY)},
            S.RETRIEVAL_SCORE: 0.3, S.MARGIN_RUNNER_UP: 0.01, S.MARGIN_BACKGROUND: 0.02, S.N_KEPT: 5,
-           S.MEAN_ENTROPY: 0.3}
+           S.MEAN_ENTROPY: 0.3, S.SAM3_SCORE: 0.7}
 
 
 def sample_and_prediction(info: dict) -> tuple[Sample, Prediction]:
@@ -62,7 +62,7 @@ def test_default_estimator_of_every_method():
     defaults = {m: getattr(METHODS.get(m), "default_qc", None) for m in METHODS.names()}
     assert defaults["salip"] == defaults["sam_clip"] == "salip"
     assert defaults["gt_sam"] == defaults["unprompted_sam"] == "sam_iou"
-    assert defaults["unet"] == "unet_entropy" and defaults["oracle"] is None
+    assert defaults["unet"] == "unet_entropy" and defaults["oracle"] is None and defaults["sam3_text"] == "sam3_score"
     for method, name in defaults.items():
         assert name is None or name in fitting_estimators(METHODS.get(method))
 
@@ -128,6 +128,7 @@ def hc18_root(tmp_path, ids=("100_HC", "208_HC")):
     ("salip", []), ("sam_clip", []), ("gt_sam", []), ("unprompted_sam", []),
     ("salip", ["filter.max_area=1", "filter.unit=pixels"]),  # nothing kept: no candidates, quality 0
     ("unet", ["method.checkpoint=UNET"]),
+    ("sam3_text", ["model=sam3_tiny", "method.min_score=0.0"]),
 ])
 def test_runs_record_quality_in_the_unit_interval_and_their_signals(tmp_path, method, extra, unet_checkpoint):
     root, out = hc18_root(tmp_path), tmp_path / "out"

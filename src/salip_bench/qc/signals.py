@@ -27,6 +27,9 @@ SALIP_SIGNALS = (RETRIEVAL_SCORE, MARGIN_RUNNER_UP, MARGIN_BACKGROUND, RETRIEVED
 SAM_PRED_IOU = "qc_sam_pred_iou"
 SAM_STABILITY = "qc_sam_stability"
 SAM_SIGNALS = (SAM_PRED_IOU, SAM_STABILITY)
+# SAM 3 prompted with text: its own instance scores (presence x instance probability).
+SAM3_SCORE = "qc_sam3_score"  # mean score of the kept instances (none found: no signal, quality 0)
+SAM3_SIGNALS = (SAM3_SCORE,)
 # The U-Net's foreground probabilities.
 MEAN_CONFIDENCE = "qc_mean_confidence"  # mean probability inside the predicted mask (empty: of background)
 MEAN_ENTROPY = "qc_mean_entropy"  # mean binary entropy (bits) over the predicted mask and its uncertain rim

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import HC18, SMOKE, compose_config
 from salip_bench.evaluation.harness import run
+from salip_bench.stages.retrievers.guards import BACKGROUND_SENTENCES
 
 
 def hc18_subset(root, ids):
@@ -33,7 +34,8 @@ def test_candidates_flow_through_every_stage_and_reach_wandb(tmp_path):
     assert (frame["n_candidates"] >= frame["n_kept"]).all() and (frame["n_kept"] > 0).all()
     assert (frame["clip_images_encoded"] == frame["n_kept"]).all()  # one CLIP image per kept candidate
     assert frame["retrieved_boxes"].map(lambda s: len(json.loads(s))).eq(1).all()  # top-1
-    assert summary["work"]["clip_texts_encoded"] == 6  # the fetal_head sentences, once per run
+    # the fetal_head sentences and the background prototype's (qc margin), once per run
+    assert summary["work"]["clip_texts_encoded"] == 6 + len(BACKGROUND_SENTENCES)
     assert summary["work"]["sam_encoder_passes"] == 2  # generator + refiner share one pass per image
     assert len(list((out / "wandb").glob("offline-run-*/files/media/images/*.png"))) == 2
 

@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     "__init__": 0, "types": 0, "registry": 0, "metrics": 0, "accepts": 0, "config_keys": 0, "class_prompts": 0, "masks": 0, "prompts": 0,
     "storage": 1,
     "engines": 2,
-    "stages": 3,
+    "stages": 3, "qc": 3,
     "methods": 4,
     "datasets": 5,
     "evaluation": 6,

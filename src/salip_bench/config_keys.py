@@ -6,7 +6,8 @@ from __future__ import annotations
 NON_SEMANTIC_KEYS = ("output_dir", "resume", "fail_fast", "limit", "num_workers", "save_masks", "trainer", "logger",
                      "cache", "memory_limit_gb")
 NON_SEMANTIC_NESTED = ("retriever.workers",  # threads building visual prompts
-                       "dataset.extra_metrics")  # extra result columns: computed from predictions, never change them
+                       "dataset.extra_metrics",  # extra result columns: computed from predictions, never change them
+                       "qc.failure_dice")  # what the summary counts as a failure of the quality score
 # Inside a non-semantic group but changing predictions: bf16 autocast (trainer.precision=bf16-mixed).
 SEMANTIC_NESTED = ("trainer.precision",)
 FULL_PRECISION = ("32-true", "32", "64-true", "64")  # trainer.precision values that use no autocast
@@ -39,6 +40,12 @@ def semantic_config(cfg: dict) -> dict:
     for group, key in (dotted.split(".", 1) for dotted in NON_SEMANTIC_NESTED):
         if isinstance(semantic.get(group), dict):
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
+    # qc: the defaults of issue 22's keys change nothing, so runs from before them still resume.
+    if isinstance(semantic.get("retriever"), dict):
+        semantic["retriever"] = {k: v for k, v in semantic["retriever"].items()
+                                 if not (k == "dedup_iou" and v is None) and not (k == "exclusive" and v is False)}
+    if semantic.get("qc") == {"name": "auto", "abstain_below": None}:
+        del semantic["qc"]
     precision = str((cfg.get("trainer") or {}).get("precision", "32-true"))
     if precision not in FULL_PRECISION:  # bf16 autocast changes predictions (slightly): another configuration
         semantic["precision"] = precision

@@ -140,10 +140,14 @@ REFINERS: Registry = Registry("refiner")
 DATASET_SETTINGS = ("prompts", "top_k", "max_side", "extra_metrics")
 DATASETS: Registry = Registry("dataset", settings=DATASET_SETTINGS)
 METHODS: Registry = Registry("method")
+# Quality estimators (salip_bench.qc): the run reads abstain_below and failure_dice, not the plugin.
+QC_SETTINGS = ("abstain_below", "failure_dice")
+QC: Registry = Registry("qc", settings=QC_SETTINGS)
 ENGINES: Registry = Registry("engine")  # name -> builder(cfg, weights, key) -> engine (engines/builder.py)
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (GENERATORS, FILTERS, RETRIEVERS, REFINERS, DATASETS, METHODS)}
 
-_BUILTIN_MODULES = ("salip_bench.engines", "salip_bench.stages", "salip_bench.datasets", "salip_bench.methods")
+_BUILTIN_MODULES = ("salip_bench.engines", "salip_bench.stages", "salip_bench.datasets", "salip_bench.methods",
+                   "salip_bench.qc")
 _loaded = False
 
 

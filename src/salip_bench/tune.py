@@ -46,11 +46,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.registry import DATASETS, METHODS, PluginError
+from salip_bench.evaluation.console import quiet_console
 from salip_bench.evaluation.entry_checks import oserror_line, precheck
 from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked,
                                               stop_on_signals)
 from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.run_lock import RunLock, RunLockedError
+from salip_bench.evaluation.tune_objective import (ABSTAIN_KEY, check_objective, choose_abstention,  # qc
+                                                   labels_used, objective_column, trial_scores)
 from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
 from salip_bench.evaluation.validation import ConfigError, check_dataset, check_method_inputs, validate
 from salip_bench.storage.files import atomic_write_text
@@ -129,6 +132,7 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) ->
     """
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(cfg)
     settings, out_dir = cfg["tune"], Path(out_dir)
+    check_objective(settings)  # dice | quality (evaluation/tune_objective.py)
     if cfg.get("tuned"):
         raise TuningError("tuned= applies earlier tuning to an evaluation run; salip-bench-tune starts from the "
                           "configured values (set them directly to start elsewhere)")
@@ -143,9 +147,10 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) ->
         raise TuningError("dataset.root is required: the dataset the tuned values are for, which the split "
                           "is checked against")
     split_data = DATASETS.build(split)
-    if not getattr(split_data, "labelled", True):  # trials are chosen by Dice: nothing to choose by
+    if not getattr(split_data, "labelled", True) and labels_used(settings):  # qc: quality needs no masks
         raise TuningError(f"tune.split ({split.get('root')}) has no masks (tune.split.mask_dir is null): "
-                          "tuning chooses by Dice, so it needs labelled images")
+                          "tuning chooses by Dice (and tune.abstain chooses tau by Dice), so it needs labelled "
+                          "images; tune.objective=quality tunes without masks")
     split_ids = split_data.ids[: settings["n_images"]]
     if not split_ids:
         raise TuningError(f"tune.split ({split.get('root')}) has no images")
@@ -168,6 +173,7 @@ def search(cfg: dict, split: dict, split_ids: list[str], space: dict[str, Any], 
     from salip_bench.evaluation.tune_trials import run_trials, share_engines
 
     settings = cfg["tune"]
+    objective = check_objective(settings)
     n_drawn = settings["n_trials"] - 1 if settings["baseline"] else settings["n_trials"]
     trials = ([baseline] if settings["baseline"] else []) + sample_trials(space, n_drawn, settings["seed"])
     trial_dirs = [out_dir / "trials" / str(number) for number in range(len(trials))]
@@ -178,25 +184,31 @@ def search(cfg: dict, split: dict, split_ids: list[str], space: dict[str, Any], 
         summaries = run_trials(configs, trial_dirs, job)  # image by image: each image and grid decoded once
     else:  # a trial changes the models or the data: one ordinary run each
         summaries = [run(c, d, job) for c, d in zip(configs, trial_dirs)]
-    rows = [{"trial": number, "dice_mean": summary.get("dice_mean"), "iou_mean": summary.get("iou_mean"),
+    rows = [{"trial": number, **trial_scores(summary), "iou_mean": summary.get("iou_mean"),  # qc: + quality_mean
              "n_ok": summary.get("n_ok"), "n_failed": summary.get("n_failed"), **params}
             for number, (params, summary) in enumerate(zip(trials, summaries))]
     frame = pd.DataFrame(rows)
-    scores = pd.to_numeric(frame["dice_mean"], errors="coerce").fillna(-np.inf)  # all samples failed: worst
+    scores = objective_column(objective, frame, cfg["method"]["name"])  # qc: all samples failed: worst
     best = int(scores.to_numpy().argmax())  # first maximum: the earliest trial wins a tie
     frame["chosen"] = frame["trial"] == best
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "trials.csv", frame.to_csv(index=False))
-    tuned = {"params": trials[best],
-             "score": {"dice_mean": rows[best]["dice_mean"], "trial": best, "n_trials": len(trials)},
+    params = dict(trials[best])
+    abstention = choose_abstention(trial_dirs[best] / "results.csv") if settings.get("abstain") else None  # qc
+    if abstention is not None:
+        params[ABSTAIN_KEY] = abstention["abstain_below"]
+    tuned = {"params": params,
+             "score": {"dice_mean": rows[best]["dice_mean"], "trial": best, "n_trials": len(trials),
+                       "objective": objective, "quality_mean": rows[best]["quality_mean"],  # qc
+                       "labels_used": labels_used(settings), **({"abstention": abstention} if abstention else {})},
              "seed": settings["seed"],
              "split": {"name": split.get("name"), "root": resolved_root(split.get("root")),
                        "n_images": len(split_ids), "ids": list(split_ids)}}
     header = ("# Written by salip-bench-tune: apply with `salip-bench tuned=THIS_FILE ...` (the evaluation "
               "dataset must not share images with split).\n")
     atomic_write_text(out_dir / TUNED_FILE, header + yaml.safe_dump(tuned, sort_keys=False))
-    log.info("chosen: trial %d, dice_mean=%s on %d tuning images: %s -> %s", best, rows[best]["dice_mean"],
-             len(split_ids), trials[best], out_dir / TUNED_FILE)
+    log.info("chosen by %s: trial %d, dice_mean=%s quality_mean=%s on %d tuning images: %s -> %s", objective, best,
+             rows[best]["dice_mean"], rows[best]["quality_mean"], len(split_ids), params, out_dir / TUNED_FILE)
     return tuned
 
 
@@ -236,6 +248,7 @@ def check_tune_config(cfg: DictConfig | Mapping) -> None:
 def _main(cfg: DictConfig) -> float | None:
     try:
         check_tune_config(cfg)  # before any model loads
+        quiet_console()
         tuned = tune(cfg, HydraConfig.get().runtime.output_dir, Job.from_hydra())  # Hydra is read here, never below
     except (TuningError, WeightsNotFoundError, PluginError, ConfigError, RunLockedError) as err:
         log.error("%s", err)

@@ -47,6 +47,9 @@ class Retrieved:
     classes: list[str]
     scores: np.ndarray  # (K,) retrieval score (cosine similarity for CLIP retrievers)
     candidate_index: np.ndarray  # (K,) index into the retriever's input candidates
+    # Label-free evidence for the quality estimators (salip_bench.qc); None where a retriever has none.
+    runner_up: np.ndarray | None = None  # (K,) best score of a candidate its class did not pick (NaN: none left)
+    background: np.ndarray | None = None  # (K,) each retrieved candidate's score against the background prototype
 
 
 @dataclass

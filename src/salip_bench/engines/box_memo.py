@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from salip_bench.engines.box_scores import BoxMasks
 from salip_bench.engines.memo import FeatureMemo
 from salip_bench.engines.roles import BoxPromptSegmenter
 from salip_bench.storage.content_keys import array_key, hashed_once, image_key
@@ -58,17 +59,21 @@ class BoxMemo:
         self.engine, self.store = engine, store
         self._engine_key = json.dumps(getattr(engine, "identity", {}), sort_keys=True, default=str)
 
-    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
-        """The engine's masks for ``boxes`` on ``image`` ((K, H, W) bool), computed once per
-        distinct call. The result is shared with later hits: callers must not write into it."""
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool,
+                      with_scores: bool = False) -> np.ndarray | BoxMasks:
+        """The engine's masks for ``boxes`` on ``image`` ((K, H, W) bool; ``with_scores``: its
+        :class:`~salip_bench.engines.box_scores.BoxMasks`), computed once per distinct call. The result
+        is shared with later hits: callers must not write into it."""
         boxes = np.ascontiguousarray(boxes, np.float32)
         with hashed_once():
-            key = (self._engine_key, image_key(image), array_key(boxes), bool(multimask_output))
+            key = (self._engine_key, image_key(image), array_key(boxes), bool(multimask_output), with_scores)
             masks = self.store.calls.get(key)
             if masks is None:
                 self.store.misses += 1
-                masks = self.engine.segment_boxes(image, boxes, multimask_output)
-                masks.setflags(write=False)
+                # qc: the scores are asked for only when wanted, so an engine without them still serves
+                masks = (self.engine.segment_boxes(image, boxes, multimask_output, True) if with_scores
+                         else self.engine.segment_boxes(image, boxes, multimask_output))
+                (masks.masks if with_scores else masks).setflags(write=False)
                 self.store.calls.put(key, masks)
             else:
                 self.store.hits += 1

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from skimage.transform import resize
 
+from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam_model import load_sam
@@ -74,7 +75,8 @@ class MedSamEngine(BaseEngine):
         return self.embeddings.fetch(self.cache_key("embedding", image_key(image)), lambda: self._encoded(image))
 
     @torch.no_grad()
-    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool,
+                      with_scores: bool = False) -> np.ndarray | BoxMasks:
         """One mask per box. MedSAM was trained for one mask per box; with ``multimask_output`` the
         best-scored of SAM's three heads is kept (off MedSAM's recipe).
 
@@ -83,7 +85,7 @@ class MedSamEngine(BaseEngine):
         height, width = image.shape[:2]
         embedding = self.embedding(image)
         frame = np.array([width, height, width, height])
-        out = np.zeros((len(boxes), height, width), bool)
+        out, scored = np.zeros((len(boxes), height, width), bool), BoxScores(len(boxes))  # qc: scores
         for i, box in enumerate(np.asarray(boxes, np.float64)):
             box_t = torch.as_tensor(box / frame * self.side, dtype=torch.float, device=self.device)[None, None]
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=box_t, masks=None)
@@ -94,7 +96,8 @@ class MedSamEngine(BaseEngine):
             probability = F.interpolate(torch.sigmoid(logits[:, best:best + 1]), size=(height, width),
                                         mode="bilinear", align_corners=False)
             out[i] = probability[0, 0].cpu().numpy() > 0.5
-        return out
+            scored.add_probability(i, probability[0, 0].cpu().numpy(), float(iou[0, best]))  # qc
+        return scored.result(out) if with_scores else out  # qc
 
 
 @ENGINES.register("medsam")

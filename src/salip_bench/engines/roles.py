@@ -134,9 +134,9 @@ class TextPromptSegmenter(Engine, Protocol):
 class UnpromptedSegmenter(Protocol):
     """Segmentation with no prompt at all: SAM's decoder on its default (no point, box or mask) embeddings."""
 
-    def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float]:
-        """The mask of ``image`` ((H, W, 3) uint8) and its predicted IoU; with ``multimask_output``
-        the best-scored of the decoder's masks. Returns an (H, W) bool mask and a float."""
+    def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float, float]:
+        """The mask of ``image`` ((H, W, 3) uint8), its predicted IoU and its stability score; with
+        ``multimask_output`` the best-scored of the decoder's masks. Returns an (H, W) bool mask and two floats."""
 
 
 

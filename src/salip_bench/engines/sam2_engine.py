@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
 from salip_bench.engines.memo import DiskCodec
@@ -138,18 +139,21 @@ class Sam2Engine(BaseEngine):
         self.predictor.reset_predictor()
 
     @torch.no_grad()
-    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool,
+                      with_scores: bool = False) -> np.ndarray | BoxMasks:
         """One mask per box (the best-scored of three when ``multimask_output``).
 
-        The :class:`~salip_bench.engines.roles.BoxPromptSegmenter` role: (K, H, W) bool masks.
+        The :class:`~salip_bench.engines.roles.BoxPromptSegmenter` role: (K, H, W) bool masks
+        (``with_scores``: with SAM 2's predicted IoU and stability of each, ``engines/box_scores.py``).
         """
         self.predictor.set_image(image)
-        out = np.zeros((len(boxes), *image.shape[:2]), bool)
+        out, scored = np.zeros((len(boxes), *image.shape[:2]), bool), BoxScores(len(boxes))  # qc: scores
         for i, box in enumerate(boxes):
             masks, scores, _ = self.predictor.predict(box=np.asarray(box, np.float32),
-                                                      multimask_output=multimask_output)
-            out[i] = masks[int(np.argmax(scores))] > 0
-        return out
+                                                      multimask_output=multimask_output,
+                                                      return_logits=True)  # qc: logits, for the stability score
+            out[i] = scored.add(i, masks, scores, 0.0)  # qc: = upstream's masks > 0
+        return scored.result(out) if with_scores else out  # qc
 
     @torch.no_grad()
     def everything(self, image: np.ndarray, **settings: object) -> Candidates:

@@ -23,6 +23,7 @@ from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam_grid import (PROPOSALS_VERSION, DecodedGrid, EverythingSettings, apply_grid,
                                           decode_grid)
+from salip_bench.engines.box_scores import BoxMasks, BoxScores, stability_score
 from salip_bench.engines.sam_model import load_sam
 from salip_bench.engines.weights import weights_identity
 from salip_bench.registry import ENGINES
@@ -115,22 +116,26 @@ class SamV1Engine(BaseEngine):
         return self.prepared(image[y0:y1, x0:x1, :], f"{key}:crop{x0},{y0},{x1},{y1}")
 
     @torch.no_grad()
-    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool) -> np.ndarray:
-        """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool."""
+    def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool,
+                      with_scores: bool = False) -> np.ndarray | BoxMasks:
+        """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool
+        (``with_scores``: with SAM's predicted IoU and stability of each, see ``engines/box_scores.py``)."""
         predictor = self.prepared(image)
-        out = np.zeros((len(boxes), *image.shape[:2]), bool)
+        out, scored = np.zeros((len(boxes), *image.shape[:2]), bool), BoxScores(len(boxes))  # qc: scores
         for i, box in enumerate(boxes):
-            masks, scores, _ = predictor.predict(box=np.asarray(box, np.float32), multimask_output=multimask_output)
-            out[i] = masks[int(np.argmax(scores))]
-        return out
+            masks, scores, _ = predictor.predict(box=np.asarray(box, np.float32), multimask_output=multimask_output,
+                                                 return_logits=True)  # qc: logits, for the stability score
+            out[i] = scored.add(i, masks, scores, self.sam.mask_threshold)  # qc: = upstream's masks > threshold
+        return scored.result(out) if with_scores else out  # qc
 
     @torch.no_grad()
-    def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float]:
+    def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float, float]:
         """The no-point, no-box, no-mask decoder output (the best of three by predicted IoU when
-        ``multimask_output``): (H, W) bool mask and its predicted IoU."""
-        masks, scores, _ = self.prepared(image).predict(multimask_output=multimask_output)
-        best = int(np.argmax(scores))
-        return masks[best], float(scores[best])
+        ``multimask_output``): (H, W) bool mask, its predicted IoU and stability score."""
+        logits, scores, _ = self.prepared(image).predict(multimask_output=multimask_output, return_logits=True)
+        best, threshold = int(np.argmax(scores)), self.sam.mask_threshold
+        # upstream's mask (logits > threshold), thresholded here so the logits give the stability too
+        return logits[best] > threshold, float(scores[best]), stability_score(logits[best], threshold)
 
     @torch.no_grad()
     def initialize_everything(self, image: np.ndarray, settings: Mapping[str, object],

@@ -87,6 +87,7 @@ class PredictModule(L.LightningModule):
     max_side: evaluate images with a longer side above it downscaled, scored at full size;
     memory: per-sample memory estimate check (None: none). See :mod:`salip_bench.evaluation.memory`.
     score_memo: shared with other modules that score the same samples (tuning's trials), or None.
+    quality: the quality gate, applied before scoring (``salip_bench.qc``), or None.
 
     Confusion counts go through torchmetrics' integer stat scores (exact int64): ``sample_counts`` per
     sample, ``run_counts`` over every sample this invocation scores, summed across DDP ranks at the
@@ -98,8 +99,10 @@ class PredictModule(L.LightningModule):
                  fail_fast: bool, fingerprint: str,
                  extra_metrics: Callable[[Sample, np.ndarray], dict] | None = None,
                  nsd_tolerance: float = NSD_TOLERANCE_MM, max_side: int | None = None,
-                 memory: MemoryGuard | None = None, score_memo: ScoreMemo | None = None) -> None:
+                 memory: MemoryGuard | None = None, score_memo: ScoreMemo | None = None,
+                 quality: Callable[[Sample, Prediction], Prediction] | None = None) -> None:
         super().__init__()
+        self.quality = quality  # qc: the quality gate (salip_bench.qc.gate), or None
         self.score_memo = score_memo
         self.nsd_tolerance = nsd_tolerance
         self.max_side = max_side
@@ -148,6 +151,8 @@ class PredictModule(L.LightningModule):
             if prediction.mask.shape != work.image.shape[:2]:
                 raise ValueError(f"prediction shape {prediction.mask.shape} != image {work.image.shape[:2]}")
             prediction = upscale(prediction, sample.image.shape[:2], scale)
+            if self.quality is not None:  # qc: quality columns; below qc.abstain_below, an empty mask
+                prediction = self.quality(sample, prediction)
         except Exception as err:
             if self.fail_fast:
                 raise

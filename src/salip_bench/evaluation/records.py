@@ -157,13 +157,18 @@ class RecordStore:
 
 
 def method_columns() -> dict[str, str]:
-    """Every registered method's ``info_columns`` ({column: ``int`` | ``float`` | ``json``}): each is a
+    """Every registered method's ``info_columns`` ({column: ``int`` | ``float`` | ``bool`` | ``json``}) and ``qc_*``
+    signals, and the quality gate's columns: each is a
     column of every run's results.csv, so that the runs of every method of a dataset share one column set."""
+    from salip_bench.qc.base import ABSTAINED, DICE_WITHOUT_ABSTENTION, QUALITY
     from salip_bench.registry import METHODS
 
-    columns: dict[str, str] = {}
+    # The quality gate's columns and every method's label-free signals (salip_bench.qc) belong to the set too.
+    columns: dict[str, str] = {QUALITY: "float", ABSTAINED: "bool", DICE_WITHOUT_ABSTENTION: "float"}
     for name in METHODS.names():
-        columns.update(getattr(METHODS.get(name), "info_columns", {}))
+        method = METHODS.get(name)
+        columns.update(getattr(method, "info_columns", {}))
+        columns.update({signal: "float" for signal in getattr(method, "qc_signals", ())})
     return columns
 
 

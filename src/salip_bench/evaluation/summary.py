@@ -9,6 +9,7 @@ carried over from it, by name, and nothing else is.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,12 @@ from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_record
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.organs import dataset_facts
 from salip_bench.evaluation.records import RecordStore, results_frame
+from salip_bench.evaluation.risk_coverage import quality_summary  # qc
 from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
 from salip_bench.storage.files import write_if_changed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,6 +113,9 @@ def build_summary(info: RunInfo, records: list[SampleRecord], invocation: Invoca
     summary.engines, summary.stage_engines = invocation.engines or {}, invocation.stage_engines or {}
     summary.versions, summary.config = info.versions, cfg
     summary.extra.update(dataset_facts(dataset, records, summary, cfg["dataset"].get("prompts")))
+    quality = quality_summary(records, cfg)  # qc: risk-coverage numbers and abstention
+    if quality is not None:
+        summary.extra["quality"] = quality
     return summary
 
 

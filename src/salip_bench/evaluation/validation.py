@@ -96,6 +96,7 @@ def validate(cfg: DictConfig | Mapping) -> dict:
         section = cfg.get(group)
         if isinstance(section, Mapping):
             check_settings(group, plugin_accepts(group, section.get("name")), section)
+    _check_qc(cfg)  # qc.abstain_below / qc.failure_dice in [0, 1]; the estimator's fit once plugins load
     for group in ("model", "refiner_model", "clip", "method"):
         section = cfg.get(group)
         if isinstance(section, Mapping) and "checkpoint" in section:
@@ -209,3 +210,12 @@ def _check_lists_images(dataset: Mapping, root: Path) -> None:
         raise ConfigError(f"dataset.image_dir={image_dir}: folder {folder.resolve()} has no {wanted}; "
                           "expected a folder of images")
 
+
+def _check_qc(cfg: Mapping) -> None:
+    """The ``qc`` thresholds (:func:`salip_bench.qc.settings.check_qc_settings`) as a one-line
+    :class:`ConfigError`; whether the estimator fits the method is checked once plugins are imported."""
+    from salip_bench.qc.settings import QualityConfigError, check_qc_settings
+    try:
+        check_qc_settings(cfg)
+    except QualityConfigError as err:
+        raise ConfigError(str(err)) from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from salip_bench.accepts import Flag, IntAtLeast, check_settings
 from salip_bench.masks import gt_boxes
+from salip_bench.qc.signals import SAM_PRED_IOU, SAM_SIGNALS, SAM_STABILITY, number
 from salip_bench.engines.roles import BoxPromptSegmenter
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Prediction, Sample
@@ -21,6 +22,8 @@ class GtSamMethod:
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
     info_columns = {"n_gt_boxes": "int"}
+    qc_signals = SAM_SIGNALS  # SAM's own confidence in its mask (salip_bench.qc)
+    default_qc = "sam_iou"
 
     def __init__(self, sam: BoxPromptSegmenter, min_component_area: int = 16, multimask_output: bool = False) -> None:
         check_settings("method", ACCEPTS, {"min_component_area": min_component_area,
@@ -32,5 +35,8 @@ class GtSamMethod:
         if sample.mask is None:
             raise ValueError("gt_sam needs a ground-truth mask")
         boxes = gt_boxes(sample.mask, min_area=self.min_component_area)
-        mask = self.refiner.segment_boxes(sample.image, boxes)  # boxes, not retrieved candidates: no masks behind them
-        return Prediction(mask=mask, boxes=boxes, info={"n_gt_boxes": len(boxes)})
+        # boxes, not retrieved candidates: no masks behind them
+        mask, scores = self.refiner.refine_scored(sample.image, boxes)
+        return Prediction(mask=mask, boxes=boxes, info={"n_gt_boxes": len(boxes),
+                                                        SAM_PRED_IOU: number(scores["predicted_iou"]),
+                                                        SAM_STABILITY: number(scores["stability"])})

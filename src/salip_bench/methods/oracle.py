@@ -33,6 +33,8 @@ class OracleMethod:
 
     needs_ground_truth = True  # refused on unlabelled datasets before any model is built
     info_columns = {"n_candidates": "int", "n_kept": "int", "oracle_dice": "float", "retrieved_dice": "float"}
+    qc_signals = ()  # its retrieval reads the ground truth: nothing it does is label-free
+    qc_note = "its retrieval reads the ground truth, so no label-free quality exists"
 
     def __init__(self, generator: Generate, filter: Filter, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:

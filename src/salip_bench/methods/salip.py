@@ -7,6 +7,8 @@ import numpy as np
 
 from salip_bench.metrics import dice_iou, greedy_oracle
 from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
+from salip_bench.methods.quality_signals import salip_signals, scored_refine
+from salip_bench.qc.signals import SALIP_SIGNALS
 from salip_bench.registry import METHODS
 from salip_bench.storage.content_keys import array_key
 from salip_bench.types import Candidates, Prediction, Sample
@@ -26,6 +28,8 @@ class SalipMethod:
     # The results.csv columns of Prediction.info (every method's are written for every run: one column set).
     info_columns = {"n_candidates": "int", "n_kept": "int", "retrieved_classes": "json", "retrieved_scores": "json",
                     "retrieved_boxes": "json", "oracle_dice": "float", "retrieved_dice": "float"}
+    qc_signals = SALIP_SIGNALS  # label-free signals it records (salip_bench.qc)
+    default_qc = "salip"
 
     def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int]) -> None:
@@ -33,17 +37,20 @@ class SalipMethod:
         self.top_k = top_k
 
     def __call__(self, sample: Sample) -> Prediction:
+        refined: dict = {}  # SAM's confidence in the refined mask, for the quality estimators
+        refine = scored_refine(self.refiner, refined)
         organ = sample.meta.get("organ")
         if organ is None:
-            result = salip(sample.image, self.generator, self.filter, self.retriever, self.refiner)
+            result = salip(sample.image, self.generator, self.filter, self.retriever, refine)
         else:  # one organ of a multi-organ run: the slice's candidates and their CLIP embeddings are shared
             result = salip(sample.image, self.shared_generate, self.shared_keep,
-                           partial(self.retriever, classes=[organ]), self.refiner)
+                           partial(self.retriever, classes=[organ]), refine)
         retrieved = result.retrieved
         info = {"n_candidates": len(result.candidates), "n_kept": len(result.kept),
                 "retrieved_classes": retrieved.classes,
                 "retrieved_scores": np.round(retrieved.scores, 5).tolist(),
                 "retrieved_boxes": np.round(retrieved.candidates.boxes, 1).tolist()}
+        info.update(salip_signals(result, refined))
         if sample.mask is not None:
             k = self.top_k[organ] if organ is not None else sum(self.top_k.values())
             info.update(stage_scores(result, sample.mask, k))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from salip_bench.engines.roles import TextPromptSegmenter, require_role
+from salip_bench.qc.signals import SAM3_SCORE, SAM3_SIGNALS, number
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 
@@ -24,6 +25,8 @@ class Sam3TextMethod:
     needs_prompts = True  # prompts SAM 3 with the organ's names / sentences: dataset.prompts must be set
     info_columns = {"n_prompts": "int", "n_instances": "int", "instance_classes": "json", "instance_scores": "json",
                     "instance_boxes": "json"}
+    qc_signals = SAM3_SIGNALS  # its own instance scores (salip_bench.qc)
+    default_qc = "sam3_score"
 
     def __init__(self, sam: object, class_prompts: dict[str, list[str]], top_k: dict[str, int],
                  prompt: str = "class_name", min_score: float = 0.5) -> None:
@@ -55,7 +58,8 @@ class Sam3TextMethod:
             if boxes else np.zeros((0, 4), np.float32)
         info = {"n_prompts": sum(len(t) for t in chosen.values()), "n_instances": found,
                 "instance_classes": classes, "instance_scores": np.round(scores, 5).tolist(),
-                "instance_boxes": np.round(boxes_xyxy, 1).tolist()}
+                "instance_boxes": np.round(boxes_xyxy, 1).tolist(),
+                SAM3_SCORE: number(np.mean(scores)) if scores else None}
         return Prediction(mask=mask, boxes=boxes_xyxy.astype(np.float32), info=info)
 
 

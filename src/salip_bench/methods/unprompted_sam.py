@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from salip_bench.engines.roles import UnpromptedSegmenter, require_role
+from salip_bench.qc.signals import SAM_PRED_IOU, SAM_SIGNALS, SAM_STABILITY, number
 from salip_bench.registry import METHODS
 from salip_bench.types import Prediction, Sample
 
@@ -15,6 +16,8 @@ class UnpromptedSamMethod:
     """
 
     info_columns = {"sam_predicted_iou": "float"}
+    qc_signals = SAM_SIGNALS  # SAM's own confidence in its mask (salip_bench.qc)
+    default_qc = "sam_iou"
 
     def __init__(self, sam: UnpromptedSegmenter, multimask_output: bool = False) -> None:
         # SAM 2.1 / MedSAM engines offer box prompts, not this
@@ -23,5 +26,6 @@ class UnpromptedSamMethod:
         self.multimask_output = multimask_output
 
     def __call__(self, sample: Sample) -> Prediction:
-        mask, score = self.sam.segment_unprompted(sample.image, self.multimask_output)
-        return Prediction(mask=mask, info={"sam_predicted_iou": round(score, 5)})
+        mask, score, stability = self.sam.segment_unprompted(sample.image, self.multimask_output)
+        return Prediction(mask=mask, info={"sam_predicted_iou": round(score, 5), SAM_PRED_IOU: number(score),
+                                           SAM_STABILITY: number(stability)})

@@ -69,7 +69,7 @@ def markdown_html(text: str) -> str:
 
 def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], notes: list[str], dice_png: Path,
                figures: list[tuple[str, Path]], figure_notes: list[str], failures_md: str, hc: pd.DataFrame,
-               unscored: list[tuple[str, object]]) -> None:
+               unscored: list[tuple[str, object]], quality: tuple[str, Path | None] | None = None) -> None:
     """Write the page.
 
     Args:
@@ -82,6 +82,7 @@ def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], note
         failures_md: the failure attribution, as written to failures.md.
         hc: the head-circumference table (may be empty).
         unscored: (label, run) of runs on unlabelled images.
+        quality: the quality section's markdown and risk-coverage figure (``reporting/quality.py``), or None.
     """
     body = ["<h1>salip-bench report</h1>", "<h2>Scores</h2>"]
     if tables:
@@ -109,6 +110,11 @@ def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], note
         body += ["<h2>Head circumference (HC18)</h2>", table_html(*hc_rows(hc), css_class="hc"),
                  '<p class="note">Absolute difference to the reference circumference in mm, mean ± sd.</p>']
     body += ["<h2>Failure attribution</h2>", markdown_html(failures_md.replace("# Failure attribution", "", 1))]
+    if quality is not None:  # qc
+        body += ["<h2>Quality score and abstention</h2>",
+                 markdown_html(quality[0].replace("# Quality score and abstention", "", 1))]
+        if quality[1] is not None:
+            body.append(f"<figure>{embed_png(quality[1], 'Risk-coverage curves')}</figure>")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>salip-bench report</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
     atomic_write_text(path, page)  # UTF-8, as the page's <meta charset> says

@@ -33,3 +33,25 @@ class SamBoxRefiner:
         if len(boxes) == 0:
             return np.zeros(image.shape[:2], bool)
         return self.sam.segment_boxes(image, np.asarray(boxes, np.float32), self.multimask_output).any(axis=0)
+
+    @torch.no_grad()
+    def refine_scored(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, dict[str, float | None]]:
+        """:meth:`segment_boxes` with SAM's own confidence in the refined mask, for the quality
+        estimators: ``predicted_iou`` and ``stability``, each the mean over the boxes' masks weighted
+        by their areas (plain mean when all are empty); None for no box or an engine without scores.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: (K, 4) XYXY inclusive.
+        """
+        unscored = {"predicted_iou": None, "stability": None}
+        if len(boxes) == 0:
+            return self.segment_boxes(image, boxes), unscored
+        try:
+            out = self.sam.segment_boxes(image, np.asarray(boxes, np.float32), self.multimask_output, True)
+        except TypeError:  # an engine whose segment_boxes has no with_scores: its masks, without scores
+            return self.segment_boxes(image, boxes), unscored
+        areas = out.masks.reshape(len(boxes), -1).sum(axis=1).astype(np.float64)
+        weights = areas if areas.sum() > 0 else np.ones(len(boxes))
+        return out.masks.any(axis=0), {"predicted_iou": float(np.average(out.predicted_iou, weights=weights)),
+                                       "stability": float(np.average(out.stability, weights=weights))}

@@ -18,6 +18,7 @@ import torch
 from salip_bench.accepts import IntAtLeast, Nullable, Rule, check_settings
 from salip_bench.engines.clip_engine import ClipEngine
 from salip_bench.registry import RETRIEVERS
+from salip_bench.stages.retrievers.guards import BACKGROUND_SENTENCES, RetrievalGuards, retrieve_top_k, select_classes
 from salip_bench.storage.content_keys import array_key
 from salip_bench.types import Candidates, Retrieved
 
@@ -48,7 +49,8 @@ class ClipRetriever:
     """
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, workers: int | None = None) -> None:
+                 batch_size: int = 32, workers: int | None = None, dedup_iou: float | None = None,
+                 exclusive: bool = False) -> None:
         missing = sorted(set(class_prompts) - set(top_k))
         if missing:
             raise ValueError(f"no top_k for class(es) {missing}")
@@ -60,9 +62,10 @@ class ClipRetriever:
         self.workers = workers if workers is not None else torch.get_num_threads()
         cache = getattr(clip, "embedding_cache", None)  # the same sentences in every trial of a tuning: once
         encode = clip.encode_texts if cache is None else lambda sentences: cache.texts(clip, sentences)
-        self.prototypes = torch.stack([
-            torch.nn.functional.normalize(encode(list(sentences)).mean(dim=0), dim=0)
-            for sentences in class_prompts.values()])  # (C, D)
+        self.prototypes = torch.stack([prototype(encode, sentences) for sentences in class_prompts.values()])  # (C, D)
+        # Guards (issue 22), private so that the embedding cache's signature of the pictures ignores them.
+        self._guards = RetrievalGuards(dedup_iou, exclusive)
+        self._background = prototype(encode, BACKGROUND_SENTENCES)  # (D,): qc margin, exclusive retrieval
 
     def visual_prompt(self, image: np.ndarray, mask: np.ndarray, box: np.ndarray) -> np.ndarray:
         """The picture CLIP looks at for one candidate (``mask`` (H, W) bool, ``box`` XYXY inclusive)."""
@@ -79,9 +82,9 @@ class ClipRetriever:
                   if not k.startswith("_") and k not in ("batch_size", "workers", "classes") and _is_setting(v)}
         return {"kind": f"{type(self).__module__}.{type(self).__qualname__}", **params}
 
-    def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
-        """(N, C) cosine similarity of every candidate to every class prototype; embeddings CLIP made
-        before for this image, prompt and candidate come from its embedding cache."""
+    def embeddings(self, image: np.ndarray, candidates: Candidates) -> torch.Tensor:
+        """(N, D) CLIP embeddings of every candidate's visual prompt; those CLIP made before for this
+        image, prompt and candidate come from its embedding cache."""
         draw = lazy_drawer(lambda: self.drawer(image))  # nothing drawn (no blur) when every embedding is cached
 
         def build(i: int) -> np.ndarray:
@@ -89,21 +92,28 @@ class ClipRetriever:
 
         cache = getattr(self.clip, "embedding_cache", None)
         if cache is None:
-            embeddings = self.clip.encode_built(len(candidates), build, self.batch_size, self.workers)
-        else:
-            embeddings = cache.embed(self.clip, self.prompt_signature(), image, candidates.masks, candidates.boxes,
-                                     build, self.batch_size, self.workers)
-        with torch.autocast("cpu", enabled=False):  # cosine similarities in float32 under bf16 autocast too
-            return (embeddings @ self.prototypes.T).numpy()
+            return self.clip.encode_built(len(candidates), build, self.batch_size, self.workers)
+        return cache.embed(self.clip, self.prompt_signature(), image, candidates.masks, candidates.boxes,
+                           build, self.batch_size, self.workers)
+
+    def scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
+        """(N, C) cosine similarity of every candidate to every class prototype."""
+        return self.scores_and_background(image, candidates)[:, :-1]
+
+    def scores_and_background(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
+        """(N, C + 1): :meth:`scores`, then each candidate's similarity to the background prototype."""
+        embeddings = self.embeddings(image, candidates)  # two products: the class columns stay bit-identical
+        return np.concatenate([similarities(embeddings, self.prototypes),
+                               similarities(embeddings, self._background[None])], axis=1)
 
     def shared_scores(self, image: np.ndarray, candidates: Candidates) -> np.ndarray:
-        """:meth:`scores`, memoised for the last (image, candidates) pair: the organs of one slice
+        """:meth:`scores_and_background`, memoised for the last (image, candidates) pair: the organs of one slice
         (``dataset.organs``) embed its candidates once and only read their own column."""
         memo = getattr(self, "_scores_memo", None)
         key = array_key(image)
         if memo is not None and memo[0] is candidates and memo[1] == key:
             return memo[2]
-        similarity = self.scores(image, candidates)
+        similarity = self.scores_and_background(image, candidates)
         self._scores_memo = (candidates, key, similarity)  # holds the candidates: their id stays theirs
         return similarity
 
@@ -111,17 +121,22 @@ class ClipRetriever:
         """Top-k candidates per class (``classes``: only those, e.g. one organ of a multi-organ run)."""
         if len(candidates) == 0:
             return Retrieved(candidates, [], np.zeros(0, np.float32), np.zeros(0, np.int64))
-        similarity = self.scores(image, candidates) if classes is None else self.shared_scores(image, candidates)
-        picked, classes_out, scores = [], [], []
-        for column, name in enumerate(self.classes):
-            if classes is not None and name not in classes:
-                continue
-            order = np.argsort(-similarity[:, column], kind="stable")[: self.top_k[name]]
-            picked.extend(order.tolist())
-            classes_out.extend([name] * len(order))
-            scores.extend(similarity[order, column].tolist())
-        index = np.asarray(picked, np.int64)
-        return Retrieved(candidates.select(index), classes_out, np.asarray(scores, np.float32), index)
+        both = (self.scores_and_background(image, candidates) if classes is None
+                else self.shared_scores(image, candidates))
+        # Every class competes (the exclusive guard compares them all); then only ``classes`` are kept.
+        retrieved = retrieve_top_k(candidates, both[:, :-1], both[:, -1], self.classes, self.top_k, self._guards)
+        return retrieved if classes is None else select_classes(retrieved, classes)
+
+
+def similarities(embeddings: torch.Tensor, prototypes: torch.Tensor) -> np.ndarray:
+    """(N, C) cosine similarities of L2-normalised rows, in float32 under bf16 autocast too."""
+    with torch.autocast("cpu", enabled=False):
+        return (embeddings.float() @ prototypes.float().T).numpy()
+
+
+def prototype(encode: Callable[[list[str]], torch.Tensor], sentences: list[str]) -> torch.Tensor:
+    """(D,) a class's text prototype: the mean of its sentences' normalised embeddings, re-normalised."""
+    return torch.nn.functional.normalize(encode(list(sentences)).mean(dim=0), dim=0)
 
 
 class PromptRetriever(ClipRetriever):
@@ -136,8 +151,9 @@ class PromptRetriever(ClipRetriever):
     accepts: dict[str, Rule] = {}  # the prompt's parameters' rules (its module's ACCEPTS)
 
     def __init__(self, clip: ClipEngine, class_prompts: dict[str, list[str]], top_k: dict[str, int],
-                 batch_size: int = 32, workers: int | None = None, **params: Any) -> None:
-        super().__init__(clip, class_prompts, top_k, batch_size, workers)
+                 batch_size: int = 32, workers: int | None = None, dedup_iou: float | None = None,
+                 exclusive: bool = False, **params: Any) -> None:
+        super().__init__(clip, class_prompts, top_k, batch_size, workers, dedup_iou, exclusive)
         defaults = prompt_parameters(type(self).prompt)
         unknown = sorted(set(params) - set(defaults))
         if unknown:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from salip_bench.datasets.sliced import SlicedVolumes
 from salip_bench.datasets.volume_io import from_ras
-from salip_bench.evaluation.nifti_out import place_slice, save_like
+from salip_bench.evaluation.nifti_files import place_slice, save_like
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics
 from salip_bench.storage.files import atomic_path, atomic_write_text, safe_name
 

@@ -11,7 +11,9 @@ from PIL import Image
 
 from salip_bench.datasets.cc359 import CC359Dataset
 from salip_bench.datasets.sliced import SlicedVolumes
-from salip_bench.storage.files import atomic_path, safe_name
+from salip_bench.evaluation.label_volumes import write_label_volumes
+from salip_bench.evaluation.nifti_files import place_slice, save_like, to_source_grid
+from salip_bench.storage.files import safe_name
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics
 
 log = logging.getLogger(__name__)
@@ -20,29 +22,6 @@ log = logging.getLogger(__name__)
 def is_volume_dataset(dataset: object) -> bool:
     """Whether ``dataset`` samples slices of volumes (``cc359``, ``volumes``, ``nnunet``)."""
     return isinstance(dataset, (CC359Dataset, SlicedVolumes))
-
-
-def to_source_grid(canonical_data: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Undo ``nib.as_closest_canonical``: RAS+ voxel data → the axis order and directions of the
-    file whose affine is ``affine``."""
-    ornt = nib.orientations.io_orientation(affine)
-    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
-    return nib.orientations.apply_orientation(canonical_data, back)
-
-
-def place_slice(volume: np.ndarray, axis: int, index: int, shown: np.ndarray) -> None:
-    """Write a :func:`~salip_bench.datasets.cc359.display_slice`-shaped 2D array back into ``volume``."""
-    np.moveaxis(volume, axis, 0)[index] = np.flipud(shown).T
-
-
-def save_like(data: np.ndarray, reference: nib.Nifti1Image, path: Path, dtype: type = np.uint8) -> None:
-    """Save ``data`` as ``dtype`` (uint8) NIfTI with ``reference``'s affine and (copied) header, atomically."""
-    header = reference.header.copy()
-    header.set_data_dtype(dtype)
-    image = nib.Nifti1Image(data.astype(dtype), reference.affine, header=header)
-    image.header.set_slope_inter(1, 0)
-    with atomic_path(path, suffix=".nii.gz") as tmp:  # nib.save picks the format from the name
-        nib.save(image, str(tmp))
 
 
 def write_volumes(dataset: CC359Dataset | SlicedVolumes, out_dir: Path, records: list[dict],
@@ -56,7 +35,6 @@ def write_volumes(dataset: CC359Dataset | SlicedVolumes, out_dir: Path, records:
     :func:`salip_bench.evaluation.label_volumes.write_label_volumes`.
     """
     if isinstance(dataset, SlicedVolumes):
-        from salip_bench.evaluation.label_volumes import write_label_volumes  # it builds on this module
         return write_label_volumes(dataset, out_dir, records, tolerance)
     masks_dir = out_dir / "masks"
     results: dict[str, dict] = {}

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import HC18, REPO, SMOKE, compose_config
+from salip_bench.evaluation.validation import ConfigError
 from salip_bench.evaluation.harness import run
 from salip_bench.evaluation.records import CRASH_FAILURE, results_frame
 from salip_bench.evaluation.run_lock import LOCK_NAME, RunLock, RunLockedError
@@ -47,7 +48,9 @@ def test_clashing_names_are_separate_samples_and_counts_stay_integer(tmp_path):
     (root / "images" / "broken.png").write_bytes(b"\x89PNG not an image")
     shutil.copy(root / "masks" / "dup_mask.png", root / "masks" / "broken_mask.png")
     out = tmp_path / "out"
-    summary = run(config(root, out), out)
+    with pytest.raises(ConfigError, match="paired with both .*dup.jpg and .*dup.png"):  # one mask, two images
+        run(config(root, out), out)
+    summary = run(config(root, out, "dataset.shared_mask=true"), out)  # unless said to be shared
     assert summary["n_total"] == 5 and summary["n_ok"] == 4 and summary["n_failed"] == 1
     frame = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False).set_index("id")
     assert sorted(frame.index) == ["broken", "col a", "col_a", "dup.jpg", "dup.png"]

@@ -30,7 +30,8 @@ LEGEND = ("Risk = 1 − Dice of what the method predicted (before abstention). A
 def run_rows(run: Run) -> list[dict] | None:
     """The rows of ``run`` that have a quality (ok samples), as dicts; None: the run records no quality."""
     frame = run.results
-    if frame is None or QUALITY not in frame.columns:
+    # results.csv has the column for every method of a dataset (one column set): empty = no quality
+    if frame is None or QUALITY not in frame.columns or not frame[QUALITY].notna().any():
         return None
     frame = frame[(frame["status"] == "ok") & frame[QUALITY].notna()]
     rows = frame.to_dict("records")

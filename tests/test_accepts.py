@@ -65,7 +65,7 @@ def test_top_k_one_rule_one_message(top_k):
 
 def test_weights_one_rule():
     assert message(lambda: validate({"weights": "randm"})) == "weights='randm': expected pretrained or random"
-    from salip_bench.engines.medsam import build_medsam_engine
+    from salip_bench.engines.medsam_engine import build_medsam_engine
 
     assert message(lambda: build_medsam_engine(yaml_config("model", "medsam_tiny"), "randm")) == \
         "weights='randm': expected pretrained or random"

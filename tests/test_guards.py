@@ -56,10 +56,17 @@ def test_exclusive_retrieval_gives_each_candidate_to_its_best_class_or_the_backg
     assert len(only_background.candidates) == 0  # the organ is not here: nothing retrieved
 
 
-@pytest.mark.parametrize("value", [-0.1, 1.5])
-def test_a_dedup_threshold_outside_the_unit_interval_is_refused(value):
-    with pytest.raises(ValueError, match="retriever.dedup_iou"):
-        RetrievalGuards(dedup_iou=value)
+@pytest.mark.parametrize("value", [-0.1, 1.5, "x"])
+def test_a_dedup_threshold_outside_the_unit_interval_is_refused_in_one_line(value, tiny_clip):
+    from salip_bench.accepts import ConfigError
+    from salip_bench.evaluation.validation import validate
+    from salip_bench.stages.retrievers.crop import CropRetriever
+
+    with pytest.raises(ConfigError, match=r"^retriever\.dedup_iou=.*expected") as from_cli:
+        validate({"retriever": {**yaml_config("retriever", "crop"), "dedup_iou": value}})
+    with pytest.raises(ConfigError) as from_library:  # the same rule and message, built as a library
+        CropRetriever(tiny_clip, {"lung": ["a lung."]}, {"lung": 1}, dedup_iou=value)
+    assert str(from_cli.value) == str(from_library.value) and "\n" not in str(from_cli.value)
 
 
 @pytest.mark.parametrize("name", RETRIEVERS.names())

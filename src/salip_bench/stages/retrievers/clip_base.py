@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salip_bench.accepts import IntAtLeast, Nullable, Rule, check_settings
+from salip_bench.accepts import UNIT, Flag, IntAtLeast, Nullable, Rule, check_settings
 from salip_bench.engines.clip_engine import ClipEngine
 from salip_bench.registry import RETRIEVERS
 from salip_bench.stages.retrievers.guards import BACKGROUND_SENTENCES, RetrievalGuards, retrieve_top_k, select_classes
@@ -23,7 +23,8 @@ from salip_bench.storage.content_keys import array_key
 from salip_bench.types import Candidates, Retrieved
 
 # What every CLIP retriever accepts; a built-in retriever's module adds its prompt's (``ACCEPTS``).
-CLIP_ACCEPTS = {"batch_size": IntAtLeast(1), "workers": Nullable(IntAtLeast(1))}
+CLIP_ACCEPTS = {"batch_size": IntAtLeast(1), "workers": Nullable(IntAtLeast(1)), "dedup_iou": Nullable(UNIT),
+                "exclusive": Flag()}
 # (mask, box) -> the RGB uint8 picture CLIP looks at, for one image.
 Draw = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # (image, **parameters) -> Draw: whatever all candidates of the image share is computed once, here.
@@ -54,7 +55,8 @@ class ClipRetriever:
         missing = sorted(set(class_prompts) - set(top_k))
         if missing:
             raise ValueError(f"no top_k for class(es) {missing}")
-        check_settings("retriever", CLIP_ACCEPTS, {"batch_size": batch_size, "workers": workers})
+        check_settings("retriever", CLIP_ACCEPTS, {"batch_size": batch_size, "workers": workers, "dedup_iou": dedup_iou,
+                                                   "exclusive": exclusive})
         self.clip = clip
         self.classes = list(class_prompts)
         self.top_k = top_k

@@ -27,7 +27,9 @@ BACKGROUND_SENTENCES = ("a medical image of background tissue.", "an empty regio
 
 @dataclass(frozen=True)
 class RetrievalGuards:
-    """Args:
+    """The retriever's guards (their accepted values: ``CLIP_ACCEPTS`` in ``clip_base.py``).
+
+    Args:
         dedup_iou: skip a candidate overlapping one already picked for its class beyond this IoU
             (None: no check).
         exclusive: each candidate competes only for the class (or background) it matches best.
@@ -35,10 +37,6 @@ class RetrievalGuards:
 
     dedup_iou: float | None = None
     exclusive: bool = False
-
-    def __post_init__(self) -> None:
-        if self.dedup_iou is not None and not 0.0 <= float(self.dedup_iou) <= 1.0:
-            raise ValueError(f"retriever.dedup_iou={self.dedup_iou}: expected a number in [0, 1] or null")
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

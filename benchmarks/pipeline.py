@@ -69,7 +69,7 @@ class Meter:
         self.peak_mb = 0.0
 
     @contextmanager
-    def stage(self, name: str):  # noqa: ANN201
+    def stage(self, name: str):
         start = now(self.device)
         try:
             yield

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from common import (
     harness_config,
     parser_with_common_args,
@@ -28,11 +30,9 @@ from common import (
     table,
     write_json,
 )
-from PIL import Image
-
+from salip_bench.engines.builder import build_engine
 from salip_bench.evaluation.harness import run
 from salip_bench.metrics import dice_iou
-from salip_bench.engines.builder import build_engine
 
 PRECISIONS = ("32-true", "bf16-mixed")
 

@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from salip_bench.datasets.folder import FolderDataset
-from salip_bench.engines.roles import BoxPromptSegmenter, EverythingGenerator
 from salip_bench.engines.builder import build_engine
+from salip_bench.engines.roles import BoxPromptSegmenter, EverythingGenerator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 class Clock:
     """Wall and process-CPU seconds of a block."""
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
         return self
 

@@ -31,10 +31,9 @@ from common import (
     table,
     write_json,
 )
-
-from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
-from salip_bench.evaluation.harness import run
 from salip_bench.engines.builder import build_engine
+from salip_bench.evaluation.harness import run
+from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
 
 # Each sweep: (job label, its overrides), in the order a multirun runs them.
 SWEEPS = {

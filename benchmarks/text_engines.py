@@ -21,7 +21,7 @@ from common import model_config
 from salip_bench.engines.builder import build_engine
 
 
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
+def timed(fn, repeats: int) -> float:
     fn()
     times = []
     for _ in range(repeats):

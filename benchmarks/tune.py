@@ -47,12 +47,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from common import CONF, REPO, SHARED_DATA, quiet_harness_logs, table, write_json
-from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
-from salip_bench.evaluation import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
-from salip_bench.stages.generators import sam_everything
+from salip_bench.engines import sam_grid
 from salip_bench.engines.builder import build_engine
 from salip_bench.engines.sam_engine import SamV1Engine
-from salip_bench.engines import sam_grid
+from salip_bench.evaluation import harness  # noqa: F401 - imports Lightning (which sets its log level) before quiet_harness_logs
+from salip_bench.evaluation.schema import CLIP_IMAGES_ENCODED, SAM_ENCODER_PASSES
+from salip_bench.stages.generators import sam_everything
 from salip_bench.tune import tune
 
 RELEASED_DECODER = ["model.image_size=1024", "model.prompt_embed_dim=256", "model.decoder_depth=2",
@@ -108,17 +108,17 @@ class DecoderCounter:
         decode, initialize = sam_grid.decode_points_iou_first, sam_everything.SamEverythingGenerator.initialize
         segment_boxes = SamV1Engine.segment_boxes
 
-        def counted_segment_boxes(engine, *rest):  # noqa: ANN001, ANN202
+        def counted_segment_boxes(engine, *rest):
             self.box_calls += 1
             return segment_boxes(engine, *rest)
         SamV1Engine.segment_boxes = counted_segment_boxes
 
-        def counted_decode(model, features, points, *rest):  # noqa: ANN001, ANN202
+        def counted_decode(model, features, points, *rest):
             self.batches += 1
             self.prompts += len(points)
             return decode(model, features, points, *rest)
 
-        def counted_initialize(generator, *rest):  # noqa: ANN001, ANN202
+        def counted_initialize(generator, *rest):
             self.grids += 1
             return initialize(generator, *rest)
         sam_grid.decode_points_iou_first = counted_decode

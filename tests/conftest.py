@@ -8,10 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub look-ups would retry for ten
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

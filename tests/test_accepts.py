@@ -39,7 +39,7 @@ def test_dataset_run_settings_are_declared_by_datasetsettings():
     assert set(settings.ACCEPTS) <= set(DatasetSettings.__dataclass_fields__)
 
 
-def message(call) -> str:  # noqa: ANN001
+def message(call) -> str:
     with pytest.raises(ConfigError) as err:
         call()
     return str(err.value)

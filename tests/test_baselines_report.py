@@ -1,14 +1,14 @@
 """Baselines run through the same harness as SaLIP, and the report builds from those real runs."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import HC18, SMOKE, compose_config
 from salip_bench.evaluation.harness import run
-from salip_bench.report import CATEGORIES, main as report_main
+from salip_bench.report import CATEGORIES
+from salip_bench.report import main as report_main
 
 HC18_DEV = ["dataset=hc18", f"dataset.root={HC18}", "dataset.image_dir=images", "dataset.annotation_dir=annotations",
             "limit=2"]

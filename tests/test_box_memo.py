@@ -16,11 +16,11 @@ BOXES = np.array([[10, 20, 120, 140], [40, 40, 200, 180]], np.float32)
 class CountingBoxes:
     """An engine with the box role that counts its calls (and a second role, passed through)."""
 
-    def __init__(self, engine, identity=None):  # noqa: ANN001
+    def __init__(self, engine, identity=None):
         self.engine, self.calls = engine, 0
         self.identity = identity or engine.identity
 
-    def segment_boxes(self, image, boxes, multimask_output):  # noqa: ANN001, ANN201
+    def segment_boxes(self, image, boxes, multimask_output):
         self.calls += 1
         return self.engine.segment_boxes(image, boxes, multimask_output)
 
@@ -70,7 +70,7 @@ def test_the_store_is_bounded_and_an_engine_without_the_box_role_is_left_alone(t
     assert store.around(no_role) is no_role
 
 
-def _candidates_equal(a, b) -> bool:  # noqa: ANN001
+def _candidates_equal(a, b) -> bool:
     return all(np.array_equal(getattr(a, k), getattr(b, k))
                for k in ("masks", "boxes", "areas", "predicted_iou", "stability_score"))
 
@@ -103,7 +103,7 @@ def test_a_mask_is_scored_once_per_sample_and_tolerance(hc18_sample, monkeypatch
     module = PredictModule(lambda s: None, {}, True, "f")
     memo, computed = ScoreMemo(), []
 
-    def score(mask):  # noqa: ANN001, ANN202
+    def score(mask):
         return lambda: computed.append(1) or module.score(mask, hc18_sample)
     mask = hc18_sample.mask.astype(bool)
     shifted = np.roll(mask, 5, axis=1)

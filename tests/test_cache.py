@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import CXR, SMOKE, compose_config, yaml_config
-from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
-from salip_bench.evaluation.harness import config_fingerprint, run
-from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.engines import builder
 from salip_bench.engines.builder import build_engine as build_sam
+from salip_bench.evaluation.harness import config_fingerprint, run
+from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
+from salip_bench.storage.feature_cache import FeatureCache
 from salip_bench.types import Candidates, Retrieved
 
 SETTINGS = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)

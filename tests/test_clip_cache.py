@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import HC18, SMOKE, compose_config, yaml_config
-from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
+from salip_bench.engines.builder import build_engine
 from salip_bench.evaluation.harness import run
+from salip_bench.registry import RETRIEVERS
+from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.storage import content_keys
 from salip_bench.storage.feature_cache import FeatureCache
-from salip_bench.engines.builder import build_engine
-from salip_bench.registry import RETRIEVERS
 from salip_bench.types import Candidates
 
 PROMPTS = {"organ": ["a photo of an organ", "an organ"]}

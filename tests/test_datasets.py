@@ -14,11 +14,11 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from salip_bench.masks import gt_boxes
 from salip_bench.datasets.cc359 import display_slice, scanner_domain, slice_bounds
 from salip_bench.datasets.settings import DatasetSettings
-from salip_bench.evaluation.extra_metrics import head_circumference
 from salip_bench.evaluation.aggregate import aggregate_records
+from salip_bench.evaluation.extra_metrics import head_circumference
+from salip_bench.masks import gt_boxes
 from salip_bench.metrics import confusion_counts, dice_iou_from_counts
 from salip_bench.registry import DATASETS
 

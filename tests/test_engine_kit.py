@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from conftest import yaml_config
-from test_clip_engines import hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 from salip_bench.engines import builder, weights
 from salip_bench.engines.builder import build_engine
 from salip_bench.engines.memo import DiskCodec, FeatureMemo
@@ -17,6 +16,7 @@ from salip_bench.methods.gt_sam import GtSamMethod
 from salip_bench.registry import ENGINES
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.storage.feature_cache import FeatureCache
+from test_clip_engines import hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 
 TENSORS = DiskCodec("embeddings", FeatureCache.load_embedding, FeatureCache.save_embedding)
 
@@ -25,7 +25,7 @@ def test_memo_keeps_the_most_recently_used_and_frees_before_computing():
     memo: FeatureMemo[int] = FeatureMemo(2)
     alive = []
 
-    def compute(value: int):  # noqa: ANN202
+    def compute(value: int):
         def run() -> int:
             alive.append(len(memo))
             return value

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import CXR, HC18, SMOKE, compose_config
-from salip_bench.evaluation.harness import build_context, build_engine
 from salip_bench.engines.weights import WeightsNotFoundError
+from salip_bench.evaluation.harness import build_context, build_engine
 from test_cli import run_cli
 
 FAST = ["experiment=smoke", "logger=none", "cache.enabled=false"]  # smoke thresholds, every pass counted
@@ -20,14 +20,14 @@ O2 = ["model=sam_tiny", "model@refiner_model=medsam_tiny", "clip=tiny", "weights
       f"dataset.root={HC18}", "dataset.prompts=fetal_head"]
 
 
-def run_ok(overrides, tmp_path, out, n):  # noqa: ANN001, ANN201
+def run_ok(overrides, tmp_path, out, n):
     """Run the CLI into ``out``; its results (``n`` ok rows), its summary and the CLI result."""
     result = run_cli(overrides + [f"output_dir={out}"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return (*ok_rows_and_summary(out, n), result)
 
 
-def ok_rows_and_summary(out, n):  # noqa: ANN001, ANN201
+def ok_rows_and_summary(out, n):
     frame = pd.read_csv(out / "results.csv")
     assert len(frame) == n and (frame["status"] == "ok").all(), frame.get("failure")
     return frame, json.loads((out / "summary.json").read_text())

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from skimage import transform
 
 from conftest import yaml_config
+from salip_bench.engines.builder import build_engine
 from salip_bench.engines.roles import MissingRoleError
 from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
-from salip_bench.engines.builder import build_engine
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ ARGS = {"salip-bench": SMOKE + EVAL,
         "salip-bench-train": ["dataset=folder", f"dataset.root={HC18_TRAIN}", "unet.epochs=1", "unet.image_size=32"]}
 
 
-def entry(name: str, *args: str, cwd=None) -> tuple[int, str]:  # noqa: ANN001
+def entry(name: str, *args: str, cwd=None) -> tuple[int, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO / "src")}
     done = subprocess.run([sys.executable, "-m", MODULES[name], *args], env=env, cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=300)
@@ -126,10 +126,9 @@ def test_full_disk_while_writing_the_tables_is_one_line(tmp_path):
 
 
 def test_report_out_unusable_or_full(tmp_path, monkeypatch, capsys):
-    from test_report import ok, write_run
-
     from salip_bench import report
     from salip_bench.reporting import write
+    from test_report import ok, write_run
 
     write_run(tmp_path / "run", [ok("x", 0.5)])
     (tmp_path / "a_file").write_text("x")
@@ -139,7 +138,7 @@ def test_report_out_unusable_or_full(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and f"--out={out}" in err, err
 
-    def full(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(write, "atomic_write_text", full)
@@ -150,9 +149,8 @@ def test_report_out_unusable_or_full(tmp_path, monkeypatch, capsys):
 
 
 def test_report_skips_runs_it_cannot_read_and_renders_the_rest(tmp_path, capsys, caplog):
-    from test_report import ok, write_run
-
     from salip_bench.report import main
+    from test_report import ok, write_run
 
     good, bad_summary, bad_results, foreign_results, no_summary, not_a_summary = (
         tmp_path / n for n in ("good", "bad_summary", "bad_results", "foreign_results", "no_summary", "not_a_summary"))

@@ -84,8 +84,9 @@ def test_resume_computes_only_missing_samples_and_rejects_another_config(tmp_pat
 
 
 def test_empty_ground_truth_convention(tmp_path):
-    from salip_bench.metrics import dice_iou
     import numpy as np
+
+    from salip_bench.metrics import dice_iou
 
     empty = np.zeros((4, 4), bool)
     full = np.ones((4, 4), bool)

@@ -17,8 +17,8 @@ from PIL import Image
 from salip_bench.datasets.base import window_uint8
 from salip_bench.evaluation.extra_metrics import head_circumference
 from salip_bench.evaluation.records import RecordStore
-from salip_bench.storage.files import safe_name
 from salip_bench.registry import DATASETS
+from salip_bench.storage.files import safe_name
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

@@ -106,7 +106,7 @@ def content(out: Path) -> pd.DataFrame:
 
 
 def interrupt(tmp_path: Path, entry: str, args: list[str], stall_at: str, signum: int,
-              while_stalled=lambda: None) -> tuple[int, str]:  # noqa: ANN001
+              while_stalled=lambda: None) -> tuple[int, str]:
     """Start with a stall at ``stall_at``, call ``while_stalled()`` and send ``signum`` once it stalls;
     returns (status, output)."""
     (tmp_path / "stall").touch()

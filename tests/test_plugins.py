@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import CONF, CXR, HC18, MRI, SHARED, SMOKE, compose_config, yaml_config
-from salip_bench.evaluation.harness import build_context
 from salip_bench.datasets.settings import DatasetSettings
-from salip_bench.masks import gt_boxes, mask_box
 from salip_bench.engines.builder import build_engine
+from salip_bench.evaluation.harness import build_context
+from salip_bench.masks import gt_boxes, mask_box
 from salip_bench.registry import DATASET_SETTINGS, ENGINES, REGISTRIES, RETRIEVERS, PluginError, load_plugins
 from salip_bench.stages.refiners.none import NoRefiner
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
@@ -252,8 +252,13 @@ def test_every_model_yaml_names_a_registered_engine():
 
 @pytest.mark.parametrize("engine,group,name", engine_test_entries(), ids=[e[0] for e in engine_test_entries()])
 def test_engine_builds_from_its_tiny_yaml_and_serves_its_roles(engine, group, name, cxr_sample):
-    from salip_bench.engines.roles import (BoxPromptSegmenter, Engine, EverythingGenerator, ImageTextEmbedder,
-                                           TextPromptSegmenter)
+    from salip_bench.engines.roles import (
+        BoxPromptSegmenter,
+        Engine,
+        EverythingGenerator,
+        ImageTextEmbedder,
+        TextPromptSegmenter,
+    )
 
     assert name != "-", f"engine {engine!r} has no tiny yaml in conf/model or conf/clip"
     built = build_engine(yaml_config(group, name), "random", group)

@@ -161,7 +161,7 @@ def test_a_refiner_engine_without_scores_still_refines_and_records_no_refined_sc
     class PlainBoxes:  # a third-party engine with the box role but no with_scores
         identity = {"model": "plain"}
 
-        def segment_boxes(self, image, boxes, multimask_output):  # noqa: ANN001, ANN201
+        def segment_boxes(self, image, boxes, multimask_output):
             return tiny_sam.segment_boxes(image, boxes, multimask_output)
 
     boxes = np.array([[100, 100, 400, 300]], np.float32)

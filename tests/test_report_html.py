@@ -110,7 +110,7 @@ class Page(HTMLParser):
         self.links: list[str] = []
         self._in_heading = False
 
-    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+    def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "img":
             self.images.append(attrs.get("src", ""))
@@ -119,7 +119,7 @@ class Page(HTMLParser):
         self.tables += tag == "table"
         self._in_heading = tag in ("h1", "h2")
 
-    def handle_data(self, data):  # noqa: ANN001
+    def handle_data(self, data):
         if self._in_heading:
             self.headings.append(data)
             self._in_heading = False

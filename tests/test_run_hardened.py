@@ -18,11 +18,11 @@ import pytest
 from PIL import Image
 
 from conftest import HC18, REPO, SMOKE, compose_config
-from salip_bench.evaluation.validation import ConfigError
 from salip_bench.evaluation.harness import run
+from salip_bench.evaluation.memory import downscale, estimate_peak_bytes, upscale
 from salip_bench.evaluation.records import CRASH_FAILURE, results_frame
 from salip_bench.evaluation.run_lock import LOCK_NAME, RunLock, RunLockedError
-from salip_bench.evaluation.memory import downscale, estimate_peak_bytes, upscale
+from salip_bench.evaluation.validation import ConfigError
 from salip_bench.types import Prediction, Sample
 
 

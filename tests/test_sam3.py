@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import CXR, REPO, yaml_config
-from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.engines.builder import build_engine
+from salip_bench.engines.weights import WeightsNotFoundError
 from test_clip_engines import child_cpu_seconds, hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 
 BIN = Path(sys.executable).parent / "salip-bench"

@@ -10,9 +10,9 @@ from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.utils.amg import batched_mask_to_box
 
-from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
-from salip_bench.engines.sam_model import build_sam_model
 from salip_bench.engines.sam_decoder import decode_points_iou_first
+from salip_bench.engines.sam_model import build_sam_model
+from salip_bench.stages.generators.sam_everything import SamEverythingGenerator
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Candidates, Retrieved
 

@@ -119,7 +119,6 @@ def test_one_rule_decides_which_keys_change_predictions():
                                    ["dataset.max_side=512"]])
 def test_fingerprint_hashes_the_semantic_config(extra):
     from conftest import SMOKE, compose_config
-
     from salip_bench.evaluation.harness import config_fingerprint
 
     cfg = compose_config(SMOKE + extra)

@@ -10,13 +10,13 @@ from salip_bench.evaluation import lightning_module, predict_loop
 from salip_bench.evaluation.harness import run
 
 
-def config(out) -> dict:  # noqa: ANN001
+def config(out) -> dict:
     return compose_config(SMOKE + ["dataset=folder", f"dataset.root={HC18}", "dataset.prompts=fetal_head",
                                    "method=oracle", "limit=3", f"output_dir={out}"])
 
 
-def broken_for(bad_id: str, function):  # noqa: ANN001, ANN201
-    def patched(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def broken_for(bad_id: str, function):
+    def patched(*args, **kwargs):
         samples = [a for a in (*args, *kwargs.values()) if getattr(a, "id", None) == bad_id]
         if samples:
             raise ValueError("spacing is not finite")

@@ -12,8 +12,8 @@ from torchmetrics.classification import BinaryStatScores
 
 from conftest import HC18
 from salip_bench.datasets.folder import FolderDataset
-from salip_bench.evaluation.loop_module import LoopModule
 from salip_bench.evaluation.lightning_module import PredictModule
+from salip_bench.evaluation.loop_module import LoopModule
 from salip_bench.evaluation.wandb_log import log_run
 from salip_bench.metrics import confusion_counts, dice_iou
 from salip_bench.types import Prediction, Sample

@@ -11,8 +11,8 @@ import yaml
 
 from conftest import HC18, HC18_TRAIN, SMOKE, compose_config
 from salip_bench.evaluation.harness import run
-from salip_bench.tune import sample_trials, tune
 from salip_bench.evaluation.tuned import TuningError
+from salip_bench.tune import sample_trials, tune
 
 EVAL = ["dataset=folder", f"dataset.root={HC18}", "dataset.prompts=fetal_head"]
 # Two random trials (no baseline), so that the choice rests on the seeded draws alone; cheap settings.

@@ -8,16 +8,16 @@ import shutil
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
 
-from conftest import CONF, HC18, HC18_TRAIN, compose_config  # noqa: E402
-from salip_bench.evaluation.harness import run  # noqa: E402
-from salip_bench.engines.weights import WeightsNotFoundError  # noqa: E402
-from salip_bench.registry import METHODS  # noqa: E402
-from salip_bench.train import split_indices, train  # noqa: E402
+from conftest import CONF, HC18, HC18_TRAIN, compose_config
+from salip_bench.engines.weights import WeightsNotFoundError
+from salip_bench.evaluation.harness import run
+from salip_bench.registry import METHODS
+from salip_bench.train import split_indices, train
 
 N_TRAIN = 6  # images of the training folder used: 4 to train on, 2 for validation
 # A few-second training: tiny network at 64 px, two epochs of batch 2.
@@ -25,7 +25,7 @@ TINY = ["unet.epochs=2", "unet.image_size=64", "unet.channels=[4,8,16]", "unet.s
         "unet.val_fraction=0.34", "unet.num_res_units=0"]
 
 
-def train_config(overrides: list[str]):  # noqa: ANN201 - DictConfig
+def train_config(overrides: list[str]):  # DictConfig
     """``conf/train.yaml`` composed as ``salip-bench-train`` does; dataset.prompts stays ``???``."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)

@@ -13,8 +13,8 @@ from PIL import Image
 
 from conftest import CXR, HC18, MRI, SMOKE, compose_config
 from salip_bench.datasets.cc359 import display_slice
-from salip_bench.evaluation.nifti_out import write_volumes
 from salip_bench.evaluation.harness import run
+from salip_bench.evaluation.nifti_out import write_volumes
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.records import RecordStore, results_frame
 from salip_bench.evaluation.wandb_log import typed_table

@@ -26,13 +26,18 @@ def _main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     quiet_console()
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
+    from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
     from salip_bench.evaluation.harness import run
-    from salip_bench.evaluation.interrupts import INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked
+    from salip_bench.evaluation.interrupts import (
+        INTERRUPTED_STATUS,
+        RunInterrupted,
+        interrupted_message,
+        requeue_if_asked,
+    )
     from salip_bench.evaluation.job import Job
     from salip_bench.evaluation.run_lock import RunLockedError
-    from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
-    from salip_bench.registry import PluginError
     from salip_bench.evaluation.tuned import TuningError
+    from salip_bench.registry import PluginError
 
     out_dir = HydraConfig.get().runtime.output_dir  # Hydra is read here and in Job.from_hydra, never below
     try:

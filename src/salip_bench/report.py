@@ -22,12 +22,13 @@ import logging
 import sys
 from pathlib import Path
 
+from salip_bench.evaluation.entry_checks import oserror_line, output_dir_problem
+
 # The pieces, re-exported: tests and notebooks import them from here.
 from salip_bench.reporting.failures import CATEGORIES, attribute_failures  # noqa: F401
 from salip_bench.reporting.labels import method_labels  # noqa: F401
 from salip_bench.reporting.runs import ReportError, Run, find_runs  # noqa: F401
 from salip_bench.reporting.write import write_report
-from salip_bench.evaluation.entry_checks import oserror_line, output_dir_problem
 
 
 def fail(message: str) -> None:

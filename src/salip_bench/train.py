@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from salip_bench.datasets.base import SegmentationDataset
 from salip_bench.evaluation.console import quiet_console
 from salip_bench.evaluation.entry_checks import oserror_line, precheck
-from salip_bench.storage.files import atomic_write_text
 from salip_bench.registry import PluginError
+from salip_bench.storage.files import atomic_write_text
 
 log = logging.getLogger("salip_bench")
 
@@ -71,7 +71,7 @@ def training_fingerprint(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resume_callback(fingerprint: str):  # noqa: ANN201 - a lightning Callback
+def resume_callback(fingerprint: str):  # a lightning Callback
     """A Lightning callback that puts into every checkpoint what Lightning's own does not hold: the
     module's best epoch so far (state, Dice, epoch) and the random generators' states, so that a resumed
     training draws the same shuffles and augmentations as an uninterrupted one (same weights, same
@@ -86,7 +86,7 @@ def resume_callback(fingerprint: str):  # noqa: ANN201 - a lightning Callback
     from lightning.pytorch.callbacks import Callback
 
     class ResumeState(Callback):  # plain values and tensors only: Lightning loads it with weights_only
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
             numpy_state = np.random.get_state(legacy=False)
             version, internal, gauss = random.getstate()
             checkpoint["salip_bench"] = {
@@ -97,7 +97,7 @@ def resume_callback(fingerprint: str):  # noqa: ANN201 - a lightning Callback
                               "gauss": float(numpy_state["gauss"])},
                 "python_rng": [version, list(internal), gauss]}
 
-        def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:  # noqa: ANN001
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
             state = checkpoint["salip_bench"]  # resume_path checked that it is of these settings
             pl_module.best_dice, pl_module.best_epoch = state["best_dice"], state["best_epoch"]
             pl_module.best_state = state["best_state"]
@@ -122,7 +122,7 @@ def resume_path(out_dir: Path, fingerprint: str) -> Path | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True).get("salip_bench") or {}
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: start over, saying so
+    except Exception as err:  # a truncated or foreign file: start over, saying so
         log.warning("%s is unreadable (%s): training from the start", path, err)
         return None
     if state.get("fingerprint") != fingerprint:
@@ -241,8 +241,13 @@ def _main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message,
-                                                   requeue_if_asked, stop_on_signals)
+    from salip_bench.evaluation.interrupts import (
+        INTERRUPTED_STATUS,
+        RunInterrupted,
+        interrupted_message,
+        requeue_if_asked,
+        stop_on_signals,
+    )
     from salip_bench.evaluation.run_lock import RunLock, RunLockedError
 
     out_dir = HydraConfig.get().runtime.output_dir

@@ -45,17 +45,28 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
-from salip_bench.registry import DATASETS, METHODS, PluginError
 from salip_bench.evaluation.console import quiet_console
 from salip_bench.evaluation.entry_checks import oserror_line, precheck
-from salip_bench.evaluation.interrupts import (INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked,
-                                              stop_on_signals)
+from salip_bench.evaluation.interrupts import (
+    INTERRUPTED_STATUS,
+    RunInterrupted,
+    interrupted_message,
+    requeue_if_asked,
+    stop_on_signals,
+)
 from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.run_lock import RunLock, RunLockedError
-from salip_bench.evaluation.tune_objective import (ABSTAIN_KEY, check_objective, choose_abstention,  # qc
-                                                   labels_used, objective_column, trial_scores)
+from salip_bench.evaluation.tune_objective import (  # qc
+    ABSTAIN_KEY,
+    check_objective,
+    choose_abstention,
+    labels_used,
+    objective_column,
+    trial_scores,
+)
 from salip_bench.evaluation.tuned import TUNED_FILE, TuningError, check_disjoint, get_dotted, resolved_root, set_dotted
 from salip_bench.evaluation.validation import ConfigError, check_dataset, check_method_inputs, validate
+from salip_bench.registry import DATASETS, METHODS, PluginError
 from salip_bench.storage.files import atomic_write_text
 
 log = logging.getLogger("salip_bench")

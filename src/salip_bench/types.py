@@ -28,12 +28,12 @@ class Candidates:
         return int(self.masks.shape[0])
 
     @classmethod
-    def empty(cls, height: int, width: int) -> "Candidates":
+    def empty(cls, height: int, width: int) -> Candidates:
         """No candidates, for an image of ``height`` × ``width`` (a generator that found nothing)."""
         return cls(np.zeros((0, height, width), bool), np.zeros((0, 4), np.float32),
                    np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32))
 
-    def select(self, index: np.ndarray) -> "Candidates":
+    def select(self, index: np.ndarray) -> Candidates:
         """The rows at ``index`` (integer indices or a bool mask over the N rows), in that order."""
         return Candidates(self.masks[index], self.boxes[index], self.areas[index],
                           self.predicted_iou[index], self.stability_score[index])

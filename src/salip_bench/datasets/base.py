@@ -159,7 +159,7 @@ class SegmentationDataset(Dataset):
             if sample.mask is not None and sample.mask.shape != sample.image.shape[:2]:
                 raise ValueError(f"mask shape {sample.mask.shape} != image shape {sample.image.shape[:2]}")
             return sample
-        except Exception as err:  # noqa: BLE001 - any unreadable sample becomes a recorded failure
+        except Exception as err:  # any unreadable sample becomes a recorded failure
             return Sample(id=self.ids[index], image=None, mask=None, meta=self.sample_meta(index),
                           error=f"{type(err).__name__}: {err}")
 

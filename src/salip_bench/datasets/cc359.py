@@ -161,7 +161,7 @@ class CC359Dataset(SegmentationDataset):
         for volume_id, path in self.image_paths.items():
             try:
                 indices = slice_bounds(slice_range, canonical_shape(path)[axis])
-            except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
+            except Exception as err:  # one bad file must not stop the others
                 log.warning("dataset cc359: cannot read the header of %s (%s): recorded as failed", path, err)
                 self.unreadable[volume_id] = f"{type(err).__name__}: {err}"
                 self.index.append((volume_id, None))
@@ -189,7 +189,7 @@ class CC359Dataset(SegmentationDataset):
             return list(indices)
         try:
             mask = np.asanyarray(canonical(path).dataobj) > 0.5
-        except Exception as err:  # noqa: BLE001 - keep the slices: each then fails naming the mask's error
+        except Exception as err:  # keep the slices: each then fails naming the mask's error
             log.warning("dataset cc359: cannot read mask %s (%s), cannot skip its empty slices", path, err)
             return list(indices)
         other_axes = tuple(a for a in range(3) if a != self.axis)

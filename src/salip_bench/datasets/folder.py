@@ -5,8 +5,14 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from salip_bench.datasets.base import (SegmentationDataset, check_shared_masks, file_ids, nonfinite_warning,
-                                       read_image, to_rgb_uint8)
+from salip_bench.datasets.base import (
+    SegmentationDataset,
+    check_shared_masks,
+    file_ids,
+    nonfinite_warning,
+    read_image,
+    to_rgb_uint8,
+)
 from salip_bench.datasets.labels import names_by_value, read_label_table
 from salip_bench.datasets.masks_io import read_mask_file
 from salip_bench.registry import DATASETS

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
-import math
 import logging
+import math
 from pathlib import Path
 
 import numpy as np

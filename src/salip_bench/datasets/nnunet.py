@@ -123,7 +123,7 @@ class NnunetDataset(SlicedVolumes):
                 cases[match.group(1)] = (path, label)
         return cases
 
-    def pick_channel(self, image, case):  # noqa: ANN001, ANN201
+    def pick_channel(self, image, case):
         if "training" not in self.info and "test" not in self.info:
             raise ValueError(f"case {case} is a 4D / multi-channel image; nnU-Net v2 keeps one channel a file "
                              "(<case>_0000, <case>_0001, ...: choose one with dataset.channel)")

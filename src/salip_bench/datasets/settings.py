@@ -43,7 +43,7 @@ class DatasetSettings:
         check_settings("dataset", ACCEPTS, {"max_side": self.max_side})
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "DatasetSettings":
+    def from_config(cls, cfg: Mapping[str, Any]) -> DatasetSettings:
         """The settings in a ``dataset`` entry; its other keys (the data's) are ignored here."""
         values = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
         values["extra_metrics"] = tuple(values.get("extra_metrics") or ())

@@ -68,7 +68,7 @@ class SlicedVolumes(SegmentationDataset):
                 else:  # the header only: a case is read when its first slice is evaluated
                     indices = list(slice_bounds(slice_range, self.ras_shape(case)[axis]))
                 self.index.extend((case, i) for i in indices)
-            except Exception as err:  # noqa: BLE001 - one bad case is failed samples, the others run
+            except Exception as err:  # one bad case is failed samples, the others run
                 log.warning("%s: case %s cannot be read (%s): recorded as failed", who, case, err)
                 self.errors[case] = f"{type(err).__name__}: {err}"
                 self.index.append((case, None))

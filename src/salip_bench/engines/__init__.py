@@ -6,5 +6,4 @@ per-image memo, in memory and on disk), ``weights.py`` (the one weights resolver
 (what a stage may ask of an engine). ``<family>_model.py`` modules build a family's networks.
 Stage plugins call only role methods. This layer imports nothing above it.
 """
-from salip_bench.engines import (biomedclip_engine, clip_engine, medsam_engine, sam2_engine,  # noqa: F401
-                                 sam3_engine, sam_engine)
+from salip_bench.engines import biomedclip_engine, clip_engine, medsam_engine, sam2_engine, sam3_engine, sam_engine  # noqa: F401

@@ -21,8 +21,13 @@ from torch import nn
 
 from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.clip_cache import ClipEmbeddingCache
-from salip_bench.engines.weights import (WeightsSource, checkpoint_errors, pretrained_or_random, resolve_weights,
-                                         weights_identity)
+from salip_bench.engines.weights import (
+    WeightsSource,
+    checkpoint_errors,
+    pretrained_or_random,
+    resolve_weights,
+    weights_identity,
+)
 from salip_bench.registry import ENGINES
 
 log = logging.getLogger(__name__)

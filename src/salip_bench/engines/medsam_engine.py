@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from skimage.transform import resize
 
-from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.base import BaseEngine
+from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam_model import load_sam
 from salip_bench.engines.weights import SMOKE_ADVICE, weights_identity

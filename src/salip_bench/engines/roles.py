@@ -18,7 +18,6 @@ from PIL import Image
 from salip_bench.registry import PluginError
 from salip_bench.types import Candidates
 
-
 ROLE_NAMES: dict[type, str] = {}  # role protocol -> how messages name it
 
 

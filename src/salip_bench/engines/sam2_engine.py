@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.base import BaseEngine
+from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
 from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam2_model import build_sam2_model, load_sam2_checkpoint
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def root_info_muted():  # noqa: ANN201
+def root_info_muted():
     """Upstream logs every embedding at INFO on the root logger (ours prints INFO): mute it meanwhile."""
     logging.disable(logging.INFO)
     try:

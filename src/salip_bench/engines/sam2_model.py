@@ -17,7 +17,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import load_state_dict
 
-
 # What official build_sam2(..., apply_postprocessing=True) adds to every image model: fall back to
 # the multimask output when the single mask is unstable.
 POSTPROCESSING = {"dynamic_multimask_via_stability": True, "dynamic_multimask_stability_delta": 0.05,

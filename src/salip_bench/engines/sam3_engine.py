@@ -25,8 +25,14 @@ from torch import nn
 
 from salip_bench.engines.base import BaseEngine
 from salip_bench.engines.sam3_model import build_sam3_image
-from salip_bench.engines.weights import (WeightsNotFoundError, WeightsSource, load_state_dict, pretrained_or_random,
-                                         resolve_weights, weights_identity)
+from salip_bench.engines.weights import (
+    WeightsNotFoundError,
+    WeightsSource,
+    load_state_dict,
+    pretrained_or_random,
+    resolve_weights,
+    weights_identity,
+)
 from salip_bench.registry import ENGINES, PluginError
 from salip_bench.storage.content_keys import image_key
 
@@ -99,7 +105,7 @@ class Sam3Engine(BaseEngine):
         self._processor = None
         self.states = self.memo(1)
 
-    def processor(self):  # noqa: ANN201 - sam3's Sam3Processor, imported lazily
+    def processor(self):  # sam3's Sam3Processor, imported lazily
         """Upstream's processor (its transform and find-stage inputs) on the model's current device."""
         if self._processor is None or self._processor.device != self.device:
             from sam3.model.sam3_image_processor import Sam3Processor

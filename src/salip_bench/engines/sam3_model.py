@@ -28,9 +28,8 @@ def build_sam3_image(arch: dict, bpe_path: str) -> nn.Module:
     from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
-    from sam3.model.model_misc import MLP, DotProductScoring
+    from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
     from sam3.model.model_misc import MultiheadAttentionWrapper as MultiheadAttention
-    from sam3.model.model_misc import TransformerWrapper
     from sam3.model.necks import Sam3DualViTDetNeck
     from sam3.model.position_encoding import PositionEmbeddingSine
     from sam3.model.sam3_image import Sam3Image

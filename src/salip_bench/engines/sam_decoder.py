@@ -30,7 +30,6 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from torch import nn
 
-
 # Image-token activations per transformer pass on CPU. A prompt's image tokens are 4 MiB at the
 # released size (4096 tokens × 256 floats); in groups of 4 a block's activations stay in cache
 # between operations and every tensor stays under glibc's largest mmap threshold (32 MiB), so freed

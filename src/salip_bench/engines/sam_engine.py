@@ -20,10 +20,9 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from salip_bench.engines.base import BaseEngine
-from salip_bench.engines.memo import DiskCodec
-from salip_bench.engines.sam_grid import (PROPOSALS_VERSION, DecodedGrid, EverythingSettings, apply_grid,
-                                          decode_grid)
 from salip_bench.engines.box_scores import BoxMasks, BoxScores, stability_score
+from salip_bench.engines.memo import DiskCodec
+from salip_bench.engines.sam_grid import PROPOSALS_VERSION, DecodedGrid, EverythingSettings, apply_grid, decode_grid
 from salip_bench.engines.sam_model import load_sam
 from salip_bench.engines.weights import weights_identity
 from salip_bench.registry import ENGINES

@@ -32,9 +32,16 @@ import numpy as np
 import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
-from segment_anything.utils.amg import (batch_iterator, batched_mask_to_box, build_all_layer_point_grids,
-                                       calculate_stability_score, generate_crop_boxes, is_box_near_crop_edge,
-                                       remove_small_regions, uncrop_boxes_xyxy)
+from segment_anything.utils.amg import (
+    batch_iterator,
+    batched_mask_to_box,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    remove_small_regions,
+    uncrop_boxes_xyxy,
+)
 from torchvision.ops.boxes import batched_nms, box_area
 
 from salip_bench.engines.sam_decoder import decode_points_iou_first

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from salip_bench.storage.files import atomic_write_bytes
-from salip_bench.metrics import dice_iou_from_counts
 from salip_bench.engines.weights import WeightsNotFoundError, checkpoint_errors
+from salip_bench.metrics import dice_iou_from_counts
+from salip_bench.storage.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

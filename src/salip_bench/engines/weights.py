@@ -190,7 +190,7 @@ def _hub_download(source: WeightsSource) -> Path:
     for name in source.names:
         try:
             return Path(hf_hub_download(source.hub_repo, name))
-        except Exception as err:  # noqa: BLE001 - gated-repo, network and missing-file errors have many types
+        except Exception as err:  # gated-repo, network and missing-file errors have many types
             errors.append(f"{name}: {type(err).__name__}: {err}")
     raise OSError("; ".join(errors))
 

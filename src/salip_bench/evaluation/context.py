@@ -14,7 +14,7 @@ ENGINE_KEYS = ("sam", "refiner_sam", "clip")
 STAGE_ENGINES = {"generator": "sam", "retriever": "clip", "refiner": "refiner_sam"}  # stage -> context key
 
 
-def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # noqa: ANN001
+def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,
                   box_memo: BoxMemoStore | None = None) -> dict[str, Lazy]:
     """Everything a method or stage plugin may ask for by parameter name, built on first use
     (``sam`` / ``clip`` / ``refiner_sam``: already-built engines to use instead, e.g. in tests).
@@ -32,7 +32,7 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
         sam, clip, refiner_sam: already-built engines to use instead of building them.
         box_memo: where the refiner's box prompts are memoised (tuning's trials share one), or None.
     """
-    def refiner_engine():  # noqa: ANN202
+    def refiner_engine():
         if refiner_sam is not None:
             engine = refiner_sam
         elif not cfg.get("refiner_model") or cfg["refiner_model"] == cfg["model"]:
@@ -59,7 +59,7 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,  # 
     return {**stages, **models}
 
 
-def build_engine(cfg: dict, key: str):  # noqa: ANN201
+def build_engine(cfg: dict, key: str):
     """The engine of the entry ``cfg[key]`` through :func:`~salip_bench.engines.builder.build_engine`,
     with the run's weights and disk cache; the previous multirun job's engine when it came from the
     same entry.

@@ -40,7 +40,7 @@ def nsd_tolerance(cfg: dict) -> float:
 
 def finalize(cfg: dict, out_dir: Path, store: RecordStore, ids: list[str], fingerprint: str,
              engines: dict, texts_encoded: int | None, stages: dict[str, str] | None = None,
-             dataset=None, job: Job | None = None) -> dict:  # noqa: ANN001
+             dataset=None, job: Job | None = None) -> dict:
     """(Re)write results.csv and summary.json from the records on disk (and, for a volume dataset,
     ``volumes/<id>.nii.gz`` with per-volume 3D NSD / HD95); unchanged files are left alone.
     See :func:`salip_bench.evaluation.summary.write_tables`.

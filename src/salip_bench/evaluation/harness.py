@@ -23,8 +23,8 @@ from salip_bench.evaluation.context import build_context, build_engine, built_en
 from salip_bench.evaluation.extra_metrics import extra_metrics
 from salip_bench.evaluation.finalize import RunTarget, finalize, nsd_tolerance, package_versions
 from salip_bench.evaluation.fingerprint import config_fingerprint
-from salip_bench.evaluation.job import Job, check_launchable
 from salip_bench.evaluation.interrupts import deferred, stop_on_signals
+from salip_bench.evaluation.job import Job, check_launchable
 from salip_bench.evaluation.predict_loop import Loop, Member, predict, predict_module, sum_after_all_ranks
 from salip_bench.evaluation.records import RecordStore
 from salip_bench.evaluation.resume import pending_indices, record_crashes
@@ -137,7 +137,7 @@ def checked_config(cfg: DictConfig | dict) -> dict:
     return cfg
 
 
-def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
+def build_dataset(cfg: dict):  # a SegmentationDataset
     """The configured dataset; a setting it rejects (no such folder, no images, bad ids) is a
     :class:`~salip_bench.evaluation.validation.ConfigError` naming the dataset.
 
@@ -155,7 +155,7 @@ def build_dataset(cfg: dict):  # noqa: ANN201 - a SegmentationDataset
     return dataset
 
 
-def refuse_unlabelled(method_name: str, dataset) -> None:  # noqa: ANN001
+def refuse_unlabelled(method_name: str, dataset) -> None:
     """Methods that read the ground truth (``needs_ground_truth``) cannot run on unlabelled data.
 
     Args:

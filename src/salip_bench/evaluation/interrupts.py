@@ -35,7 +35,7 @@ INTERRUPTED_STATUS = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class RunInterrupted(BaseException):  # noqa: N818 - it is not an error of the run
+class RunInterrupted(BaseException):  # it is not an error of the run
     """A stop signal arrived; raised in the main thread where it was running.
 
     Args:

@@ -58,7 +58,7 @@ class LoopModule(L.LightningModule):
         self.metrics = nn.ModuleList(nn.ModuleList([m.sample_counts, m.run_counts]) for m in members)
         self.groups = groups or [(None, list(range(len(members))))]
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):  # noqa: ANN001
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # samples are numpy; the methods move what they need
 
     def needing(self, sample: Sample) -> list[int]:
@@ -99,7 +99,7 @@ class LoopWriter(BasePredictionWriter):
         self.kept: list[list[tuple[Sample, Prediction, SampleRecord]]] = [[] for _ in stores]
         self.written = 0
 
-    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         """A marker found on resume names a sample the process died in (run again once, then recorded
         as failed, instead of crashing every resume)."""
         with deferred():
@@ -107,7 +107,7 @@ class LoopWriter(BasePredictionWriter):
                 for t in pl_module.needing(sample):
                     self.stores[t].mark_started(pl_module.members[t].record_head(sample).to_dict())
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,  # noqa: ANN001
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx) -> None:
         with deferred():
             for t, (record, mask, pred, sample) in prediction:

@@ -13,8 +13,8 @@ from salip_bench.datasets.cc359 import CC359Dataset
 from salip_bench.datasets.sliced import SlicedVolumes
 from salip_bench.evaluation.label_volumes import write_label_volumes
 from salip_bench.evaluation.nifti_files import place_slice, save_like, to_source_grid
-from salip_bench.storage.files import safe_name
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics
+from salip_bench.storage.files import safe_name
 
 log = logging.getLogger(__name__)
 

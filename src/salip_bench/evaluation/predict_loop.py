@@ -80,7 +80,7 @@ def predict(loop: Loop) -> list[dict]:
         log.warning(RANDOM_WEIGHTS_BANNER)
     identity = {k: e.identity for k, e in engines.items()}
 
-    def logger_of(member: Member):  # noqa: ANN202
+    def logger_of(member: Member):
         cfg = member.target.cfg
         return make_wandb_logger(cfg["logger"], member.target.out_dir, {**cfg, "weights_identity": identity},
                                  tags=[cfg["method"]["name"], f"weights={cfg['weights']}", *loop.tags])

@@ -17,8 +17,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from salip_bench.evaluation.schema import (CONFUSION, INTEGER_COLUMNS, RECORD_ONLY, RESULT_COLUMNS, SampleRecord,
-                                          as_record)
+from salip_bench.evaluation.schema import (
+    CONFUSION,
+    INTEGER_COLUMNS,
+    RECORD_ONLY,
+    RESULT_COLUMNS,
+    SampleRecord,
+    as_record,
+)
 from salip_bench.storage.files import atomic_write_bytes, atomic_write_text, safe_name
 
 # A sample in flight at two consecutive deaths of the process (resume records it so).

@@ -30,7 +30,6 @@ from salip_bench.qc.settings import DEFAULT_FAILURE_DICE
 from salip_bench.registry import PluginError
 
 
-
 def _finite(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(float(value)) else None
 

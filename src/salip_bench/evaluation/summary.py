@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from salip_bench.datasets.settings import DatasetSettings
-from salip_bench.evaluation.extra_metrics import extra_metric_columns
 from salip_bench.evaluation.aggregate import add_volume_scores, aggregate_records
+from salip_bench.evaluation.extra_metrics import extra_metric_columns
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.organs import dataset_facts
 from salip_bench.evaluation.records import RecordStore, results_frame

@@ -82,7 +82,7 @@ def validate(cfg: DictConfig | Mapping) -> dict:
     if isinstance(cfg, DictConfig):
         try:
             cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
-        except Exception as err:  # noqa: BLE001 - an interpolation that does not resolve
+        except Exception as err:  # an interpolation that does not resolve
             raise ConfigError(f"config does not resolve: {err}".splitlines()[0]) from err
     cfg = dict(cfg)
     for key, rule in RUN_KEYS.items():

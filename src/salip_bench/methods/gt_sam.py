@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from salip_bench.accepts import Flag, IntAtLeast, check_settings
+from salip_bench.engines.roles import BoxPromptSegmenter
 from salip_bench.masks import gt_boxes
 from salip_bench.qc.signals import SAM_PRED_IOU, SAM_SIGNALS, SAM_STABILITY, number
-from salip_bench.engines.roles import BoxPromptSegmenter
+from salip_bench.registry import METHODS
 from salip_bench.stages.refiners.sam_box import SamBoxRefiner
 from salip_bench.types import Prediction, Sample
-from salip_bench.registry import METHODS
 
 ACCEPTS = {"min_component_area": IntAtLeast(0), "multimask_output": Flag()}
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from salip_bench.metrics import greedy_oracle
 from salip_bench.methods.pipeline import Filter, Generate, Refine, salip
 from salip_bench.methods.salip import stage_scores
+from salip_bench.metrics import greedy_oracle
 from salip_bench.registry import METHODS
 from salip_bench.types import Candidates, Prediction, Retrieved, Sample
 
@@ -36,7 +36,7 @@ class OracleMethod:
     qc_signals = ()  # its retrieval reads the ground truth: nothing it does is label-free
     qc_note = "its retrieval reads the ground truth, so no label-free quality exists"
 
-    def __init__(self, generator: Generate, filter: Filter, refiner: Refine,  # noqa: A002
+    def __init__(self, generator: Generate, filter: Filter, refiner: Refine,
                  top_k: dict[str, int]) -> None:
         self.generator, self.filter, self.refiner = generator, filter, refiner
         self.k = sum(top_k.values())

@@ -20,7 +20,7 @@ class PrecomputedMethod:
     values); pattern: file name with ``{case}`` / ``{stem}`` (null: the usual endings).
     """
 
-    def __init__(self, read_prediction: Callable[[Sample], np.ndarray], dir: str, labels: str | None = None,  # noqa: A002
+    def __init__(self, read_prediction: Callable[[Sample], np.ndarray], dir: str, labels: str | None = None,
                  pattern: str | None = None) -> None:
         self.read_prediction = read_prediction
 

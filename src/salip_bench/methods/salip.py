@@ -5,9 +5,9 @@ from functools import partial
 
 import numpy as np
 
-from salip_bench.metrics import dice_iou, greedy_oracle
 from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve, SalipResult, salip
 from salip_bench.methods.quality_signals import salip_signals, scored_refine
+from salip_bench.metrics import dice_iou, greedy_oracle
 from salip_bench.qc.signals import SALIP_SIGNALS
 from salip_bench.registry import METHODS
 from salip_bench.storage.content_keys import array_key
@@ -31,7 +31,7 @@ class SalipMethod:
     qc_signals = SALIP_SIGNALS  # label-free signals it records (salip_bench.qc)
     default_qc = "salip"
 
-    def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
+    def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,
                  top_k: dict[str, int]) -> None:
         self.generator, self.filter, self.retriever, self.refiner = generator, filter, retriever, refiner
         self.top_k = top_k

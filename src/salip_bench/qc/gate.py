@@ -20,7 +20,7 @@ class QualityGate:
         abstain_below: abstain from predictions whose quality is below it (None: never).
     """
 
-    def __init__(self, estimator, abstain_below: float | None = None) -> None:  # noqa: ANN001
+    def __init__(self, estimator, abstain_below: float | None = None) -> None:
         self.estimator = estimator
         self.abstain_below = abstain_below
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import math
 
-from salip_bench.qc.base import QualityEstimator, signal
 from salip_bench.qc import signals as S
+from salip_bench.qc.base import QualityEstimator, signal
 from salip_bench.registry import QC
 from salip_bench.types import Prediction, Sample
 

@@ -1,8 +1,8 @@
 """Quality estimator ``sam3_score``: SAM 3's own score of the instances it returned."""
 from __future__ import annotations
 
-from salip_bench.qc.base import QualityEstimator, signal
 from salip_bench.qc import signals as S
+from salip_bench.qc.base import QualityEstimator, signal
 from salip_bench.registry import QC
 from salip_bench.types import Prediction, Sample
 

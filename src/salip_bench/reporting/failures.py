@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from salip_bench.evaluation.schema import STAGE_DICE
-from salip_bench.reporting.text import cell as _cell, markdown_table
+from salip_bench.reporting.text import cell as _cell
+from salip_bench.reporting.text import markdown_table
 
 CATEGORIES = ["generator_miss", "retriever_miss", "refinement_loss", "ok", "failed", "unscored"]
 

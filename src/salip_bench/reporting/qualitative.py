@@ -25,12 +25,12 @@ CASES = ("best", "median", "worst")
 class SampleReader:
     """Image, ground truth, prediction and boxes of one run's samples, by id."""
 
-    def __init__(self, run) -> None:  # noqa: ANN001 - a reporting.runs.Run
+    def __init__(self, run) -> None:  # a reporting.runs.Run
         self.run = run
         self._dataset = None
         self._index: dict[str, int] = {}
 
-    def dataset(self):  # noqa: ANN201
+    def dataset(self):
         if self._dataset is None:
             from salip_bench.registry import DATASETS
 
@@ -90,7 +90,7 @@ def pick_cases(dice: pd.Series) -> list[tuple[str, str]]:
     return picked
 
 
-def draw_panel(axis, image: np.ndarray, target: np.ndarray | None, prediction: np.ndarray,  # noqa: ANN001
+def draw_panel(axis, image: np.ndarray, target: np.ndarray | None, prediction: np.ndarray,
                boxes: np.ndarray, title: str, dice: float | None) -> None:
     step = max(1, int(np.ceil(max(image.shape[:2]) / MAX_SIDE)))
     axis.imshow(image[::step, ::step], interpolation="nearest")
@@ -106,7 +106,7 @@ def draw_panel(axis, image: np.ndarray, target: np.ndarray | None, prediction: n
     axis.set_axis_off()
 
 
-def _rectangle(x0: float, y0: float, x1: float, y1: float):  # noqa: ANN202
+def _rectangle(x0: float, y0: float, x1: float, y1: float):
     from matplotlib.patches import Rectangle
 
     return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=1.0, linestyle="--")
@@ -132,7 +132,7 @@ def unused(path: Path) -> Path:
 _TAKEN: dict[Path, set[Path]] = {}
 
 
-def run_grid(run, label: str, out_dir: Path) -> tuple[Path | None, str | None]:  # noqa: ANN001
+def run_grid(run, label: str, out_dir: Path) -> tuple[Path | None, str | None]:
     """Best / median / worst of one run (the first three images for an unlabelled run) as one PNG.
     Returns (path, None) or (None, why it was skipped)."""
     dice = scored(run.results)
@@ -146,7 +146,7 @@ def run_grid(run, label: str, out_dir: Path) -> tuple[Path | None, str | None]: 
     reader = SampleReader(run)
     try:
         panels = [(case, sample_id, *reader.load(sample_id)) for case, sample_id in cases]
-    except Exception as err:  # noqa: BLE001 - data moved or unreadable: the report goes on without it
+    except Exception as err:  # data moved or unreadable: the report goes on without it
         return None, f"{label} on {run.dataset}: figure skipped ({type(err).__name__}: {err})"
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
@@ -182,7 +182,7 @@ def side_by_side(runs: list, labels: list[str], reference: int, out_dir: Path) -
             axis = axes[row, column]
             try:
                 image, target, prediction, boxes = reader.load(sample_id)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 plt.close(figure)
                 return None, f"{dataset}: side-by-side page skipped ({type(err).__name__}: {err})"
             draw_panel(axis, image, target, prediction, boxes, f"{label}\n{case}: {sample_id}", float(dice[sample_id]))

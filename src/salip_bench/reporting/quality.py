@@ -9,13 +9,19 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from salip_bench.evaluation.risk_coverage import (ABSTAINED, DEFAULT_FAILURE_DICE, QUALITY,  # noqa: E402
-                                                  abstention_summary, risk_coverage, unabstained_dice)
-from salip_bench.reporting.runs import Run  # noqa: E402
-from salip_bench.storage.files import atomic_write_text  # noqa: E402
+from salip_bench.evaluation.risk_coverage import (
+    ABSTAINED,
+    DEFAULT_FAILURE_DICE,
+    QUALITY,
+    abstention_summary,
+    risk_coverage,
+    unabstained_dice,
+)
+from salip_bench.reporting.runs import Run
+from salip_bench.storage.files import atomic_write_text
 
 COLUMNS = ["method", "dataset", "n", "coverage", "n_abstained", "dice_mean", "dice_mean_without_abstention",
            "aurc", "e_aurc", "normalised_aurc", "spearman_rho", "spearman_p", "failure_auroc", "n_failures",

@@ -28,7 +28,7 @@ def _scope_results(run, domain: str) -> pd.DataFrame | None:
 ORGAN_SCOPE = "organ: "  # rows per organ of a multi-organ run (dataset.organs)
 
 
-def organ_scopes(summary) -> list[tuple]:  # noqa: ANN001
+def organ_scopes(summary) -> list[tuple]:
     """(scope, stats, volumes) per organ of a run with ``per_organ`` in its summary."""
     per_volume = summary.per_volume or {}
     return [(f"{ORGAN_SCOPE}{organ}", Stats.from_dict(entry),

@@ -14,9 +14,19 @@ from salip_bench.reporting.labels import method_labels
 from salip_bench.reporting.qualitative import write_figures
 from salip_bench.reporting.quality import write_quality  # qc
 from salip_bench.reporting.runs import ReportError, find_runs
+from salip_bench.reporting.tables import (
+    ROW_KEYS,
+    add_paired_tests,
+    reference_runs,
+    run_notes,
+    stats_rows,
+    table_entries,
+    table_legend,
+    table_markdown,
+    table_rows,
+    wide_table,
+)
 from salip_bench.storage.files import atomic_write_text
-from salip_bench.reporting.tables import (ROW_KEYS, add_paired_tests, reference_runs, run_notes, table_legend,
-                                          stats_rows, table_entries, table_markdown, table_rows, wide_table)
 
 
 def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float = 0.05,

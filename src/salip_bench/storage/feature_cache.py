@@ -24,8 +24,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from salip_bench.storage.files import atomic_write_bytes
-from salip_bench.storage.files import cache_root
+from salip_bench.storage.files import atomic_write_bytes, cache_root
 from salip_bench.types import Candidates
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ class FeatureCache:
         except FileNotFoundError:  # absent, or evicted by another process meanwhile
             self.misses[kind] += 1
             return None
-        except Exception as err:  # noqa: BLE001 - any unreadable file is a miss, recomputed and rewritten
+        except Exception as err:  # any unreadable file is a miss, recomputed and rewritten
             log.warning("feature cache: ignoring unreadable %s (%s: %s)", path, type(err).__name__, err)
             self.misses[kind] += 1
             return None

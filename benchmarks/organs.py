@@ -1,7 +1,8 @@
 """Many organs, one pass: K single-organ runs vs one K-organ run over the same slices, side by side.
 
 Both sides are whole ``salip-bench`` runs (``harness.run``) of ``dataset=nnunet`` on the ct_abdomen dev
-set with random weights (the smoke experiment's loose thresholds, so candidates survive) and every cache off (``cache.enabled=false``; the engines' in-memory embedding
+set with random weights (the smoke experiment's loose thresholds, so candidates survive) and every cache off
+(``cache.enabled=false``; the engines' in-memory embedding
 memo is reset between runs), so only the sharing inside one run counts: a K-organ run computes each
 slice's "segment everything" candidates and their CLIP embeddings once, and each organ adds only its
 retrieval and its box-prompted refinement. The script checks that every organ's mask is identical in
@@ -78,7 +79,8 @@ def main() -> None:
                          summary["work"].get("clip_images_encoded")])
         multi_seconds, summary = timed_run(args, organs, root / "multi")
         multi_masks = masks(root / "multi")
-        rows.append([f"one run, {len(organs)} organs", f"{multi_seconds:.2f}", summary["work"].get("sam_encoder_passes"),
+        rows.append([f"one run, {len(organs)} organs", f"{multi_seconds:.2f}",
+                     summary["work"].get("sam_encoder_passes"),
                      summary["work"].get("clip_images_encoded")])
     identical = single_masks.keys() == multi_masks.keys() and all(
         np.array_equal(single_masks[k], multi_masks[k]) for k in single_masks)

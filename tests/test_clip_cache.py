@@ -78,7 +78,8 @@ def test_clip_prompt_kind_parameters_and_mask_invalidate(tmp_path, image, candid
     assert encoded(clip, lambda: retriever(clip, "crop_expand", margin=0.2).scores(image, candidates)) == n  # parameter
     other_clip = clip_with(cache, random_seed=1)
     assert encoded(other_clip, lambda: retriever(other_clip, "crop_expand").scores(image, candidates)) == n
-    wider = clip_with(cache, tiny={**yaml_config("clip", "tiny")["tiny"], "vision_layers": 1})  # same identity, other arch
+    # same identity, other arch
+    wider = clip_with(cache, tiny={**yaml_config("clip", "tiny")["tiny"], "vision_layers": 1})
     assert encoded(wider, lambda: retriever(wider, "crop_expand").scores(image, candidates)) == n
     changed = candidates.select(np.arange(n))
     changed.masks[0, 0, 0] = ~changed.masks[0, 0, 0]  # one pixel of one mask

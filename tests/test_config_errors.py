@@ -80,7 +80,8 @@ def test_bad_tuning_setting_is_one_line_exit_2(override, expected, tmp_path):
 
 
 def test_config_is_checked_without_importing_torch():
-    code = ("import sys; from hydra import compose, initialize_config_dir; from salip_bench.evaluation.validation import validate; "
+    code = ("import sys; from hydra import compose, initialize_config_dir; "
+            "from salip_bench.evaluation.validation import validate; "
             f"initialize_config_dir(config_dir={str(CONF)!r}, version_base='1.3'); "
             f"validate(compose(config_name='config', overrides={SMOKE + FOLDER!r})); "
             "heavy = [m for m in ('torch', 'lightning', 'segment_anything', 'open_clip') if m in sys.modules]; "
@@ -112,7 +113,8 @@ class _Payload:
 def test_checkpoint_with_code_is_refused_naming_the_file(tmp_path):
     evil = tmp_path / "sam_tiny.pth"
     torch.save({"image_encoder.weight": torch.zeros(1), "hook": _Payload(str(tmp_path / "PWNED"))}, evil)
-    result = run_cli(SMOKE + FOLDER + ["weights=pretrained", f"model.checkpoint={evil}", f"output_dir={tmp_path / 'OUT'}"],
+    result = run_cli(SMOKE + FOLDER + ["weights=pretrained", f"model.checkpoint={evil}",
+                                       f"output_dir={tmp_path / 'OUT'}"],
                      tmp_path, timeout=300)
     line = error_line(result, only=False)
     assert str(evil) in line and "not a plain tensor checkpoint" in line and "posix.system" in line, line

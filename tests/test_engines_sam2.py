@@ -117,14 +117,16 @@ def test_pretrained_official_pt_in_the_cache_loads_and_matches_the_official_load
     assert loaded.identity["weights"] == "pretrained" and len(loaded.identity["sha256"]) == 64
     overrides = [f"++model.{k}={v}".replace(" ", "") for k, v in cfg["arch_overrides"].items()]
     with initialize_config_module("sam2", version_base="1.2"):
-        official = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml", str(tmp_path / "checkpoints" / cfg["checkpoint_file"]),
+        official = build_sam2("configs/sam2.1/sam2.1_hiera_t.yaml",
+                              str(tmp_path / "checkpoints" / cfg["checkpoint_file"]),
                               device="cpu", hydra_overrides_extra=overrides)
     predictor = official_predictor(official)
     predictor.set_image(image)
     box = np.array([30, 40, 250, 350], np.float32)
     masks, scores, _ = predictor.predict(box=box, multimask_output=False)
     np.testing.assert_array_equal(loaded.segment_boxes(image, box[None], False)[0], masks[0] > 0)
-    assert not np.array_equal(engine.segment_boxes(image, box[None], False), loaded.segment_boxes(image, box[None], False))
+    assert not np.array_equal(engine.segment_boxes(image, box[None], False),
+                              loaded.segment_boxes(image, box[None], False))
 
 
 def test_not_a_sam2_checkpoint_is_a_clear_error(tmp_path):

@@ -80,7 +80,8 @@ def test_tab2_top_k_mapping_serves_both_prompt_sets():
 def fake_run(out: Path, cfg: dict, dice: float) -> None:
     """summary.json as the harness writes it, for the report's labels (no models run)."""
     out.mkdir(parents=True)
-    summary = {"method": cfg["method"]["name"], "dataset": cfg["dataset"]["name"], "dataset_root": cfg["dataset"]["root"],
+    summary = {"method": cfg["method"]["name"], "dataset": cfg["dataset"]["name"],
+               "dataset_root": cfg["dataset"]["root"],
                "roi": cfg["dataset"]["prompts"], "config": cfg, "n_ok": 1, "n_failed": 0, "n_total": 1,
                "dice_mean": dice, "dice_std": 0.0, "iou_mean": dice / (2 - dice), "iou_std": 0.0}
     (out / "summary.json").write_text(json.dumps(summary))

@@ -65,7 +65,7 @@ def test_folder_clashing_stems_and_file_names_get_distinct_ids(tmp_path):
     for stem in ("dup", "col a", "col_a", "solo"):
         save_png(tmp_path / "masks" / f"{stem}_mask.png", mask)
     with pytest.raises(ValueError, match=r"paired with both .*dup\.jpg.* and .*dup\.png.*shared_mask=true"):
-        build("folder", root=str(tmp_path), prompts="fetal_head").ids
+        build("folder", root=str(tmp_path), prompts="fetal_head").ids  # noqa: B018 - the lazy ids property pairs files and raises
     dataset = build("folder", root=str(tmp_path), prompts="fetal_head", shared_mask=True)
     assert dataset.ids == ["col a", "col_a", "dup.jpg", "dup.png", "solo"]
     assert [dataset[i].id for i in range(len(dataset))] == dataset.ids
@@ -79,7 +79,7 @@ def test_cxr_png_and_jpg_of_one_stem_are_two_samples(tmp_path):
     save_png(tmp_path / "CXR_png" / "CHNCXR_0001_0.jpg", image)
     save_png(tmp_path / "masks" / "CHNCXR_0001_0_mask.png", mask)
     with pytest.raises(ValueError, match="paired with both"):
-        build("cxr", root=str(tmp_path)).ids
+        build("cxr", root=str(tmp_path)).ids  # noqa: B018 - the lazy ids property pairs files and raises
     dataset = build("cxr", root=str(tmp_path), shared_mask=True)
     assert dataset.ids == ["CHNCXR_0001_0.jpg", "CHNCXR_0001_0.png"]
     assert all(dataset[i].mask.sum() == 70 for i in range(2))
@@ -95,7 +95,7 @@ def test_hc18_names_differing_in_case_get_distinct_ids_and_keep_their_csv_row(tm
     (tmp_path / "training_set_pixel_size_and_HC.csv").write_text(
         "filename,pixel size(mm),head circumference (mm)\n007_HC.png,0.1,5.0\nbroken.png,not-a-number,1\n")
     with pytest.raises(ValueError, match="paired with both"):
-        build("hc18", root=str(tmp_path)).ids
+        build("hc18", root=str(tmp_path)).ids  # noqa: B018 - the lazy ids property pairs files and raises
     dataset = build("hc18", root=str(tmp_path), shared_mask=True)
     assert dataset.ids == ["007_HC.PNG", "007_HC.png"]
     for index in range(2):

@@ -15,7 +15,8 @@ import salip_bench
 
 PACKAGE = Path(salip_bench.__file__).parent
 LAYERS: dict[str, int] = {
-    "__init__": 0, "types": 0, "registry": 0, "metrics": 0, "accepts": 0, "config_keys": 0, "class_prompts": 0, "masks": 0, "prompts": 0,
+    "__init__": 0, "types": 0, "registry": 0, "metrics": 0, "accepts": 0, "config_keys": 0, "class_prompts": 0,
+    "masks": 0, "prompts": 0,
     "storage": 1,
     "engines": 2,
     "stages": 3, "qc": 3,

@@ -118,7 +118,8 @@ def test_msd_layout_with_4d_images_and_channel(tmp_path):
     nifti(tmp_path / "imagesTr" / "BRATS_001.nii.gz", four_d)
     nifti(tmp_path / "labelsTr" / "BRATS_001.nii.gz", labels)
     nifti(tmp_path / "imagesTs" / "BRATS_002.nii.gz", four_d)
-    info = {"modality": {"0": "FLAIR", "1": "T1w"}, "labels": {"0": "background", "1": "edema", "2": "tumour", "3": "x"},
+    info = {"modality": {"0": "FLAIR", "1": "T1w"},
+            "labels": {"0": "background", "1": "edema", "2": "tumour", "3": "x"},
             "training": [{"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}],
             "test": ["./imagesTs/BRATS_002.nii.gz"]}
     (tmp_path / "dataset.json").write_text(json.dumps(info))
@@ -247,7 +248,8 @@ def test_dicom_two_series_a_missing_slice_or_a_non_image_object_fail_in_one_line
     with pytest.raises(ValueError, match="holds 2 series"):
         read_volume(folder)
     folder = dicom_copy(tmp_path / "gap")
-    by_z = sorted(folder.iterdir(), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+    by_z = sorted(folder.iterdir(),
+                  key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
     by_z[7].unlink()
     with pytest.raises(ValueError, match="not evenly spaced"):
         read_volume(folder)
@@ -359,8 +361,9 @@ def test_precomputed_label_maps_score_like_monais_dice_metric(tmp_path):
         pred_t = torch.from_numpy(predicted == theirs)[None, None].float()
         truth_t = torch.from_numpy(truth == ours)[None, None].float()
         expected = float(metric(pred_t, truth_t).item())
-        assert summary["per_volume"][f"tsct_001/{organ}"]["dice_3d"] == pytest.approx(expected, abs=1e-6)  # MONAI divides in float32
-        assert summary["per_organ"][organ]["dice_3d_mean"] == pytest.approx(expected, abs=1e-6)  # MONAI divides in float32
+        # MONAI divides in float32
+        assert summary["per_volume"][f"tsct_001/{organ}"]["dice_3d"] == pytest.approx(expected, abs=1e-6)
+        assert summary["per_organ"][organ]["dice_3d_mean"] == pytest.approx(expected, abs=1e-6)
         # Per slice too, where the reference is not empty (MONAI leaves empty references NaN).
         z = int(np.argmax((truth == ours).sum(axis=(0, 1))))
         row = frame[frame["id"] == f"tsct_001_slice{z:03d}_{organ}"].iloc[0]
@@ -425,7 +428,8 @@ def test_organ_prompt_library_aliases_and_template_fallback(caplog):
     from salip_bench.prompts.organs import organ_prompts
     library = load_class_prompts("organs")
     btcv = ["spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach", "aorta",
-            "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right", "adrenal_gland_left"]
+            "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas", "adrenal_gland_right",
+            "adrenal_gland_left"]
     for name in btcv + ["lung_left", "lung_right", "heart", "brain", "urinary_bladder", "prostate"]:
         assert len(library[name]) >= 4, name
     with caplog.at_level("WARNING"):

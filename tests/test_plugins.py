@@ -133,7 +133,8 @@ def test_yaml_states_every_setting_and_agrees_with_the_signature(kind, yaml_name
     for key, param in params.items():
         if param.default is not inspect.Parameter.empty:
             assert plain(cfg[key]) == plain(param.default), \
-                f"conf/{GROUPS[kind]}/{yaml_name}.yaml: {key}={cfg[key]!r}, but {cls.__name__} defaults to {param.default!r}"
+                (f"conf/{GROUPS[kind]}/{yaml_name}.yaml: {key}={cfg[key]!r}, "
+                 f"but {cls.__name__} defaults to {param.default!r}")
 
 
 @pytest.mark.parametrize("yaml_name", [n for k, n in YAMLS if k == "dataset"])
@@ -269,7 +270,8 @@ def test_engine_builds_from_its_tiny_yaml_and_serves_its_roles(engine, group, na
     assert roles, f"engine {engine} has none of the roles this test knows"
     if EverythingGenerator in roles:
         candidates = built.everything(image, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
-        assert isinstance(candidates, Candidates) and len(candidates) > 0 and candidates.masks.shape[1:] == image.shape[:2]
+        assert (isinstance(candidates, Candidates) and len(candidates) > 0
+                and candidates.masks.shape[1:] == image.shape[:2])
     if BoxPromptSegmenter in roles:
         masks = built.segment_boxes(image, np.array([[50, 60, 300, 400]], np.float32), False)
         assert masks.shape == (1, *image.shape[:2]) and masks.dtype == bool

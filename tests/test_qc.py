@@ -96,7 +96,8 @@ def test_abstention_needs_a_score():
 def test_the_cli_refuses_a_bad_threshold_before_loading_a_model(tmp_path):
     done = subprocess.run([sys.executable, "-m", "salip_bench.cli", *SMOKE, "qc.abstain_below=1.2",
                            f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "qc.abstain_below=1.2: expected a number in [0, 1] or null" in done.stdout + done.stderr
+    assert done.returncode == 2 and (
+        "qc.abstain_below=1.2: expected a number in [0, 1] or null" in done.stdout + done.stderr)
 
 
 @pytest.mark.parametrize("engine", ["sam_tiny", "sam2_tiny", "medsam_tiny"])

@@ -40,7 +40,8 @@ def write_run(out_dir: Path, records: list[dict], *, method: str = "salip", data
     records = store.read_all([r["id"] for r in records])
     (out_dir / "results.csv").write_text(results_frame(records).to_csv(index=False))
     overrides = [f"method={method}", f"retriever={retriever}", f"dataset={dataset}", f"dataset.root={root}"]
-    summary = {**aggregate_records(records).aggregates_dict(), "method": method, "dataset": dataset, "dataset_root": root, "roi": roi,
+    summary = {**aggregate_records(records).aggregates_dict(), "method": method, "dataset": dataset,
+               "dataset_root": root, "roi": roi,
                "overrides": overrides, "config": _config(method, dataset, root, roi, retriever, out_dir)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

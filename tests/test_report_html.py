@@ -86,7 +86,8 @@ def report_dir(tmp_path: Path) -> Path:
     runs = {"salip": (salip_dice, 2), "gt_sam": ([d + 0.05 for d in salip_dice], 0),
             "unprompted_sam": ([d - 0.3 for d in salip_dice], 5)}
     for method, (dice, shift) in runs.items():
-        records = [ok(i, d, min(1.0, d + 0.05), d, nsd=d, hd95=10 * (1 - d), gt_area=400, boxes=[[6.0, 8.0, 28.0, 30.0]],
+        records = [ok(i, d, min(1.0, d + 0.05), d, nsd=d, hd95=10 * (1 - d), gt_area=400,
+                      boxes=[[6.0, 8.0, 28.0, 30.0]],
                       hc_abs_err_mm=3.0 + k) for k, (i, d) in enumerate(zip(IDS, dice))]
         write_run(tmp_path / method, records, method=method, root=str(data), roi="organ")
         write_masks(tmp_path / method, shift)
@@ -170,7 +171,8 @@ def test_report_html_is_self_contained_with_every_figure(report_dir: Path):
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
             assert image.size[0] > 100
     assert page.tables >= 5  # scores, statistics, unscored runs, HC18, failures
-    for heading in ("Scores", "Statistics", "Unscored runs (unlabelled images)", "Dice per image", "Qualitative results",
+    for heading in ("Scores", "Statistics", "Unscored runs (unlabelled images)", "Dice per image",
+                    "Qualitative results",
                     "Head circumference (HC18)", "Failure attribution"):
         assert heading in page.headings
     assert "unlabelled: predictions only" in text and "skipped" not in text

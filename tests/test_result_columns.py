@@ -52,7 +52,8 @@ def test_wandb_table_is_strict_json(tmp_path):
     import wandb
 
     frame = results_frame([{"id": "a", "status": "failed", "failure": "x"},
-                           {"id": "b", "status": "ok", "dice": 0.5, "hd95": float("inf"), "gt_area": 3, "pred_area": 2}])
+                           {"id": "b", "status": "ok", "dice": 0.5, "hd95": float("inf"), "gt_area": 3,
+                            "pred_area": 2}])
     table = wandb.Table(dataframe=typed_table(frame))
     text = json.dumps(table.data, allow_nan=True)
     for bad in ("NaN", "Infinity"):

@@ -152,6 +152,7 @@ def test_summary_and_report_equal_an_independent_computation_from_results_csv(ru
             assert (pd.isna(row[key]) and summary[key] is None) or row[key] == pytest.approx(summary[key])
     markdown = (report / "quality.md").read_text()
     assert "no quality score recorded" in markdown  # the qc=none run
-    assert (report / "risk_coverage.png").is_file() and "Quality score and abstention" in (report / "report.html").read_text()
+    assert (report / "risk_coverage.png").is_file() and (
+        "Quality score and abstention" in (report / "report.html").read_text())
     assert table.loc[1, "coverage"] == 0.0 and table.loc[1, "n_abstained"] == len(IDS)  # every sample abstained
     assert table.loc[0, "coverage"] == 1.0

@@ -137,7 +137,8 @@ def test_cc359_run_with_a_corrupt_volume_and_a_nan_voxel(tmp_path):
     assert "unreadable volume" in frame.loc["b_bad_unreadable", "failure"]
     assert frame.loc["c_nan_slice001", "warning"].startswith("volume c_nan has 1 non-finite")
     assert frame["warning"].isna().sum() == 3
-    assert "a_good_slice001,ok" in (out / "results.csv").read_text() and ",1.0," not in (out / "results.csv").read_text()
+    assert "a_good_slice001,ok" in (out / "results.csv").read_text() and (
+        ",1.0," not in (out / "results.csv").read_text())
     assert summary["per_volume"]["b_bad"]["n_slices"] == 0 and summary["per_volume"]["a_good"]["n_slices"] == 2
 
 
@@ -201,7 +202,8 @@ def test_second_process_refused_then_kill_9_inside_a_sample_runs_it_again_twice_
     (out / "inside_b_stall").unlink()
     second = start("stall")
     while not (out / "inside_b_stall").exists():
-        assert second.poll() is None and time.monotonic() < deadline, second.stdout.read() if second.poll() else "timeout"
+        assert second.poll() is None and time.monotonic() < deadline, (
+            second.stdout.read() if second.poll() else "timeout")
         time.sleep(0.5)
     assert json.loads((out / "samples" / "b_stall.started").read_text())["deaths"] == 1
     second.send_signal(signal.SIGKILL)

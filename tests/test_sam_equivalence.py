@@ -127,7 +127,8 @@ def test_iou_first_decoder_matches_upstream_decoder(tiny_sam, decoder, drop):
             image_embeddings=features, image_pe=model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=True)
         best = expected_iou.max(dim=1).values.sort().values  # a threshold that keeps all, half, one or no prompt:
-        pred_iou_thresh = {"none": 0.0, "half": float(best.median()), "one": float(best[-2]), "all": float(best[-1]) + 1}[drop]
+        pred_iou_thresh = {"none": 0.0, "half": float(best.median()), "one": float(best[-2]),
+                           "all": float(best[-1]) + 1}[drop]
         masks, iou, kept = decode_points_iou_first(model, features, points, labels, pred_iou_thresh)
     expected_kept = torch.nonzero((expected_iou > pred_iou_thresh).any(1)).flatten()
     assert torch.equal(kept, expected_kept) and len(kept) == {"none": 18, "half": 9, "one": 1, "all": 0}[drop]

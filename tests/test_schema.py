@@ -27,7 +27,8 @@ LOAD_FAILURE = {"id": "c", "status": "failed", "fingerprint": "f", "failure": "O
 OLD = {"id": "d", "status": "ok", "gt_area": 5, "pred_area": 5, "dice": 1.0, "iou": 1.0}  # before NSD / HD95
 
 
-@pytest.mark.parametrize("data", [LABELLED, UNLABELLED, LOAD_FAILURE, OLD], ids=["labelled", "unlabelled", "failed", "old"])
+@pytest.mark.parametrize("data", [LABELLED, UNLABELLED, LOAD_FAILURE, OLD],
+                         ids=["labelled", "unlabelled", "failed", "old"])
 def test_record_round_trip_keeps_every_key_and_every_null(data):
     record = SampleRecord.from_json(json.dumps(data))
     assert record.to_dict() == data
@@ -59,7 +60,8 @@ def test_nan_score_survives_json_and_is_averaged_as_the_numbers_say():
 def test_results_frame_keeps_int64_counters_and_empty_scores_through_the_csv(tmp_path):
     records = [SampleRecord.from_dict(d) for d in (LABELLED, UNLABELLED, LOAD_FAILURE)]
     frame = results_frame(records)
-    assert str(frame["sam_encoder_passes"].dtype) == "Int64" and frame["sam_encoder_passes"].isna().tolist() == [False, False, True]
+    assert str(frame["sam_encoder_passes"].dtype) == "Int64"
+    assert frame["sam_encoder_passes"].isna().tolist() == [False, False, True]
     assert "fingerprint" not in frame.columns and list(frame.columns[:3]) == ["id", "status", "dice"]
     path = tmp_path / "results.csv"
     frame.to_csv(path, index=False)
@@ -76,7 +78,8 @@ def test_summary_round_trip_and_unknown_keys(tmp_path):
     data = {**json.loads(summary.to_json()), "added_by_a_newer_version": {"x": 1}}
     back = Summary.from_json(json.dumps(data))
     assert back.to_dict() == data and back.extra == {"added_by_a_newer_version": {"x": 1}}
-    assert back.per_volume["v1"].dice_3d == pytest.approx(2 * 9 / (2 * 9 + 3 + 1)) and back.per_volume["v1"].n_slices == 1
+    assert back.per_volume["v1"].dice_3d == pytest.approx(2 * 9 / (2 * 9 + 3 + 1))
+    assert back.per_volume["v1"].n_slices == 1
     assert back.per_domain["philips"].n_failed == 1 and back.per_domain["philips"].volumes["n_volumes"] == 1
     assert back.stats.n_unlabelled == 1 and back.stats.n_ok_with_warning == 1 and back.scored
     unlabelled = aggregate_records([SampleRecord.from_dict(UNLABELLED)])

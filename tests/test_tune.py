@@ -28,7 +28,8 @@ def tune_config(out, *extra: str) -> dict:
 
 def test_sampling_is_seeded_and_respects_the_space():
     space = {"generator": {"pred_iou_thresh": [0.5, 0.9], "points_per_side": [16, 48]},
-             "filter.max_area": [0.2, 0.9], "retriever.name": ["crop", "box"], "refiner.multimask_output": [True, False],
+             "filter.max_area": [0.2, 0.9], "retriever.name": ["crop", "box"],
+             "refiner.multimask_output": [True, False],
              "generator.crop_n_layers": {"choices": [0, 1]}}
     first, again = sample_trials(space, 20, seed=3), sample_trials(space, 20, seed=3)
     assert first == again and first != sample_trials(space, 20, seed=4)
@@ -110,7 +111,8 @@ def test_tuned_file_errors(tmp_path):
 
 # Thresholds in the range the tiny random SAM's predicted IoUs fall in, two grids, more trials than grids.
 REUSE_SPACE = ["tune.baseline=true", "tune.n_trials=5", "tune.n_images=2", "~tune.space",
-               "+tune.space.generator.pred_iou_thresh=[0.0,0.06]", "+tune.space.generator.points_per_side={choices:[3,4]}",
+               "+tune.space.generator.pred_iou_thresh=[0.0,0.06]",
+               "+tune.space.generator.points_per_side={choices:[3,4]}",
                "+tune.space.filter.max_area=[0.5,0.95]", "+tune.space.retriever.name=[crop,box]"]
 
 
@@ -122,10 +124,12 @@ def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_an
     decodings, box_calls, scorings = [], {}, {}
     initialize, segment_boxes, score = SamEverythingGenerator.initialize, SamV1Engine.segment_boxes, PredictModule.score
     monkeypatch.setattr(SamEverythingGenerator, "initialize",
-                        lambda self, image, *a: decodings.append(self.grid["points_per_side"]) or initialize(self, image, *a))
+                        lambda self, image, *a: (decodings.append(self.grid["points_per_side"])
+                                                 or initialize(self, image, *a)))
     monkeypatch.setattr(SamV1Engine, "segment_boxes",
                         lambda self, *a: box_calls.update(n=box_calls["n"] + 1) or segment_boxes(self, *a))
-    monkeypatch.setattr(PredictModule, "score", lambda self, *a: scorings.update(n=scorings["n"] + 1) or score(self, *a))
+    monkeypatch.setattr(PredictModule, "score",
+                        lambda self, *a: scorings.update(n=scorings["n"] + 1) or score(self, *a))
     files, calls = {}, {}
     for reuse in ("false", "true"):
         out = tmp_path / reuse
@@ -145,7 +149,8 @@ def test_image_by_image_tuning_gives_todays_files_with_one_decoding_per_image_an
     assert len(set(grids)) == 2 and trials["n_ok"].tolist() == [2] * 5 and tuned["split"]["n_images"] == 2
     assert files["true"] == files["false"]
     for number in range(5):  # the trials' own runs agree too, sample by sample
-        per_image = [pd.read_csv(tmp_path / reuse / "trials" / str(number) / "results.csv") for reuse in ("false", "true")]
+        per_image = [pd.read_csv(tmp_path / reuse / "trials" / str(number) / "results.csv")
+                     for reuse in ("false", "true")]
         columns = ["id", "dice", "iou", "nsd", "hd95", "n_candidates", "n_kept", "retrieved_scores",
                    "retrieved_boxes", "pred_area"]
         assert per_image[0][columns].equals(per_image[1][columns]) and per_image[0]["n_candidates"].sum() > 0

@@ -52,7 +52,8 @@ def test_abstention_threshold_is_chosen_on_the_labelled_split_and_applied(tmp_pa
     tau = tuned["params"]["qc.abstain_below"]
     assert 0.0 <= tau <= 1.0 and tuned["score"]["labels_used"] is True
     results = pd.read_csv(out / "trials" / str(tuned["score"]["trial"]) / "results.csv")
-    assert tuned["score"]["abstention"] == choose_abstention(out / "trials" / str(tuned["score"]["trial"]) / "results.csv")
+    trial_results = out / "trials" / str(tuned["score"]["trial"]) / "results.csv"
+    assert tuned["score"]["abstention"] == choose_abstention(trial_results)
     assert tuned["score"]["abstention"]["n_images"] == len(results)
     run_out = tmp_path / "eval"
     run(compose_config(SMOKE + EVAL + ["limit=2", f"tuned={out / 'tuned.yaml'}", f"output_dir={run_out}"]), run_out)

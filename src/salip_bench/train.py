@@ -219,7 +219,8 @@ def check_train_config(cfg: DictConfig | dict) -> dict:
         raise ConfigError(f"unet={hp!r}: expected the mapping of conf/train.yaml")
     for key, (kind, low, inclusive) in TRAIN_NUMBERS.items():
         value = hp.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or type(value) is int)
+        number = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and (kind is float or type(value) is int))
         if not number or not (value >= low if inclusive else value > low):
             raise ConfigError(f"unet.{key}={value!r}: expected {'an integer' if kind is int else 'a number'} "
                               f"{'>=' if inclusive else '>'} {low}")

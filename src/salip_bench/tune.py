@@ -12,7 +12,8 @@ Each trial is an ordinary evaluation run on the first ``tune.n_images`` images o
 them, and CLIP embeds each visual prompt once; the results are those of one ``harness.run`` per
 trial (``tune.reuse=false``, also used when a trial changes anything but the stage groups).
 Trial 0 is the configured values (with ``tune.baseline``), so tuning never picks something that
-scored worse on the split than not tuning. The best mean Dice wins (the earliest trial on a tie); ``OUT/tuned.yaml`` holds its values and ``OUT/trials.csv`` every
+scored worse on the split than not tuning. The best mean Dice wins (the earliest trial on a tie);
+``OUT/tuned.yaml`` holds its values and ``OUT/trials.csv`` every
 trial. The same ``tune.seed`` draws the same trials (numpy's seeded Generator, never the clock).
 
 Why a stage of its own rather than a Hydra sweeper (``-m`` with the basic or the Optuna sweeper):
@@ -94,7 +95,8 @@ def draw(rng: np.random.Generator, key: str, spec: Any) -> Any:
     or ``{choices: [...]}``, → one of its items."""
     choices = spec["choices"] if isinstance(spec, Mapping) else spec
     if not isinstance(choices, list) or not choices:
-        raise TuningError(f"tune.space.{key}: expected [low, high], a list of choices or {{choices: [...]}}, got {spec!r}")
+        raise TuningError(f"tune.space.{key}: expected [low, high], a list of choices or {{choices: [...]}}, "
+                          f"got {spec!r}")
     if isinstance(spec, Mapping):  # explicit choices: [16, 32] means 16 or 32, not the integers between
         return choices[int(rng.integers(len(choices)))]
     numbers = all(_is_int(v) or isinstance(v, float) for v in spec)

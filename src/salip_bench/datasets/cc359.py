@@ -222,7 +222,8 @@ class CC359Dataset(SegmentationDataset):
 
     def sample_meta(self, index: int) -> dict:
         volume_id, slice_index = self.index[index]
-        meta = {"volume": volume_id, "domain": scanner_domain(volume_id), "image_path": str(self.image_paths[volume_id])}
+        meta = {"volume": volume_id, "domain": scanner_domain(volume_id),
+                "image_path": str(self.image_paths[volume_id])}
         return meta if slice_index is None else {**meta, "slice": slice_index}
 
     def load(self, index: int) -> Sample:

@@ -65,7 +65,8 @@ def names_by_value(table: Mapping[str, Sequence[int]]) -> dict[int, str]:
     return out
 
 
-def resolve_organs(organs: Any, table: Mapping[str, Sequence[int]], source: str = "the label table") -> dict[str, frozenset[int]]:
+def resolve_organs(organs: Any, table: Mapping[str, Sequence[int]],
+                   source: str = "the label table") -> dict[str, frozenset[int]]:
     """``dataset.organs`` → {target: label values}, in the order given.
 
     Args:

@@ -47,7 +47,8 @@ class PredictionReader:
             candidate = self.folder / f"{name}{ending}"
             if candidate.exists():
                 return candidate
-        raise FileNotFoundError(f"no prediction for {name} in {self.folder} (tried {', '.join(name + e for e in endings if e)})")
+        raise FileNotFoundError(f"no prediction for {name} in {self.folder} "
+                                f"(tried {', '.join(name + e for e in endings if e)})")
 
     def selection(self, sample: Sample) -> tuple[list[int] | None, dict[int, str] | None]:
         """The prediction's label values that make the sample's organ (None: no organ, the binary rule)."""

@@ -73,7 +73,8 @@ class SlicedVolumes(SegmentationDataset):
                 self.errors[case] = f"{type(err).__name__}: {err}"
                 self.index.append((case, None))
         if not self.index:
-            raise ValueError(f"{who}: no slices selected (axis={axis}, slice_range={slice_range}, skip_empty={skip_empty})")
+            raise ValueError(f"{who}: no slices selected "
+                             f"(axis={axis}, slice_range={slice_range}, skip_empty={skip_empty})")
         self._ids = self.organ_ids([f"{c}_unreadable" if i is None else f"{c}_slice{i:03d}" for c, i in self.index])
 
     def list_cases(self) -> dict[str, tuple[Path, Path | None]]:
@@ -150,7 +151,8 @@ class SlicedVolumes(SegmentationDataset):
 
     def pick_channel(self, image: sitk.Image, case: str) -> sitk.Image:
         """The ``channel`` of a multi-component or 4D image (ValueError when none is chosen)."""
-        channels = image.GetNumberOfComponentsPerPixel() if image.GetNumberOfComponentsPerPixel() > 1 else image.GetSize()[-1]
+        channels = (image.GetNumberOfComponentsPerPixel() if image.GetNumberOfComponentsPerPixel() > 1
+                    else image.GetSize()[-1])
         if self.channel is None:
             raise ValueError(f"case {case} has {channels} channels (a 4D image): choose one with dataset.channel")
         index = int(self.channel)

@@ -62,7 +62,8 @@ def read_dicom_series(folder: Path) -> Volume:
     reader.MetaDataDictionaryArrayUpdateOn()
     image = reader.Execute()
     check_even_slices(reader, len(names), str(folder))
-    modality = reader.GetMetaData(0, DICOM_MODALITY_TAG).strip() if reader.HasMetaDataKey(0, DICOM_MODALITY_TAG) else None
+    modality = (reader.GetMetaData(0, DICOM_MODALITY_TAG).strip() if reader.HasMetaDataKey(0, DICOM_MODALITY_TAG)
+                else None)
     return Volume(image, modality or None, str(folder))
 
 
@@ -75,11 +76,13 @@ def check_even_slices(reader: sitk.ImageSeriesReader, count: int, name: str) -> 
         if not reader.HasMetaDataKey(i, "0020|0032"):
             return
         positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
-    rows = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")] if reader.HasMetaDataKey(0, "0020|0037") else [1, 0, 0, 0, 1, 0]
+    rows = ([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+            if reader.HasMetaDataKey(0, "0020|0037") else [1, 0, 0, 0, 1, 0])
     normal = np.cross(rows[:3], rows[3:])
     steps = np.diff(np.sort(np.asarray(positions) @ normal))
     if steps.min() <= 0 or steps.max() - steps.min() > 0.01 * steps.max() + 1e-3:
-        raise ValueError(f"DICOM series {name}: slices are not evenly spaced (steps {steps.min():.3g}..{steps.max():.3g} mm): "
+        raise ValueError(f"DICOM series {name}: slices are not evenly spaced "
+                         f"(steps {steps.min():.3g}..{steps.max():.3g} mm): "
                          "a slice is missing or duplicated")
 
 
@@ -101,7 +104,8 @@ def check_spacing(spacing: tuple[float, ...] | list[float], source: str) -> None
 
 def describe(image: sitk.Image) -> str:
     """One line: size, spacing, origin and orientation code of ``image``."""
-    code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) if image.GetDimension() == 3 else "2D"
+    code = (sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+            if image.GetDimension() == 3 else "2D")
     return (f"size {image.GetSize()}, spacing {tuple(round(s, 4) for s in image.GetSpacing())}, "
             f"origin {tuple(round(o, 2) for o in image.GetOrigin())} (LPS mm), axes {code} (ITK code)")
 
@@ -119,7 +123,8 @@ def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = GEOMETRY_TOLERANC
 def covers(label: sitk.Image, image: sitk.Image) -> bool:
     """Whether every voxel centre of ``image`` lies inside ``label``'s grid (within half a voxel)."""
     size = np.asarray(image.GetSize()) - 1
-    corners = [np.where([(c >> d) & 1 for d in range(image.GetDimension())], size, 0) for c in range(2 ** image.GetDimension())]
+    corners = [np.where([(c >> d) & 1 for d in range(image.GetDimension())], size, 0)
+               for c in range(2 ** image.GetDimension())]
     bound = np.asarray(label.GetSize()) - 0.5
     for corner in corners:
         point = image.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner])

@@ -23,7 +23,8 @@ class VolumesDataset(SlicedVolumes):
     (e.g. ``series`` for a DICOM folder; its id is the name without extension); mask_pattern: the mask's
     name, formatted with ``{id}``; ``mask_pattern=null`` (or ``mask_dir=null``): unlabelled volumes,
     predicted and written out without scores; a file matching image_pattern that is another
-    volume's mask (``v_mask.nii.gz`` in one folder with ``v.nii.gz``) is not a volume. labels / organs: a label table and the organs to score
+    volume's mask (``v_mask.nii.gz`` in one folder with ``v.nii.gz``) is not a volume. labels / organs:
+    a label table and the organs to score
     (as for ``nnunet``); without organs a mask must be binary (:mod:`salip_bench.datasets.masks_io`).
     Slicing (RAS+, ``axis`` 0/1/2 = sagittal/coronal/axial), ``slice_range``, ``skip_empty``, the label
     map's alignment in physical space, ``window`` / ``modality`` and ``channel`` are those of
@@ -41,7 +42,8 @@ class VolumesDataset(SlicedVolumes):
         if skip_empty and not self.labelled:
             raise ValueError("dataset volumes: skip_empty needs masks (mask_pattern and mask_dir set)")
         if image_pattern.startswith("*") and any(c in image_pattern[1:] for c in "*?["):
-            raise ValueError(f"dataset volumes: image_pattern must be '*' + a fixed suffix or one name, got {image_pattern!r}")
+            raise ValueError("dataset volumes: image_pattern must be '*' + a fixed suffix or one name, "
+                             f"got {image_pattern!r}")
         self.root = Path(root).expanduser()
         self.image_dir = self.root / image_dir
         self.mask_dir = self.root / mask_dir if mask_dir is not None else None
@@ -49,7 +51,8 @@ class VolumesDataset(SlicedVolumes):
         self.channel = None if channel is None else str(int(channel))
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"dataset volumes: image folder {self.image_dir} does not exist")
-        self.setup(organs, read_label_table(labels, root=self.root) if labels else None, f"dataset.labels={labels}", axis,
+        self.setup(organs, read_label_table(labels, root=self.root) if labels else None, f"dataset.labels={labels}",
+                   axis,
                    slice_range, skip_empty, window, modality, cache_volumes, shared_mask, "dataset volumes")
 
     def list_cases(self) -> dict[str, tuple[Path, Path | None]]:

@@ -89,7 +89,8 @@ class MedSamEngine(BaseEngine):
         for i, box in enumerate(np.asarray(boxes, np.float64)):
             box_t = torch.as_tensor(box / frame * self.side, dtype=torch.float, device=self.device)[None, None]
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=box_t, masks=None)
-            logits, iou = self.sam.mask_decoder(image_embeddings=embedding, image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            logits, iou = self.sam.mask_decoder(image_embeddings=embedding,
+                                                image_pe=self.sam.prompt_encoder.get_dense_pe(),
                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                                 multimask_output=multimask_output)
             best = int(iou[0].argmax()) if multimask_output else 0

@@ -73,7 +73,8 @@ def decode_points_iou_first(model: Sam, features: torch.Tensor, points: torch.Te
     # The IoU head and hypernetwork MLPs run on every prompt at once, as upstream runs them: a linear
     # layer's rounding can depend on how many rows it is given (the upscaling's does not).
     iou_pred = decoder.iou_prediction_head(hs[:, 0, :])[:, 1:]  # multimask: masks 1..3
-    keep = (iou_pred > pred_iou_thresh).any(dim=1) if pred_iou_thresh > 0 else torch.ones_like(iou_pred[:, 0], dtype=torch.bool)
+    keep = ((iou_pred > pred_iou_thresh).any(dim=1) if pred_iou_thresh > 0
+            else torch.ones_like(iou_pred[:, 0], dtype=torch.bool))
     mask_tokens = hs[:, 1:1 + decoder.num_mask_tokens, :]
     hyper_in = torch.stack([mlp(mask_tokens[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
                            dim=1)

@@ -130,7 +130,8 @@ class UNetModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:  # runs after the epoch's validation
         loss = torch.stack(self._losses).mean().item() if self._losses else float("nan")
-        val = "" if self.val_dice is None else f" val_dice={self.val_dice:.4f} (best {self.best_dice:.4f} @ {self.best_epoch})"
+        val = ("" if self.val_dice is None
+               else f" val_dice={self.val_dice:.4f} (best {self.best_dice:.4f} @ {self.best_epoch})")
         log.info("epoch %d/%d loss=%.4f%s %.1fs", self.current_epoch + 1, self.trainer.max_epochs, loss, val,
                  time.perf_counter() - self._epoch_start)
 

@@ -35,7 +35,8 @@ from salip_bench.qc.build import check_qc  # qc
 from salip_bench.registry import DATASETS, METHODS, PluginError
 
 __all__ = ["Job", "build_context", "build_dataset", "build_engine", "check_launchable", "config_fingerprint",
-           "engine_report", "evaluate", "finalize", "nsd_tolerance", "open_targets", "package_versions", "pending_indices",
+           "engine_report", "evaluate", "finalize", "nsd_tolerance", "open_targets", "package_versions",
+           "pending_indices",
            "refuse_unlabelled", "run", "stage_engines", "sum_after_all_ranks"]
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def run(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) -> 
     return evaluate(open_targets([cfg], [out_dir], job), plan_run)[0]
 
 
-def open_targets(configs: list[DictConfig | dict], out_dirs: list[Path | str], job: Job | None = None) -> list[RunTarget]:
+def open_targets(configs: list[DictConfig | dict], out_dirs: list[Path | str],
+                 job: Job | None = None) -> list[RunTarget]:
     """The runs of ``configs`` (one each into ``out_dirs``) over one dataset, the first config's: checked
     configs (``tuned=`` applied), seeded, the dataset built with unique ids, and their fingerprints.
 

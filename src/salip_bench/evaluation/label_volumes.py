@@ -57,7 +57,8 @@ def write_label_volumes(dataset: SlicedVolumes, out_dir: Path, records: list[dic
         save_on_input_grid(labels, entry["reference"], image_path, path)
         if dataset.organ_names:
             table = {str(dataset.label_value(o)): o for o in dataset.organ_names}
-            atomic_write_text(path.with_name(path.name[: -len(".nii.gz")] + ".labels.json"), json.dumps(table, indent=2))
+            atomic_write_text(path.with_name(path.name[: -len(".nii.gz")] + ".labels.json"),
+                              json.dumps(table, indent=2))
         for organ, (predicted, evaluated, n) in per_organ.items():
             key = case if organ is None else f"{case}/{organ}"
             scores: dict = {"path": str(path), "n_slices_written": n, "nsd_3d": None, "hd95_3d": None}

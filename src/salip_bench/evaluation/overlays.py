@@ -14,7 +14,8 @@ from salip_bench.storage.files import safe_name
 from salip_bench.types import Prediction, Sample
 
 
-def first_overlays(dataset, ids: list[str], store: RecordStore, count: int) -> list[tuple[Sample, Prediction, SampleRecord]]:
+def first_overlays(dataset, ids: list[str], store: RecordStore,
+                   count: int) -> list[tuple[Sample, Prediction, SampleRecord]]:
     """(sample, prediction, record) of the first ``count`` ok samples in dataset order.
 
     Args:

@@ -77,7 +77,8 @@ class RecordStore:
         previous = self.read_marker(record["id"]) or {}
         mine = previous.get("pid") == os.getpid()
         deaths = int(previous.get("deaths", 0)) if mine else marker_deaths(previous)
-        pids = previous.get("dead_pids", []) + ([previous["pid"]] if previous.get("pid") is not None and not mine else [])
+        pids = previous.get("dead_pids", []) + (
+            [previous["pid"]] if previous.get("pid") is not None and not mine else [])
         marker = {**record, "pid": os.getpid(), "started": time.time(), "deaths": deaths, "dead_pids": pids}
         atomic_write_text(self.marker_path(record["id"]), json.dumps(marker, sort_keys=True))
 

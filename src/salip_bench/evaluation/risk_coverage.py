@@ -99,7 +99,8 @@ def risk_coverage(quality: Sequence[float], dice: Sequence[float], failure_dice:
             "normalised_aurc": (random - observed) / spread if spread > 1e-12 else None,
             "spearman_rho": _finite(rho), "spearman_p": _finite(p),
             "failure_auroc": failure_auroc(quality, dice, failure_dice),
-            "coverage": [round(float(c), 6) for c in coverage], "selective_risk": [round(float(r), 6) for r in selective]}
+            "coverage": [round(float(c), 6) for c in coverage],
+            "selective_risk": [round(float(r), 6) for r in selective]}
 
 
 def abstention_summary(rows: Sequence[Mapping]) -> dict:

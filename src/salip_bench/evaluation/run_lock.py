@@ -113,7 +113,7 @@ class RunLock:
                     raise RunLockedError(
                         f"output_dir {self.path.parent} is in use by another salip-bench run (pid "
                         f"{holder.get('pid')} on {holder.get('host')} since {holder.get('since')}); wait for it to "
-                        f"finish or choose another output_dir (if no such run exists, delete {self.path})")
+                        f"finish or choose another output_dir (if no such run exists, delete {self.path})") from None
                 log.warning("taking over the stale lock %s of pid %s (no longer running)", self.path, holder.get("pid"))
                 self.path.unlink(missing_ok=True)
                 continue

@@ -140,7 +140,8 @@ def write_tables(info: RunInfo, out_dir: Path, store: RecordStore, ids: list[str
             log.warning("%s: summary.json was missing or unreadable, and no sample was run now: %s no longer "
                         "known (run with resume=false to evaluate again)", out_dir, ", ".join(lost))
         elif previous is not None:  # an earlier rebuild lost them: still not known unless this invocation knows
-            lost = [k for k in (previous.extra.get("not_known") or {}).get("keys", []) if getattr(invocation, k, 0) is None]
+            lost = [k for k in (previous.extra.get("not_known") or {}).get("keys", [])
+                    if getattr(invocation, k, 0) is None]
         invocation = invocation.carry_over(previous or Summary())
     volumes = None
     if info.dataset is not None and is_volume_dataset(info.dataset) and info.cfg["save_masks"]:

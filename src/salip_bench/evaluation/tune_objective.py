@@ -87,5 +87,6 @@ def choose_abstention(results_csv: Path) -> dict:
     levels = np.unique(quality)
     candidates = [0.0, *((levels[1:] + levels[:-1]) / 2).round(6).tolist(), 1.0]
     best = max(candidates, key=lambda t: (np.where(quality >= t, kept, empty).mean(), -t))
-    return {"abstain_below": float(best), "dice_mean_with_abstention": float(np.where(quality >= best, kept, empty).mean()),
+    return {"abstain_below": float(best),
+            "dice_mean_with_abstention": float(np.where(quality >= best, kept, empty).mean()),
             "coverage": float((quality >= best).mean()), "n_images": int(len(frame))}

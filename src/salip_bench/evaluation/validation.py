@@ -158,7 +158,8 @@ def check_dataset(dataset: Mapping, needs_prompts: bool = True) -> None:
         raise ConfigError(f"dataset.root is required (it is {root}): expected the dataset's folder")
     root_path = Path(str(root)).expanduser()
     if not root_path.is_dir():
-        raise ConfigError(f"dataset.root={root}: folder {root_path.resolve()} does not exist; expected the dataset's folder")
+        raise ConfigError(f"dataset.root={root}: folder {root_path.resolve()} does not exist; "
+                          "expected the dataset's folder")
     for key in DATASET_DIRS:
         sub = dataset.get(key)
         if isinstance(sub, str) and sub != MISSING and not (root_path / sub).is_dir():

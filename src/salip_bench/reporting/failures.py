@@ -31,7 +31,8 @@ def failure_table(runs: list, labels: list[str], tau: float, delta: float) -> pd
     for run, label in zip(runs, labels):
         results = run.results
         # Every run's results.csv has the stage columns (one column set): only values make it attributable.
-        if results is None or not set(STAGE_DICE) <= set(results.columns) or results[list(STAGE_DICE)].isna().all().all():
+        if (results is None or not set(STAGE_DICE) <= set(results.columns)
+                or results[list(STAGE_DICE)].isna().all().all()):
             continue
         categories = attribute_failures(results, tau, delta)
         scored = results[~categories.isin(["failed", "unscored"])]

@@ -195,7 +195,8 @@ def side_by_side(runs: list, labels: list[str], reference: int, out_dir: Path) -
     return path, None
 
 
-def write_figures(runs: list, labels: list[str], references: dict[str, int], out_dir: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+def write_figures(runs: list, labels: list[str], references: dict[str, int],
+                  out_dir: Path) -> tuple[list[tuple[str, Path]], list[str]]:
     """Every run's grid and each dataset's side-by-side page under ``out_dir``.
 
     Args:

@@ -63,7 +63,8 @@ class Run:
 
     @property
     def settings(self) -> dict[str, str]:
-        """The settings that tell this run apart from others (see :func:`~salip_bench.reporting.labels.run_settings`)."""
+        """The settings that tell this run apart from others
+        (see :func:`~salip_bench.reporting.labels.run_settings`)."""
         return run_settings(self.summary)
 
 

@@ -114,7 +114,7 @@ def add_paired_tests(entries: pd.DataFrame, runs: list, labels: list[str], refer
     columns = {"vs": None, "n_paired": None, "mean_diff": None, "p_wilcoxon": None, "p_holm": None}
     entries = entries.assign(**columns).astype({c: object for c in columns})
     by_label = {(run.dataset, label): run for run, label in zip(runs, labels)}
-    for (roi, dataset, domain), group in entries.groupby(["roi", "dataset", "domain"], sort=False):
+    for (_roi, dataset, domain), group in entries.groupby(["roi", "dataset", "domain"], sort=False):
         if dataset not in references:
             continue
         reference = labels[references[dataset]]

@@ -66,7 +66,8 @@ def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float
     figures, figure_notes = write_figures(runs, labels, references, out / "figures")
     tables = [table_rows(wide, methods), stats_rows(wide, methods)] if len(wide) else []
     quality = write_quality(runs, labels, out)  # qc: quality.md / .csv, risk_coverage.png
-    write_html(out / "report.html", tables, [table_legend(seed), *run_notes(runs, labels, references)], out / "dice.png",
+    write_html(out / "report.html", tables, [table_legend(seed), *run_notes(runs, labels, references)],
+               out / "dice.png",
                figures, figure_notes, failures_md, hc, [(lb, r) for r, lb in zip(runs, labels) if not r.scored],
                quality=quality)
     return table

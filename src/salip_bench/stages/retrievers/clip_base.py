@@ -208,7 +208,8 @@ def register_visual_prompt(name: str, prompt: VisualPrompt,
         accepts: the rules of those parameters (the module's ``ACCEPTS``, which validation reads).
     """
     base = [p for p in inspect.signature(PromptRetriever).parameters.values() if p.kind is not p.VAR_KEYWORD]
-    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in prompt_parameters(prompt).items()]
+    extra = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+             for k, v in prompt_parameters(prompt).items()]
     cls = type(f"{''.join(part.title() for part in name.split('_'))}Retriever", (PromptRetriever,),
                {"prompt": staticmethod(prompt), "__module__": prompt.__module__, "__doc__": prompt.__doc__,
                 "__signature__": inspect.Signature(base + extra),

@@ -165,7 +165,8 @@ class SlicedVolumes(SegmentationDataset):
     def sample_meta(self, index: int) -> dict:
         base, organ = self.split_index(index)
         case, slice_index = self.index[base]
-        meta = {"volume": case if organ is None else f"{case}/{organ}", "image_path": str(self.cases[case][0])}
+        meta = {"volume": case if organ is None else f"{case}/{organ}", "case": case,
+                "image_path": str(self.cases[case][0])}
         if organ is not None:
             meta["organ"] = organ
         return meta if slice_index is None else {**meta, "slice": slice_index}
@@ -193,6 +194,17 @@ class SlicedVolumes(SegmentationDataset):
         if organ is not None:
             meta["organ_parts"], meta["organ_values"] = self.organ_parts(organ), sorted(self.targets[organ])
         return Sample(id=self._ids[index], image=image, mask=mask, meta=meta)
+
+    def volume_frames(self, meta: dict) -> np.ndarray:
+        """Every slice of a sample's case along the run's axis, as :meth:`load` shows them: (N, H, W, 3)
+        uint8 RGB, index = the ``slice`` of ``meta`` (for methods that work on the whole volume).
+
+        Args:
+            meta: a sample's metadata (its ``case``).
+        """
+        entry = self.volume(meta["case"])
+        return np.stack([to_rgb_uint8(display_slice(entry["image"], self.axis, i))
+                         for i in range(entry["image"].shape[self.axis])])
 
     def label_value(self, organ: str | None) -> int:
         """The value an organ's voxels get in the written label map: the smallest of its label values."""

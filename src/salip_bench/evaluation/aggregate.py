@@ -7,8 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from salip_bench.evaluation.schema import (BOUNDARY_METRICS, CONFUSION, METRICS, SAMPLE_COUNTERS, SampleRecord, Stats,
-                                           Summary, VolumeScores, as_record)
+from salip_bench.evaluation.schema import (
+    BOUNDARY_METRICS,
+    CONFUSION,
+    METRICS,
+    SAMPLE_COUNTERS,
+    SampleRecord,
+    Stats,
+    Summary,
+    VolumeScores,
+    as_record,
+)
 from salip_bench.metrics import dice_iou_from_counts
 
 

@@ -51,7 +51,8 @@ class WorkCounters:
         sams = {id(e): e for k, e in self.engines.items() if k != "clip"}.values()
         counts = {name: sum(e.counters().get(ENGINE_COUNTER[name], 0) for e in sams)
                   for name in SAMPLE_COUNTERS if name != CLIP_IMAGES_ENCODED}
-        return {**counts, CLIP_IMAGES_ENCODED: clip.counters().get(ENGINE_COUNTER[CLIP_IMAGES_ENCODED], 0) if clip else 0}
+        clip_images = clip.counters().get(ENGINE_COUNTER[CLIP_IMAGES_ENCODED], 0) if clip else 0
+        return {**counts, CLIP_IMAGES_ENCODED: clip_images}
 
 
 class ScoreMemo:

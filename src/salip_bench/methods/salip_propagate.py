@@ -60,7 +60,7 @@ class SalipPropagateMethod:
         generator, filter, retriever, refiner, top_k: SaLIP's stages, as ``method=salip`` gets them.
         propagator_sam: the engine with the propagation role (``model@propagator_model=``; default the
             ``model``'s own, so key slices share their encoder pass).
-        volume_frames: the dataset's ``volume_frames`` (every slice of a sample's volume).
+        volume_frames: the dataset's ``volume_frames`` (a sample's volume: first slice index, frames).
         every: run SaLIP on every ``every``-th slice.
         count: or on ``count`` slices spread over the volume (wins over ``every``).
         keys: how many of the best sampled slices seed SAM 2.
@@ -74,7 +74,8 @@ class SalipPropagateMethod:
                     "object_score": "float"}
 
     def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
-                 top_k: dict[str, int], propagator_sam: object, volume_frames: Callable[[dict], np.ndarray] | None,
+                 top_k: dict[str, int], propagator_sam: object,
+                 volume_frames: Callable[[dict], tuple[int, np.ndarray]] | None,
                  every: int | None = 5, count: int | None = None, keys: int = 1, min_score: float | None = None,
                  offload_state_to_cpu: bool = False, max_state_gb: float | None = 8.0) -> None:
         require_role(propagator_sam, Propagator, "method salip_propagate", "model@propagator_model=sam2_hiera_t")
@@ -98,7 +99,7 @@ class SalipPropagateMethod:
         if organ not in self._volumes:
             self._volumes[organ] = self.volume(sample.meta, organ)
         volume = self._volumes[organ]
-        index = sample.meta["slice"]
+        index = sample.meta["slice"] - volume["first"]
         mask = volume["masks"][index]
         if mask.shape != sample.image.shape[:2]:  # dataset.max_side downscaled the slice
             mask = np.asarray(Image.fromarray(mask).resize(sample.image.shape[1::-1], Image.NEAREST))
@@ -109,13 +110,12 @@ class SalipPropagateMethod:
 
     def volume(self, meta: dict, organ: str | None) -> dict:
         """The whole volume's answer for ``organ``: masks, per-slice roles, keys and object scores."""
-        frames = self.volume_frames(meta)
+        first, frames = self.volume_frames(meta)
         n = len(frames)
         sampled = sampled_slices(n, self.every, self.count)
-        answers = {}
-        for index in sampled:
-            answers[index] = self.salip(Sample(id=f"{meta['case']}_slice{index:03d}", image=frames[index], mask=None,
-                                               meta={} if organ is None else {"organ": organ}))
+        organ_meta = {} if organ is None else {"organ": organ}
+        answers = {index: self.salip(Sample(id=f"{meta['case']}_slice{first + index:03d}", image=frames[index],
+                                            mask=None, meta=organ_meta)) for index in sampled}
         ranked = sorted(((key_score(p), i) for i, p in answers.items() if p.mask.any()), key=lambda t: -t[0][0])
         if self.min_score is not None:
             ranked = [r for r in ranked if r[0][0] >= self.min_score]
@@ -124,7 +124,7 @@ class SalipPropagateMethod:
         object_scores: list[float | None] = [None] * n
         if not chosen:  # nothing to propagate: an empty volume, recorded as such on every slice
             return {"masks": np.zeros(frames.shape[:3], bool), "roles": [NOT_FOUND] * n, "keys": [], "scores": [],
-                    "source": None, "object_scores": object_scores}
+                    "source": None, "object_scores": object_scores, "first": first}
         keys = {i: answers[i].mask for _, i in chosen}
         result = self.propagator.propagate(frames, keys, offload_state_to_cpu=self.offload_state_to_cpu,
                                            max_state_gb=self.max_state_gb)
@@ -132,5 +132,6 @@ class SalipPropagateMethod:
         for i, mask in keys.items():  # a key slice answers with SaLIP's own mask
             masks[i], roles[i] = mask, "key"
         object_scores = [round(float(s), 4) for s in result.object_scores]
-        return {"masks": masks, "roles": roles, "keys": sorted(keys), "object_scores": object_scores,
+        return {"masks": masks, "roles": roles, "keys": [first + k for k in sorted(keys)], "first": first,
+                "object_scores": object_scores,
                 "scores": [round(score, 5) for (score, _), _ in chosen], "source": chosen[0][0][1]}

@@ -170,3 +170,18 @@ def test_a_dataset_without_volumes_is_refused_in_one_line(engine):
 
     with pytest.raises(PluginError, match="needs a volume dataset"):
         SalipPropagateMethod(None, None, None, None, {}, engine, None)
+
+
+def test_propagate_recipe_runs_both_methods_on_the_same_volumes():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=propagate"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == {"method": "salip,salip_propagate"}
+    data = ["dataset=nnunet", f"dataset.root={CT_ABDOMEN}", "dataset.organs=[liver]"]
+    jobs = [compose_config(["experiment=propagate", *data, f"method={m}"]) for m in ("salip", "salip_propagate")]
+    assert [j["method"]["name"] for j in jobs] == ["salip", "salip_propagate"]
+    assert jobs[0]["dataset"] == jobs[1]["dataset"] and jobs[0]["model"] == jobs[1]["model"]
+    assert jobs[0]["model"]["engine"] == "sam2" and jobs[1].get("propagator_model") is None

@@ -12,7 +12,8 @@ import torch
 from conftest import MRI, SHARED, SMOKE, compose_config, yaml_config
 from salip_bench.engines.builder import build_engine
 from salip_bench.engines.roles import MissingRoleError, Propagator
-from salip_bench.methods.salip_propagate import NOT_FOUND, SalipPropagateMethod, sampled_slices
+from salip_bench.methods.salip_propagate import NOT_FOUND, SalipPropagateMethod, key_score, sampled_slices
+from salip_bench.types import Prediction
 
 CT_ABDOMEN = SHARED / "ct_abdomen"
 needs_data = pytest.mark.skipif(not CT_ABDOMEN.is_dir() or not MRI.is_dir(), reason="shared dev data not present")
@@ -102,6 +103,13 @@ def test_bad_propagation_inputs_fail_in_one_line_before_any_work(engine, volume,
     with pytest.raises(MissingRoleError, match=r"chosen by model=\).*model@propagator_model=sam2_hiera_t") as err:
         SalipPropagateMethod(None, None, None, None, {}, tiny_sam, lambda meta: (0, frames))
     assert "\n" not in str(err.value)
+
+
+def test_key_slices_are_ranked_by_quality_when_the_prediction_has_one():
+    mask = np.ones((2, 2), bool)
+    assert key_score(Prediction(mask, info={"quality": 0.7, "retrieved_scores": [0.9]})) == (0.7, "quality")
+    assert key_score(Prediction(mask, info={"quality": None, "retrieved_scores": [0.2, 0.9]})) == (0.9, "retrieval")
+    assert key_score(Prediction(mask, info={"retrieved_scores": []}))[0] == float("-inf")
 
 
 def test_sampled_slices_every_and_count():

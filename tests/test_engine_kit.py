@@ -183,7 +183,7 @@ def test_medsam_embeddings_come_back_from_the_disk_cache_bit_for_bit(hc18_sample
     expected = first.segment_boxes(hc18_sample.image, boxes, False)
     later = build_engine(cfg, "random", cache=FeatureCache(tmp_path))
     assert (later.segment_boxes(hc18_sample.image, boxes, False) == expected).all()
-    assert first.counters() == {"encoder_passes": 1} and later.counters() == {"encoder_passes": 0}
+    assert first.counters()["encoder_passes"] == 1 and later.counters()["encoder_passes"] == 0
     other = build_engine({**cfg, "random_seed": 1}, "random", cache=FeatureCache(tmp_path))
     other.segment_boxes(hc18_sample.image, boxes, False)
-    assert other.counters() == {"encoder_passes": 1}
+    assert other.counters()["encoder_passes"] == 1

@@ -36,6 +36,10 @@ METHOD_OVERRIDES = {"unet": ["method.checkpoint=${oc.env:SALIP_TEST_UNET_CKPT}"]
                     "precomputed": [f"method.dir={CXR / 'masks'}", "method.pattern='{stem}_mask.png'"]}
 # Methods that bring their own engine (built from model=...) instead of the SAM v1 fixture.
 OWN_ENGINE_METHODS = {"sam3_text"}
+# Methods that answer a slice from its whole volume: their dataset (a few slices of mri_brain).
+VOLUME_METHODS = {"salip_propagate": ["dataset=volumes", f"dataset.root={MRI}", "dataset.image_pattern='*_T1w.nii.gz'",
+                                      "dataset.mask_pattern='{id}_brainmask.nii.gz'", "dataset.prompts=brain",
+                                      "dataset.slice_range=[44,48]", "method.count=1"]}
 
 
 def candidates_from(sample: Sample) -> Candidates:
@@ -91,18 +95,23 @@ def test_plugin_builds_from_its_yaml_and_runs(kind, name, tiny_sam, tiny_clip, c
     elif kind == "method":
         if name == "unet":
             monkeypatch.setenv("SALIP_TEST_UNET_CKPT", str(request.getfixturevalue("unet_checkpoint")))
-        full = compose_config(SMOKE + [f"method={name}", "dataset=folder", f"dataset.root={CXR}",
-                                       "dataset.prompts=lungs", "dataset.top_k=2", *METHOD_OVERRIDES.get(name, [])])
+        if name in VOLUME_METHODS:  # a whole-volume method: a few slices of mri_brain, SAM 2.1 propagates
+            full = compose_config(SMOKE + [f"method={name}", "model=sam2_tiny", *VOLUME_METHODS[name]])
+        else:
+            full = compose_config(SMOKE + [f"method={name}", "dataset=folder", f"dataset.root={CXR}",
+                                           "dataset.prompts=lungs", "dataset.top_k=2", *METHOD_OVERRIDES.get(name, [])])
         dataset = REGISTRIES["dataset"].build(full["dataset"])
-        sam = None if name in OWN_ENGINE_METHODS else tiny_sam
-        prediction = registry.build(full["method"], **build_context(full, dataset, sam, tiny_clip))(cxr_sample)
-        assert isinstance(prediction, Prediction) and prediction.mask.shape == image.shape[:2]
+        sam = None if name in OWN_ENGINE_METHODS or name in VOLUME_METHODS else tiny_sam
+        sample = dataset[0] if name in VOLUME_METHODS else cxr_sample
+        prediction = registry.build(full["method"], **build_context(full, dataset, sam, tiny_clip))(sample)
+        assert isinstance(prediction, Prediction) and prediction.mask.shape == sample.image.shape[:2]
     else:
         pytest.fail(f"no runner for plugin kind {kind}")
 
 
 # What build_context injects by parameter name: never a config key, so no yaml states it.
-INJECTED = {"sam", "clip", "class_prompts", "top_k", "generator", "filter", "retriever", "refiner", "read_prediction"}
+INJECTED = {"sam", "clip", "class_prompts", "top_k", "generator", "filter", "retriever", "refiner", "read_prediction",
+            "propagator_sam", "volume_frames"}
 YAMLS = [(kind, path.stem) for kind in GROUPS for path in sorted((CONF / GROUPS[kind]).glob("*.yaml"))]
 
 

@@ -102,7 +102,8 @@ def test_finalize_derives_everything_but_the_last_evaluating_runs_engines(tmp_pa
     info = RunInfo(cfg, "f")
     summary = write_tables(info, tmp_path, store, ["a", "b"], Invocation())  # resumed: nothing ran, no engines
     assert summary.stats.n_ok == 2 and summary.stats.value("dice") == 0.8 and summary.method == "salip"
-    assert summary.work == {"sam_encoder_passes": 2, "clip_images_encoded": 6, "clip_texts_encoded": 6}
+    assert summary.work == {"sam_encoder_passes": 2, "clip_images_encoded": 6, "clip_texts_encoded": 6,
+                            "everything_passes": 0, "propagation_frames": 0}
     assert summary.weights_identity == previous["weights_identity"] and summary.engines == previous["engines"]
     assert summary.stage_engines == previous["stage_engines"]
     assert set(FROM_LAST_EVALUATING_RUN) == {"weights_identity", "engines", "stage_engines", "work.clip_texts_encoded"}

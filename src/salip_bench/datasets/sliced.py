@@ -46,7 +46,7 @@ class SlicedVolumes(SegmentationDataset):
             raise ValueError(f"{who}: skip_empty reads labels, and these cases have none")
         self.set_targets(organs, table, who, table_source)
         self.names = names_by_value(table) if table else None
-        self.axis, self.skip_empty = axis, skip_empty
+        self.axis, self.skip_empty, self.slice_range = axis, skip_empty, slice_range
         self.modality = modality
         resolve_window(window, modality)  # a bad window fails here, in one line
         self.window_setting = window
@@ -167,7 +167,8 @@ class SlicedVolumes(SegmentationDataset):
     def sample_meta(self, index: int) -> dict:
         base, organ = self.split_index(index)
         case, slice_index = self.index[base]
-        meta = {"volume": case if organ is None else f"{case}/{organ}", "image_path": str(self.cases[case][0])}
+        meta = {"volume": case if organ is None else f"{case}/{organ}", "case": case,
+                "image_path": str(self.cases[case][0])}
         if organ is not None:
             meta["organ"] = organ
         return meta if slice_index is None else {**meta, "slice": slice_index}
@@ -195,6 +196,18 @@ class SlicedVolumes(SegmentationDataset):
         if organ is not None:
             meta["organ_parts"], meta["organ_values"] = self.organ_parts(organ), sorted(self.targets[organ])
         return Sample(id=self._ids[index], image=image, mask=mask, meta=meta)
+
+    def volume_frames(self, meta: dict) -> tuple[int, np.ndarray]:
+        """The slices of a sample's case within ``slice_range`` (all of them by default; never chosen by
+        the labels, whatever ``skip_empty`` says) as :meth:`load` shows them, for methods that work on
+        the whole volume: the first one's index and (N, H, W, 3) uint8 RGB frames.
+
+        Args:
+            meta: a sample's metadata (its ``case``).
+        """
+        entry = self.volume(meta["case"])
+        bounds = slice_bounds(self.slice_range, entry["image"].shape[self.axis])
+        return bounds.start, np.stack([to_rgb_uint8(display_slice(entry["image"], self.axis, i)) for i in bounds])
 
     def label_value(self, organ: str | None) -> int:
         """The value an organ's voxels get in the written label map: the smallest of its label values."""

@@ -138,6 +138,20 @@ class UnpromptedSegmenter(Protocol):
         ``multimask_output`` the best-scored of the decoder's masks. Returns an (H, W) bool mask and two floats."""
 
 
+@role("volume propagation (propagate: SAM 2's video predictor)")
+class Propagator(Engine, Protocol):
+    """Mask propagation through a volume's slices as video frames, from key-slice masks."""
+
+    def propagate(self, frames: np.ndarray, keys: Mapping[int, np.ndarray], offload_state_to_cpu: bool = False,
+                  max_state_gb: float | None = 8.0) -> Any:
+        """Per-slice masks and object scores (a :class:`~salip_bench.engines.sam2_propagate.Propagation`).
+
+        Args:
+            frames: (N, H, W, 3) uint8 RGB slices.
+            keys: {slice index: (H, W) bool mask} to start from.
+            offload_state_to_cpu: keep the per-frame memory on the CPU.
+            max_state_gb: refuse, before any work, a volume whose frame memory would exceed this.
+        """
 
 
 class MissingRoleError(PluginError):

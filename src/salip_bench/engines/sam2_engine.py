@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -20,6 +20,7 @@ from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
 from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam2_model import build_sam2_model, load_sam2_checkpoint
+from salip_bench.engines.sam2_propagate import Propagation, propagate
 from salip_bench.engines.weights import WeightsSource, pretrained_or_random, resolve_weights, weights_identity
 from salip_bench.registry import ENGINES
 from salip_bench.storage.content_keys import image_key
@@ -102,7 +103,8 @@ def memo_predictor_class() -> type:
 
 
 class Sam2Engine(BaseEngine):
-    """SAM 2.1 with the box-prompted and the everything role, and a count of encoder passes.
+    """SAM 2.1 with the box-prompted, the everything and the propagation role, and counts of encoder
+    passes, everything passes and propagation frames.
 
     Args:
         model: a ``SAM2Base``.
@@ -111,6 +113,8 @@ class Sam2Engine(BaseEngine):
             every disk key.
         memo_size: images whose features are kept in memory.
     """
+
+    COUNTERS = ("encoder_passes", "everything_passes", "propagation_frames")
 
     def __init__(self, model: nn.Module, identity: dict, config: dict | None = None, memo_size: int = 8) -> None:
         super().__init__(identity, config)
@@ -137,6 +141,26 @@ class Sam2Engine(BaseEngine):
     def reset(self) -> None:
         super().reset()
         self.predictor.reset_predictor()
+
+    def image_features(self, image: np.ndarray) -> tuple:
+        """(original size, features) of ``image`` (H, W, 3 uint8) through the memo: encoded at most once."""
+        self.predictor.set_image(image)
+        return self.predictor._orig_hw, self.predictor._features
+
+    def propagate(self, frames: np.ndarray, keys: Mapping[int, np.ndarray], offload_state_to_cpu: bool = False,
+                  max_state_gb: float | None = 8.0) -> Propagation:
+        """The :class:`~salip_bench.engines.roles.Propagator` role: SAM 2's video predictor on this
+        engine's model, seeded with ``keys`` and run forward then backward through ``frames``.
+
+        Args:
+            frames: (N, H, W, 3) uint8 RGB slices of one volume.
+            keys: {slice index: (H, W) bool mask}.
+            offload_state_to_cpu: keep SAM 2's per-frame memory on the CPU.
+            max_state_gb: a volume whose per-frame memory would exceed this is refused before any work.
+        """
+        result = propagate(self.model, self.image_features, frames, keys, offload_state_to_cpu, max_state_gb)
+        self.propagation_frames += result.frames_run
+        return result
 
     @torch.no_grad()
     def segment_boxes(self, image: np.ndarray, boxes: np.ndarray, multimask_output: bool,
@@ -175,6 +199,7 @@ class Sam2Engine(BaseEngine):
                                                      max_hole_area=transforms.max_hole_area,
                                                      max_sprinkle_area=transforms.max_sprinkle_area)
         records = generator.generate(image)
+        self.everything_passes += 1
         if not records:
             return Candidates.empty(*image.shape[:2])
         masks = np.stack([r["segmentation"] for r in records]).astype(bool)

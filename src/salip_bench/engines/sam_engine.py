@@ -53,6 +53,8 @@ class SamV1Engine(BaseEngine):
         memo_size: image embeddings kept in memory.
     """
 
+    COUNTERS = ("encoder_passes", "everything_passes")
+
     def __init__(self, sam: Sam, identity: dict, config: dict | None = None, memo_size: int = 8) -> None:
         super().__init__(identity, config)
         self.sam = sam.eval()
@@ -150,6 +152,7 @@ class SamV1Engine(BaseEngine):
         """
         knobs = EverythingSettings(**settings)
         floor = knobs.pred_iou_thresh if min_pred_iou_thresh is None else min_pred_iou_thresh
+        self.everything_passes += 1
         with hashed_once():
             key = image_key(image)
             return decode_grid(lambda box: self._prepared_crop(image, key, box), image.shape[:2], knobs, floor)

@@ -11,6 +11,7 @@ from salip_bench.evaluation.schema import (
     BOUNDARY_METRICS,
     CONFUSION,
     METRICS,
+    SAMPLE_COUNTERS,
     SampleRecord,
     Stats,
     Summary,
@@ -56,7 +57,8 @@ def aggregate_records(records: Sequence[SampleRecord | dict]) -> Summary:
             counts = {k: sum(r.confusion[k] for r in ok) for k in CONFUSION}
             dice, iou = dice_iou_from_counts(**counts) if ok else (None, None)
             domain = next((r.domain for r in records if r.volume == volume), None)
-            summary.per_volume[volume] = VolumeScores(dice, iou, len(ok), domain)
+            work = {k: sum(r.counters.get(k, 0) for r in records if r.volume == volume) for k in SAMPLE_COUNTERS}
+            summary.per_volume[volume] = VolumeScores(dice, iou, len(ok), domain, work=work)
         summary.stats.volumes = _volume_means(list(summary.per_volume.values()))
     domains = sorted({r.domain for r in records if r.domain is not None})
     if domains:

@@ -10,7 +10,7 @@ from salip_bench.registry import FILTERS, GENERATORS, REFINERS, RETRIEVERS, Lazy
 from salip_bench.storage.feature_cache import FeatureCache
 
 # The context keys holding engines, in the order the run registers them with Lightning.
-ENGINE_KEYS = ("sam", "refiner_sam", "clip")
+ENGINE_KEYS = ("sam", "refiner_sam", "propagator_sam", "clip")
 STAGE_ENGINES = {"generator": "sam", "retriever": "clip", "refiner": "refiner_sam"}  # stage -> context key
 
 
@@ -41,12 +41,20 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,
             engine = build_engine(cfg, "refiner_model")
         return box_memo.around(engine) if box_memo is not None else engine
 
+    def propagator_engine():  # noqa: ANN202 - like the refiner's: the model's own engine unless another is chosen
+        if not cfg.get("propagator_model") or cfg["propagator_model"] == cfg["model"]:
+            return models["sam"]()
+        return build_engine(cfg, "propagator_model")
+
     settings = DatasetSettings.from_config(cfg["dataset"])  # what to retrieve: the config's, or the dataset's organs
     organs = getattr(dataset, "organ_names", None)
     # build_engine reuses: the jobs of a multirun share each engine and CLIP instead of reloading them.
     models = {"sam": Lazy(lambda: sam or build_engine(cfg, "model")),
               "refiner_sam": Lazy(refiner_engine),
+              "propagator_sam": Lazy(propagator_engine),
               "clip": Lazy(lambda: clip or build_engine(cfg, "clip")),
+              # method=salip_propagate: every slice of a sample's volume (volume datasets only)
+              "volume_frames": Lazy(lambda: getattr(dataset, "volume_frames", None)),
               "class_prompts": Lazy(lambda: settings.class_prompts(organs)),
               "top_k": Lazy(lambda: settings.top_k_per_class(organs)),
               # method=precomputed: another tool's predictions, read by the dataset layer's rules
@@ -66,7 +74,7 @@ def build_engine(cfg: dict, key: str):
 
     Args:
         cfg: the resolved run config.
-        key: ``model``, ``refiner_model`` or ``clip``.
+        key: ``model``, ``refiner_model``, ``propagator_model`` or ``clip``.
     """
     return builder.build_engine(cfg[key], cfg["weights"], key, FeatureCache.from_config(cfg.get("cache")), reuse=True)
 
@@ -102,7 +110,7 @@ def engine_report(cfg: dict, engines: dict, stages: dict[str, str]) -> tuple[dic
         stages: which context key each stage used (:func:`stage_engines`).
     """
     entries = {"sam": cfg.get("model"), "refiner_sam": cfg.get("refiner_model") or cfg.get("model"),
-               "clip": cfg.get("clip")}
+               "propagator_sam": cfg.get("propagator_model") or cfg.get("model"), "clip": cfg.get("clip")}
     names: dict[int, str] = {}
     report: dict[str, dict] = {}
     for key, engine in engines.items():

@@ -23,7 +23,7 @@ from salip_bench.evaluation.schema import (
     METRICS,
     OK,
     RECORDED_META,
-    SAM_ENCODER_PASSES,
+    SAMPLE_COUNTERS,
     SampleRecord,
 )
 from salip_bench.metrics import NSD_TOLERANCE_MM, boundary_metrics, counts_dict, dice_iou_from_counts, mask_tensor
@@ -39,7 +39,8 @@ Evaluated = tuple[SampleRecord, "np.ndarray | None", "Prediction | None", Sample
 
 
 class WorkCounters:
-    """Reads the work counters of the engines that were built (SAM encoder passes, CLIP images)."""
+    """Reads the work counters of the engines that were built (SAM encoder, everything and propagation
+    passes, CLIP images)."""
 
     def __init__(self, engines: dict[str, nn.Module]) -> None:
         self.engines = engines
@@ -48,8 +49,10 @@ class WorkCounters:
         clip = self.engines.get("clip")
         # Every SAM-family engine once (the refiner's may be the generator's very object).
         sams = {id(e): e for k, e in self.engines.items() if k != "clip"}.values()
-        return {SAM_ENCODER_PASSES: sum(e.counters().get(ENGINE_COUNTER[SAM_ENCODER_PASSES], 0) for e in sams),
-                CLIP_IMAGES_ENCODED: clip.counters().get(ENGINE_COUNTER[CLIP_IMAGES_ENCODED], 0) if clip else 0}
+        counts = {name: sum(e.counters().get(ENGINE_COUNTER[name], 0) for e in sams)
+                  for name in SAMPLE_COUNTERS if name != CLIP_IMAGES_ENCODED}
+        clip_images = clip.counters().get(ENGINE_COUNTER[CLIP_IMAGES_ENCODED], 0) if clip else 0
+        return {**counts, CLIP_IMAGES_ENCODED: clip_images}
 
 
 class ScoreMemo:

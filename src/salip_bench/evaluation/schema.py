@@ -33,10 +33,13 @@ STAGE_DICE = ("oracle_dice", "retrieved_dice")
 SAM_ENCODER_PASSES = "sam_encoder_passes"
 CLIP_IMAGES_ENCODED = "clip_images_encoded"
 CLIP_TEXTS_ENCODED = "clip_texts_encoded"
-SAMPLE_COUNTERS = (SAM_ENCODER_PASSES, CLIP_IMAGES_ENCODED)
+EVERYTHING_PASSES = "everything_passes"  # SAM "segment everything" decodings (a cached proposal is none)
+PROPAGATION_FRAMES = "propagation_frames"  # slices SAM 2 propagated a mask to (method=salip_propagate)
+SAMPLE_COUNTERS = (SAM_ENCODER_PASSES, CLIP_IMAGES_ENCODED, EVERYTHING_PASSES, PROPAGATION_FRAMES)
 # Which engine counter (``engine.counters()`` key, see engines/roles.py) each run counter reads.
 ENGINE_COUNTER = {SAM_ENCODER_PASSES: "encoder_passes", CLIP_IMAGES_ENCODED: "images_encoded",
-                  CLIP_TEXTS_ENCODED: "texts_encoded"}
+                  CLIP_TEXTS_ENCODED: "texts_encoded", EVERYTHING_PASSES: "everything_passes",
+                  PROPAGATION_FRAMES: "propagation_frames"}
 
 # Sample metadata copied into its record: grouping keys for per-volume / per-domain summaries, the
 # pixel spacing of the boundary metrics, and the dataset's warning about the input.
@@ -215,6 +218,8 @@ class VolumeScores:
         n_slices: ok slices with confusion counts; domain: its domain (cc359's scanner) or None.
         written: the NIfTI writer's ``path``, ``n_slices_written``, ``nsd_3d``, ``hd95_3d`` (mm),
             present only when the run saved masks.
+        work: :data:`SAMPLE_COUNTERS` summed over its samples (everything passes, CLIP images,
+            propagation frames of the volume).
     """
 
     dice_3d: float | None = None
@@ -222,6 +227,7 @@ class VolumeScores:
     n_slices: int = 0
     domain: str | None = None
     written: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, int] = field(default_factory=dict)
 
     def value(self, metric: str) -> float | None:
         return getattr(self, metric) if metric in ("dice_3d", "iou_3d") else self.written.get(metric)
@@ -232,13 +238,13 @@ class VolumeScores:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.written, "dice_3d": self.dice_3d, "iou_3d": self.iou_3d, "n_slices": self.n_slices,
-                "domain": self.domain}
+                "domain": self.domain, "work": self.work}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VolumeScores:
-        known = ("dice_3d", "iou_3d", "n_slices", "domain")
+        known = ("dice_3d", "iou_3d", "n_slices", "domain", "work")
         return cls(data.get("dice_3d"), data.get("iou_3d"), int(data.get("n_slices") or 0), data.get("domain"),
-                   {k: v for k, v in data.items() if k not in known})
+                   {k: v for k, v in data.items() if k not in known}, dict(data.get("work") or {}))
 
 
 # Summary keys that describe the last invocation that evaluated samples (the engines it built, their

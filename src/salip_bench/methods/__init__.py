@@ -1,2 +1,12 @@
 """Methods evaluated by the harness: SaLIP and the baselines. One file per registered method."""
-from salip_bench.methods import gt_sam, oracle, precomputed, salip, sam3_text, sam_clip, unet, unprompted_sam  # noqa: F401
+from salip_bench.methods import (  # noqa: F401
+                                 gt_sam,
+                                 oracle,
+                                 precomputed,
+                                 salip,
+                                 salip_propagate,
+                                 sam3_text,
+                                 sam_clip,
+                                 unet,
+                                 unprompted_sam,
+)

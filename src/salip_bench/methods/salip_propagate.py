@@ -1,0 +1,137 @@
+"""Method ``salip_propagate``: SaLIP on a few slices of a volume, SAM 2 carries the best through the rest.
+
+Per volume and organ: SaLIP (the ``salip`` method's stages) runs on sparse slices (every ``every``-th,
+or ``count`` spread over the volume); the key slice(s) are those whose prediction is best by its
+label-free ``quality`` (``Prediction.info["quality"]``, when the method gives one) else by the top
+retrieval score; SAM 2's video predictor is seeded with their masks and propagates forward and
+backward. Where SAM 2's object score says the organ is gone, the slice is empty.
+
+The harness asks slice by slice: the whole volume is computed when its first slice is asked for and
+every slice of it is answered from that (one volume held at a time, all its organs).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from salip_bench.engines.roles import Propagator, require_role
+from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve
+from salip_bench.methods.salip import SalipMethod
+from salip_bench.registry import METHODS, PluginError
+from salip_bench.types import Prediction, Sample
+
+NOT_FOUND = "organ found on no sampled slice"
+
+
+def sampled_slices(n_slices: int, every: int | None, count: int | None) -> list[int]:
+    """The slices SaLIP runs on: every ``every``-th (centred in the volume), or ``count`` spread evenly
+    (``count`` wins when both are set); never more than the volume has, never none.
+
+    Args:
+        n_slices: slices in the volume.
+        every: a stride >= 1, or None.
+        count: a number of slices >= 1, or None.
+    """
+    if count is not None:
+        count = min(int(count), n_slices)
+        return sorted({int(round(i)) for i in np.linspace(0, n_slices - 1, count + 2)[1:-1]}) if count < n_slices \
+            else list(range(n_slices))
+    stride = max(1, int(every or 1))
+    start = (n_slices - 1) % stride // 2  # centred: a volume's ends are where an organ is least likely
+    return list(range(start, n_slices, stride))
+
+
+def key_score(prediction: Prediction) -> tuple[float, str]:
+    """How much a slice's SaLIP answer is trusted, and by what: its ``quality`` when the method gives one,
+    else its best retrieval score."""
+    if prediction.info.get("quality") is not None:
+        return float(prediction.info["quality"]), "quality"
+    scores = prediction.info.get("retrieved_scores") or []
+    return (float(max(scores)) if scores else float("-inf")), "retrieval"
+
+
+@METHODS.register("salip_propagate")
+class SalipPropagateMethod:
+    """SaLIP on key slices, SAM 2 propagation through the volume.
+
+    Args:
+        generator, filter, retriever, refiner, top_k: SaLIP's stages, as ``method=salip`` gets them.
+        propagator_sam: the engine with the propagation role (``model@propagator_model=``; default the
+            ``model``'s own, so key slices share their encoder pass).
+        volume_frames: the dataset's ``volume_frames`` (a sample's volume: first slice index, frames).
+        every: run SaLIP on every ``every``-th slice.
+        count: or on ``count`` slices spread over the volume (wins over ``every``).
+        keys: how many of the best sampled slices seed SAM 2.
+        min_score: sampled slices scoring below this are never keys (null: any non-empty one).
+        offload_state_to_cpu: keep SAM 2's per-frame memory in CPU memory.
+        max_state_gb: a volume whose frame memory would exceed this fails before any work.
+    """
+
+    needs_prompts = True
+    info_columns = {"slice_role": "json", "key_slices": "json", "key_scores": "json", "key_source": "json",
+                    "object_score": "float"}
+
+    def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
+                 top_k: dict[str, int], propagator_sam: object,
+                 volume_frames: Callable[[dict], tuple[int, np.ndarray]] | None,
+                 every: int | None = 5, count: int | None = None, keys: int = 1, min_score: float | None = None,
+                 offload_state_to_cpu: bool = False, max_state_gb: float | None = 8.0) -> None:
+        require_role(propagator_sam, Propagator, "method salip_propagate", "model@propagator_model=sam2_hiera_t")
+        if volume_frames is None:
+            raise PluginError("method salip_propagate needs a volume dataset (dataset=nnunet or dataset=volumes)")
+        if (every is None or int(every) < 1) and (count is None or int(count) < 1):
+            raise PluginError(f"method salip_propagate: every={every} / count={count}: set every >= 1 or count >= 1")
+        if int(keys) < 1:
+            raise PluginError(f"method salip_propagate: keys={keys} must be >= 1")
+        self.salip = SalipMethod(generator, filter, retriever, refiner, top_k)
+        self.propagator, self.volume_frames = propagator_sam, volume_frames
+        self.every, self.count, self.keys, self.min_score = every, count, int(keys), min_score
+        self.offload_state_to_cpu, self.max_state_gb = offload_state_to_cpu, max_state_gb
+        self._case: str | None = None
+        self._volumes: dict[str | None, dict] = {}  # organ -> its volume's answer, for the current case
+
+    def __call__(self, sample: Sample) -> Prediction:
+        case, organ = sample.meta["case"], sample.meta.get("organ")
+        if case != self._case:
+            self._case, self._volumes = case, {}
+        if organ not in self._volumes:
+            self._volumes[organ] = self.volume(sample.meta, organ)
+        volume = self._volumes[organ]
+        index = sample.meta["slice"] - volume["first"]
+        mask = volume["masks"][index]
+        if mask.shape != sample.image.shape[:2]:  # dataset.max_side downscaled the slice
+            mask = np.asarray(Image.fromarray(mask).resize(sample.image.shape[1::-1], Image.NEAREST))
+        role = volume["roles"][index]
+        info = {"slice_role": role, "key_slices": volume["keys"], "key_scores": volume["scores"],
+                "key_source": volume["source"], "object_score": volume["object_scores"][index]}
+        return Prediction(mask=mask, info=info)
+
+    def volume(self, meta: dict, organ: str | None) -> dict:
+        """The whole volume's answer for ``organ``: masks, per-slice roles, keys and object scores."""
+        first, frames = self.volume_frames(meta)
+        n = len(frames)
+        sampled = sampled_slices(n, self.every, self.count)
+        organ_meta = {} if organ is None else {"organ": organ}
+        answers = {index: self.salip(Sample(id=f"{meta['case']}_slice{first + index:03d}", image=frames[index],
+                                            mask=None, meta=organ_meta)) for index in sampled}
+        ranked = sorted(((key_score(p), i) for i, p in answers.items() if p.mask.any()), key=lambda t: -t[0][0])
+        if self.min_score is not None:
+            ranked = [r for r in ranked if r[0][0] >= self.min_score]
+        chosen = ranked[:self.keys]
+        roles = ["propagated"] * n
+        object_scores: list[float | None] = [None] * n
+        if not chosen:  # nothing to propagate: an empty volume, recorded as such on every slice
+            return {"masks": np.zeros(frames.shape[:3], bool), "roles": [NOT_FOUND] * n, "keys": [], "scores": [],
+                    "source": None, "object_scores": object_scores, "first": first}
+        keys = {i: answers[i].mask for _, i in chosen}
+        result = self.propagator.propagate(frames, keys, offload_state_to_cpu=self.offload_state_to_cpu,
+                                           max_state_gb=self.max_state_gb)
+        masks = result.masks.copy()
+        for i, mask in keys.items():  # a key slice answers with SaLIP's own mask
+            masks[i], roles[i] = mask, "key"
+        object_scores = [round(float(s), 4) for s in result.object_scores]
+        return {"masks": masks, "roles": roles, "keys": [first + k for k in sorted(keys)], "first": first,
+                "object_scores": object_scores,
+                "scores": [round(score, 5) for (score, _), _ in chosen], "source": chosen[0][0][1]}

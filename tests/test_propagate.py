@@ -138,6 +138,7 @@ def test_ct_abdomen_liver_end_to_end(tmp_path):
     keys = json.loads(frame["key_slices"].iloc[0])
     assert frame["slice_role"].tolist() == ["key" if s in keys else "propagated" for s in frame["slice"]]
     assert len(keys) == 1 and keys[0] in (2, 8, 14, 20, 26)
+    assert frame["key_source"].eq("quality").all()  # ranked by SaLIP's label-free quality (qc=salip)
     volume = summary["per_volume"]["tsct_001/liver"]
     assert volume["dice_3d"] is not None and "nsd_3d" in volume and "hd95_3d" in volume
     assert volume["work"]["everything_passes"] == 5 < 30 and volume["work"]["propagation_frames"] == 29

@@ -1,9 +1,9 @@
 """Method ``salip_propagate``: SaLIP on a few slices of a volume, SAM 2 carries the best through the rest.
 
 Per volume and organ: SaLIP (the ``salip`` method's stages) runs on sparse slices (every ``every``-th,
-or ``count`` spread over the volume); the key slice(s) are those whose prediction is best by its
-label-free ``quality`` (``Prediction.info["quality"]``, when the method gives one) else by the top
-retrieval score; SAM 2's video predictor is seeded with their masks and propagates forward and
+or ``count`` spread over the volume); the key slice(s) are those whose prediction is best by SaLIP's
+label-free ``quality`` (the ``salip`` quality estimator, :mod:`salip_bench.qc.salip`; the top retrieval
+score where a prediction has none); SAM 2's video predictor is seeded with their masks and propagates forward and
 backward. Where SAM 2's object score says the organ is gone, the slice is empty.
 
 The harness asks slice by slice: the whole volume is computed when its first slice is asked for and
@@ -19,6 +19,7 @@ from PIL import Image
 from salip_bench.engines.roles import Propagator, require_role
 from salip_bench.methods.pipeline import Filter, Generate, Refine, Retrieve
 from salip_bench.methods.salip import SalipMethod
+from salip_bench.qc.salip import SalipQuality
 from salip_bench.registry import METHODS, PluginError
 from salip_bench.types import Prediction, Sample
 
@@ -86,6 +87,7 @@ class SalipPropagateMethod:
         if int(keys) < 1:
             raise PluginError(f"method salip_propagate: keys={keys} must be >= 1")
         self.salip = SalipMethod(generator, filter, retriever, refiner, top_k)
+        self.quality = SalipQuality()
         self.propagator, self.volume_frames = propagator_sam, volume_frames
         self.every, self.count, self.keys, self.min_score = every, count, int(keys), min_score
         self.offload_state_to_cpu, self.max_state_gb = offload_state_to_cpu, max_state_gb
@@ -114,8 +116,13 @@ class SalipPropagateMethod:
         n = len(frames)
         sampled = sampled_slices(n, self.every, self.count)
         organ_meta = {} if organ is None else {"organ": organ}
-        answers = {index: self.salip(Sample(id=f"{meta['case']}_slice{first + index:03d}", image=frames[index],
-                                            mask=None, meta=organ_meta)) for index in sampled}
+        answers = {}
+        for index in sampled:
+            key_sample = Sample(id=f"{meta['case']}_slice{first + index:03d}", image=frames[index], mask=None,
+                                meta=organ_meta)
+            answers[index] = answer = self.salip(key_sample)
+            # SaLIP's label-free quality (qc=salip) ranks the key candidates; never the ground truth
+            answer.info.setdefault("quality", self.quality(key_sample, answer))
         ranked = sorted(((key_score(p), i) for i, p in answers.items() if p.mask.any()), key=lambda t: -t[0][0])
         if self.min_score is not None:
             ranked = [r for r in ranked if r[0][0] >= self.min_score]

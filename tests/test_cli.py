@@ -36,7 +36,8 @@ def check_outputs(out: Path, n_images: int) -> pd.DataFrame:
     assert summary["n_ok"] == n_images and summary["n_failed"] == 0
     assert 0 <= summary["dice_mean"] <= 1 and 0 <= summary["iou_mean"] <= 1
     assert summary["weights"] == "random" and summary["versions"]["segment-anything"]
-    assert set(summary["work"]) == {"sam_encoder_passes", "clip_images_encoded", "clip_texts_encoded"}
+    assert set(summary["work"]) == {"sam_encoder_passes", "clip_images_encoded", "clip_texts_encoded",
+                                    "everything_passes", "propagation_frames"}
     assert sorted(p.stem for p in (out / "masks").glob("*.png")) == sorted(frame["id"])
     return frame
 

@@ -74,8 +74,10 @@ def test_models_recipe_multirun_across_engine_families_renders_a_table_naming_th
     sam2, medsam = summaries[0]["engines"], summaries[2]["engines"]
     assert sam2["sam2_tiny"]["engine"] == "sam2" and sam2["sam2_tiny"]["identity"] == {
         "model": "sam2_tiny", "engine": "sam2", "weights": "random", "seed": 0}
-    assert sam2["sam2_tiny"]["counters"] == {"encoder_passes": 1}  # generator and refiner: one pass
-    assert medsam["medsam_tiny"]["counters"] == medsam["sam_tiny"]["counters"] == {"encoder_passes": 1}
+    # generator and refiner: one encoder pass; one "everything" pass, nothing propagated
+    assert sam2["sam2_tiny"]["counters"] == {"encoder_passes": 1, "everything_passes": 1, "propagation_frames": 0}
+    assert medsam["medsam_tiny"]["counters"] == {"encoder_passes": 1}  # box prompts only
+    assert medsam["sam_tiny"]["counters"] == {"encoder_passes": 1, "everything_passes": 1}
     assert summaries[2]["work"]["sam_encoder_passes"] == 2 and medsam["medsam_tiny"]["engine"] == "medsam"
     assert all(summary["n_ok"] == 1 and summary["n_failed"] == 0 for summary in summaries)
     report_main([str(out), "--out", str(tmp_path / "report")])

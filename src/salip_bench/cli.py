@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from salip_bench.evaluation.console import log_finished, quiet_console, removing_empty_output
-from salip_bench.evaluation.entry_checks import oserror_line, precheck
+from salip_bench.evaluation.entry_checks import one_line_exits, precheck
 from salip_bench.evaluation.validation import ConfigError, validate
 
 log = logging.getLogger("salip_bench")
@@ -28,30 +28,15 @@ def _main(cfg: DictConfig) -> float | None:
     # Heavy imports (torch, lightning, segment_anything, open_clip) only after the config is checked.
     from salip_bench.engines.weights import CheckpointError, WeightsNotFoundError
     from salip_bench.evaluation.harness import run
-    from salip_bench.evaluation.interrupts import (
-        INTERRUPTED_STATUS,
-        RunInterrupted,
-        interrupted_message,
-        requeue_if_asked,
-    )
     from salip_bench.evaluation.job import Job
     from salip_bench.evaluation.run_lock import RunLockedError
     from salip_bench.evaluation.tuned import TuningError
     from salip_bench.registry import PluginError
 
     out_dir = HydraConfig.get().runtime.output_dir  # Hydra is read here and in Job.from_hydra, never below
-    try:
+    refusals = (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError)
+    with one_line_exits(out_dir, refusals):
         summary = run(cfg, out_dir, Job.from_hydra())
-    except (WeightsNotFoundError, CheckpointError, PluginError, TuningError, ConfigError, RunLockedError) as err:
-        log.error("%s", err)
-        sys.exit(2)
-    except OSError as err:  # writing the output: a full disk, a folder made read-only meanwhile
-        log.error("%s", oserror_line(err))
-        sys.exit(2)
-    except RunInterrupted as err:
-        log.warning("%s", interrupted_message(err, out_dir))
-        requeue_if_asked(err)
-        sys.exit(INTERRUPTED_STATUS)
     log_finished(summary, out_dir)
     return summary.get("dice_mean")  # the value a Hydra sweeper optimises
 

@@ -40,7 +40,7 @@ def semantic_config(cfg: dict) -> dict:
     for group, key in (dotted.split(".", 1) for dotted in NON_SEMANTIC_NESTED):
         if isinstance(semantic.get(group), dict):
             semantic[group] = {k: v for k, v in semantic[group].items() if k != key}
-    # qc: the defaults of issue 22's keys change nothing, so runs from before them still resume.
+    # the defaults of issue 22's keys change nothing, so runs from before them still resume.
     if isinstance(semantic.get("retriever"), dict):
         semantic["retriever"] = {k: v for k, v in semantic["retriever"].items()
                                  if not (k == "dedup_iou" and v is None) and not (k == "exclusive" and v is False)}

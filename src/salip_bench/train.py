@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from salip_bench.datasets.base import SegmentationDataset
 from salip_bench.evaluation.console import quiet_console
-from salip_bench.evaluation.entry_checks import oserror_line, precheck
+from salip_bench.evaluation.entry_checks import one_line_exits, precheck
 from salip_bench.registry import PluginError
 from salip_bench.storage.files import atomic_write_text
 
@@ -242,29 +242,12 @@ def _main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    from salip_bench.evaluation.interrupts import (
-        INTERRUPTED_STATUS,
-        RunInterrupted,
-        interrupted_message,
-        requeue_if_asked,
-        stop_on_signals,
-    )
+    from salip_bench.evaluation.interrupts import stop_on_signals
     from salip_bench.evaluation.run_lock import RunLock, RunLockedError
 
     out_dir = HydraConfig.get().runtime.output_dir
-    try:
-        with RunLock(out_dir), stop_on_signals():
-            summary = train(cfg, out_dir)
-    except (PluginError, ConfigError, RunLockedError) as err:
-        log.error("%s", err)
-        sys.exit(2)
-    except OSError as err:  # reading the dataset, writing the checkpoint: a full disk, permissions
-        log.error("%s", oserror_line(err))
-        sys.exit(2)
-    except RunInterrupted as err:
-        log.warning("%s", interrupted_message(err, out_dir))
-        requeue_if_asked(err)
-        sys.exit(INTERRUPTED_STATUS)
+    with one_line_exits(out_dir, (PluginError, ConfigError, RunLockedError)), RunLock(out_dir), stop_on_signals():
+        summary = train(cfg, out_dir)
     return summary["best_val_dice"]  # the value a Hydra sweeper optimises
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,17 +46,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from salip_bench.engines.weights import WeightsNotFoundError
 from salip_bench.evaluation.console import quiet_console
-from salip_bench.evaluation.entry_checks import oserror_line, precheck
-from salip_bench.evaluation.interrupts import (
-    INTERRUPTED_STATUS,
-    RunInterrupted,
-    interrupted_message,
-    requeue_if_asked,
-    stop_on_signals,
-)
+from salip_bench.evaluation.entry_checks import one_line_exits, precheck
+from salip_bench.evaluation.interrupts import stop_on_signals
 from salip_bench.evaluation.job import Job
 from salip_bench.evaluation.run_lock import RunLock, RunLockedError
-from salip_bench.evaluation.tune_objective import (  # qc
+from salip_bench.evaluation.tune_objective import (
     ABSTAIN_KEY,
     check_objective,
     choose_abstention,
@@ -160,7 +153,7 @@ def tune(cfg: DictConfig | dict, out_dir: Path | str, job: Job | None = None) ->
         raise TuningError("dataset.root is required: the dataset the tuned values are for, which the split "
                           "is checked against")
     split_data = DATASETS.build(split)
-    if not getattr(split_data, "labelled", True) and labels_used(settings):  # qc: quality needs no masks
+    if not getattr(split_data, "labelled", True) and labels_used(settings):  # quality needs no masks
         raise TuningError(f"tune.split ({split.get('root')}) has no masks (tune.split.mask_dir is null): "
                           "tuning chooses by Dice (and tune.abstain chooses tau by Dice), so it needs labelled "
                           "images; tune.objective=quality tunes without masks")
@@ -197,22 +190,22 @@ def search(cfg: dict, split: dict, split_ids: list[str], space: dict[str, Any], 
         summaries = run_trials(configs, trial_dirs, job)  # image by image: each image and grid decoded once
     else:  # a trial changes the models or the data: one ordinary run each
         summaries = [run(c, d, job) for c, d in zip(configs, trial_dirs)]
-    rows = [{"trial": number, **trial_scores(summary), "iou_mean": summary.get("iou_mean"),  # qc: + quality_mean
+    rows = [{"trial": number, **trial_scores(summary), "iou_mean": summary.get("iou_mean"),  # + quality_mean
              "n_ok": summary.get("n_ok"), "n_failed": summary.get("n_failed"), **params}
             for number, (params, summary) in enumerate(zip(trials, summaries))]
     frame = pd.DataFrame(rows)
-    scores = objective_column(objective, frame, cfg["method"]["name"])  # qc: all samples failed: worst
+    scores = objective_column(objective, frame, cfg["method"]["name"])  # all samples failed: worst
     best = int(scores.to_numpy().argmax())  # first maximum: the earliest trial wins a tie
     frame["chosen"] = frame["trial"] == best
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "trials.csv", frame.to_csv(index=False))
     params = dict(trials[best])
-    abstention = choose_abstention(trial_dirs[best] / "results.csv") if settings.get("abstain") else None  # qc
+    abstention = choose_abstention(trial_dirs[best] / "results.csv") if settings.get("abstain") else None
     if abstention is not None:
         params[ABSTAIN_KEY] = abstention["abstain_below"]
     tuned = {"params": params,
              "score": {"dice_mean": rows[best]["dice_mean"], "trial": best, "n_trials": len(trials),
-                       "objective": objective, "quality_mean": rows[best]["quality_mean"],  # qc
+                       "objective": objective, "quality_mean": rows[best]["quality_mean"],
                        "labels_used": labels_used(settings), **({"abstention": abstention} if abstention else {})},
              "seed": settings["seed"],
              "split": {"name": split.get("name"), "root": resolved_root(split.get("root")),
@@ -259,20 +252,11 @@ def check_tune_config(cfg: DictConfig | Mapping) -> None:
 
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="tune")
 def _main(cfg: DictConfig) -> float | None:
-    try:
+    out_dir = HydraConfig.get().runtime.output_dir  # Hydra is read here and in Job.from_hydra, never below
+    with one_line_exits(out_dir, (TuningError, WeightsNotFoundError, PluginError, ConfigError, RunLockedError)):
         check_tune_config(cfg)  # before any model loads
         quiet_console()
-        tuned = tune(cfg, HydraConfig.get().runtime.output_dir, Job.from_hydra())  # Hydra is read here, never below
-    except (TuningError, WeightsNotFoundError, PluginError, ConfigError, RunLockedError) as err:
-        log.error("%s", err)
-        sys.exit(2)
-    except OSError as err:  # writing the output: a full disk, a folder made read-only meanwhile
-        log.error("%s", oserror_line(err))
-        sys.exit(2)
-    except RunInterrupted as err:
-        log.warning("%s", interrupted_message(err, HydraConfig.get().runtime.output_dir))
-        requeue_if_asked(err)
-        sys.exit(INTERRUPTED_STATUS)
+        tuned = tune(cfg, out_dir, Job.from_hydra())
     return tuned["score"]["dice_mean"]
 
 

@@ -70,7 +70,7 @@ class BoxMemo:
             masks = self.store.calls.get(key)
             if masks is None:
                 self.store.misses += 1
-                # qc: the scores are asked for only when wanted, so an engine without them still serves
+                # the scores are asked for only when wanted, so an engine without them still serves
                 masks = (self.engine.segment_boxes(image, boxes, multimask_output, True) if with_scores
                          else self.engine.segment_boxes(image, boxes, multimask_output))
                 (masks.masks if with_scores else masks).setflags(write=False)

@@ -85,7 +85,7 @@ class MedSamEngine(BaseEngine):
         height, width = image.shape[:2]
         embedding = self.embedding(image)
         frame = np.array([width, height, width, height])
-        out, scored = np.zeros((len(boxes), height, width), bool), BoxScores(len(boxes))  # qc: scores
+        out, scored = np.zeros((len(boxes), height, width), bool), BoxScores(len(boxes))
         for i, box in enumerate(np.asarray(boxes, np.float64)):
             box_t = torch.as_tensor(box / frame * self.side, dtype=torch.float, device=self.device)[None, None]
             sparse, dense = self.sam.prompt_encoder(points=None, boxes=box_t, masks=None)
@@ -97,8 +97,8 @@ class MedSamEngine(BaseEngine):
             probability = F.interpolate(torch.sigmoid(logits[:, best:best + 1]), size=(height, width),
                                         mode="bilinear", align_corners=False)
             out[i] = probability[0, 0].cpu().numpy() > 0.5
-            scored.add_probability(i, probability[0, 0].cpu().numpy(), float(iou[0, best]))  # qc
-        return scored.result(out) if with_scores else out  # qc
+            scored.add_probability(i, probability[0, 0].cpu().numpy(), float(iou[0, best]))
+        return scored.result(out) if with_scores else out
 
 
 @ENGINES.register("medsam")

@@ -171,13 +171,13 @@ class Sam2Engine(BaseEngine):
         (``with_scores``: with SAM 2's predicted IoU and stability of each, ``engines/box_scores.py``).
         """
         self.predictor.set_image(image)
-        out, scored = np.zeros((len(boxes), *image.shape[:2]), bool), BoxScores(len(boxes))  # qc: scores
+        out, scored = np.zeros((len(boxes), *image.shape[:2]), bool), BoxScores(len(boxes))
         for i, box in enumerate(boxes):
             masks, scores, _ = self.predictor.predict(box=np.asarray(box, np.float32),
                                                       multimask_output=multimask_output,
-                                                      return_logits=True)  # qc: logits, for the stability score
-            out[i] = scored.add(i, masks, scores, 0.0)  # qc: = upstream's masks > 0
-        return scored.result(out) if with_scores else out  # qc
+                                                      return_logits=True)  # logits, for the stability score
+            out[i] = scored.add(i, masks, scores, 0.0)  # = upstream's masks > 0
+        return scored.result(out) if with_scores else out
 
     @torch.no_grad()
     def everything(self, image: np.ndarray, **settings: object) -> Candidates:

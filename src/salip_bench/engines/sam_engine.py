@@ -122,12 +122,12 @@ class SamV1Engine(BaseEngine):
         """One mask per XYXY box (the best-scored of three when ``multimask_output``); (K, H, W) bool
         (``with_scores``: with SAM's predicted IoU and stability of each, see ``engines/box_scores.py``)."""
         predictor = self.prepared(image)
-        out, scored = np.zeros((len(boxes), *image.shape[:2]), bool), BoxScores(len(boxes))  # qc: scores
+        out, scored = np.zeros((len(boxes), *image.shape[:2]), bool), BoxScores(len(boxes))
         for i, box in enumerate(boxes):
             masks, scores, _ = predictor.predict(box=np.asarray(box, np.float32), multimask_output=multimask_output,
-                                                 return_logits=True)  # qc: logits, for the stability score
-            out[i] = scored.add(i, masks, scores, self.sam.mask_threshold)  # qc: = upstream's masks > threshold
-        return scored.result(out) if with_scores else out  # qc
+                                                 return_logits=True)  # logits, for the stability score
+            out[i] = scored.add(i, masks, scores, self.sam.mask_threshold)  # = upstream's masks > threshold
+        return scored.result(out) if with_scores else out
 
     @torch.no_grad()
     def segment_unprompted(self, image: np.ndarray, multimask_output: bool) -> tuple[np.ndarray, float, float]:

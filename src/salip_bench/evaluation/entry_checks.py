@@ -10,7 +10,11 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from salip_bench.evaluation.interrupts import INTERRUPTED_STATUS, RunInterrupted, interrupted_message, requeue_if_asked
 
 log = logging.getLogger("salip_bench")
 
@@ -108,3 +112,28 @@ def oserror_line(err: OSError) -> str:
     where = f": {err.filename}" if err.filename else ""
     hint = "; free some space and run the same command again to resume" if err.errno == errno.ENOSPC else ""
     return f"{type(err).__name__}: {reason}{where}{hint}"
+
+
+@contextmanager
+def one_line_exits(out_dir: Path | str, refusals: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """How an entry point's job ends when it cannot finish: a refusal (``refusals``: bad settings, missing
+    weights, a busy folder) or an OSError (a full disk, permissions) is one line and exit status 2; a stop
+    signal writes what was finished, says how to resume (requeueing a preempted SLURM job) and exits with
+    :data:`~salip_bench.evaluation.interrupts.INTERRUPTED_STATUS`.
+
+    Args:
+        out_dir: the job's output folder, named in the interrupted message.
+        refusals: the exception types that are the user's to fix, reported by their message alone.
+    """
+    try:
+        yield
+    except refusals as err:  # before OSError: a missing checkpoint may be a FileNotFoundError
+        log.error("%s", err)
+        sys.exit(2)
+    except OSError as err:  # reading the data, writing the output: a full disk, a folder made read-only
+        log.error("%s", oserror_line(err))
+        sys.exit(2)
+    except RunInterrupted as err:
+        log.warning("%s", interrupted_message(err, out_dir))
+        requeue_if_asked(err)
+        sys.exit(INTERRUPTED_STATUS)

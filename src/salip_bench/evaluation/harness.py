@@ -31,7 +31,7 @@ from salip_bench.evaluation.resume import pending_indices, record_crashes
 from salip_bench.evaluation.run_lock import RunLock
 from salip_bench.evaluation.tuned import apply_tuned
 from salip_bench.evaluation.validation import ConfigError, check_method_inputs, validate
-from salip_bench.qc.build import check_qc  # qc
+from salip_bench.qc.build import check_qc
 from salip_bench.registry import DATASETS, METHODS, PluginError
 
 __all__ = ["Job", "build_context", "build_dataset", "build_engine", "check_launchable", "config_fingerprint",
@@ -135,7 +135,7 @@ def checked_config(cfg: DictConfig | dict) -> dict:
     cfg = apply_tuned(cfg)  # tuned=OUT/tuned.yaml: before the fingerprint, so it tells tuned runs apart
     validate(cfg)  # the command line checked it already; tuned values and library callers are checked here
     check_method_inputs(METHODS.get(cfg["method"]["name"]), cfg["dataset"])
-    check_qc(cfg)  # qc: an estimator that fits the method, before any model is loaded
+    check_qc(cfg)  # an estimator that fits the method, before any model is loaded
     return cfg
 
 

@@ -105,7 +105,7 @@ class PredictModule(L.LightningModule):
                  memory: MemoryGuard | None = None, score_memo: ScoreMemo | None = None,
                  quality: Callable[[Sample, Prediction], Prediction] | None = None) -> None:
         super().__init__()
-        self.quality = quality  # qc: the quality gate (salip_bench.qc.gate), or None
+        self.quality = quality  # the quality gate (salip_bench.qc.gate), or None
         self.score_memo = score_memo
         self.nsd_tolerance = nsd_tolerance
         self.max_side = max_side
@@ -154,7 +154,7 @@ class PredictModule(L.LightningModule):
             if prediction.mask.shape != work.image.shape[:2]:
                 raise ValueError(f"prediction shape {prediction.mask.shape} != image {work.image.shape[:2]}")
             prediction = upscale(prediction, sample.image.shape[:2], scale)
-            if self.quality is not None:  # qc: quality columns; below qc.abstain_below, an empty mask
+            if self.quality is not None:  # quality columns; below qc.abstain_below, an empty mask
                 prediction = self.quality(sample, prediction)
         except Exception as err:
             if self.fail_fast:

@@ -22,7 +22,7 @@ from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.overlays import first_overlays
 from salip_bench.evaluation.records import results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
-from salip_bench.qc.build import build_gate  # qc
+from salip_bench.qc.build import build_gate
 from salip_bench.types import Prediction, Sample
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def predict_module(cfg: dict, method: Callable[[Sample], Prediction], engines: d
     columns = extra_metrics(DatasetSettings.from_config(cfg["dataset"]).extra_metrics)
     return PredictModule(method, engines, cfg["fail_fast"], fingerprint, columns, nsd_tolerance(cfg),
                          max_side=cfg["dataset"].get("max_side"), memory=memory, score_memo=score_memo,
-                         quality=build_gate(cfg))  # qc
+                         quality=build_gate(cfg))
 
 
 def sum_after_all_ranks(trainer: L.Trainer, count: int) -> int:

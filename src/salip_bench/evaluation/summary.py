@@ -20,7 +20,7 @@ from salip_bench.evaluation.extra_metrics import extra_metric_columns
 from salip_bench.evaluation.nifti_out import is_volume_dataset, write_volumes
 from salip_bench.evaluation.organs import dataset_facts
 from salip_bench.evaluation.records import RecordStore, results_frame
-from salip_bench.evaluation.risk_coverage import quality_summary  # qc
+from salip_bench.evaluation.risk_coverage import quality_summary
 from salip_bench.evaluation.schema import CLIP_TEXTS_ENCODED, SAMPLE_COUNTERS, SampleRecord, Summary
 from salip_bench.metrics import BOUNDARY_CONVENTIONS, EMPTY_MASK_CONVENTION
 from salip_bench.storage.files import write_if_changed
@@ -113,7 +113,7 @@ def build_summary(info: RunInfo, records: list[SampleRecord], invocation: Invoca
     summary.engines, summary.stage_engines = invocation.engines or {}, invocation.stage_engines or {}
     summary.versions, summary.config = info.versions, cfg
     summary.extra.update(dataset_facts(dataset, records, summary, cfg["dataset"].get("prompts")))
-    quality = quality_summary(records, cfg)  # qc: risk-coverage numbers and abstention
+    quality = quality_summary(records, cfg)  # risk-coverage numbers and abstention
     if quality is not None:
         summary.extra["quality"] = quality
     return summary

@@ -110,7 +110,7 @@ def write_html(path: Path, tables: list[tuple[list[str], list[list[str]]]], note
         body += ["<h2>Head circumference (HC18)</h2>", table_html(*hc_rows(hc), css_class="hc"),
                  '<p class="note">Absolute difference to the reference circumference in mm, mean ± sd.</p>']
     body += ["<h2>Failure attribution</h2>", markdown_html(failures_md.replace("# Failure attribution", "", 1))]
-    if quality is not None:  # qc
+    if quality is not None:
         body += ["<h2>Quality score and abstention</h2>",
                  markdown_html(quality[0].replace("# Quality score and abstention", "", 1))]
         if quality[1] is not None:

@@ -12,7 +12,7 @@ from salip_bench.reporting.figures import plot_dice
 from salip_bench.reporting.html import write_html
 from salip_bench.reporting.labels import method_labels
 from salip_bench.reporting.qualitative import write_figures
-from salip_bench.reporting.quality import write_quality  # qc
+from salip_bench.reporting.quality import write_quality
 from salip_bench.reporting.runs import ReportError, find_runs
 from salip_bench.reporting.tables import (
     ROW_KEYS,
@@ -65,7 +65,7 @@ def write_report(run_dirs: list[Path], out: Path, tau: float = 0.5, delta: float
     plot_dice([r for r in runs if r.scored], [lb for r, lb in zip(runs, labels) if r.scored], out / "dice.png")
     figures, figure_notes = write_figures(runs, labels, references, out / "figures")
     tables = [table_rows(wide, methods), stats_rows(wide, methods)] if len(wide) else []
-    quality = write_quality(runs, labels, out)  # qc: quality.md / .csv, risk_coverage.png
+    quality = write_quality(runs, labels, out)  # quality.md / .csv, risk_coverage.png
     write_html(out / "report.html", tables, [table_legend(seed), *run_notes(runs, labels, references)],
                out / "dice.png",
                figures, figure_notes, failures_md, hc, [(lb, r) for r, lb in zip(runs, labels) if not r.scored],

@@ -125,8 +125,22 @@ def harness_config(args: argparse.Namespace, *overrides: str) -> dict:
     base = ["experiment=smoke", f"model={args.model}", *clip_overrides(args.clip), "logger=none", "dataset=folder",
             f"dataset.root={args.data}", f"dataset.prompts={args.prompts}",
             f"generator.points_per_side={args.points_per_side}", "trainer.enable_progress_bar=false"]
+    return composed_config([*base, *overrides])
+
+
+def composed_config(overrides: list[str]) -> dict:
+    """``conf/config.yaml`` with ``overrides``, resolved: what ``salip-bench OVERRIDES`` would run."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=[*base, *overrides]), resolve=True)
+        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+
+
+def timed_run(cfg: dict, out: Path) -> tuple[float, dict]:
+    """One whole ``harness.run`` of ``cfg`` into ``out``: its wall-clock seconds and summary."""
+    from salip_bench.evaluation.harness import run  # torch and Lightning: only for benchmarks that run
+
+    start = time.perf_counter()
+    summary = run(cfg, out)
+    return time.perf_counter() - start, summary
 
 
 def quiet_harness_logs() -> None:

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 from PIL import Image
 
-from common import CONF, SHARED_DATA, clip_overrides, quiet_harness_logs, table, write_json
-from salip_bench.evaluation.harness import run
+from common import SHARED_DATA, clip_overrides, composed_config, quiet_harness_logs, table, timed_run, write_json
 
 ORGANS = ["liver", "spleen", "kidney_left", "kidney_right", "stomach"]
 
@@ -35,8 +31,7 @@ def config(args: argparse.Namespace, organs: list[str], out: Path) -> dict:
                  f"dataset.root={args.data}", f"dataset.organs=[{','.join(organs)}]",
                  f"dataset.slice_range=[{args.first},{args.first + args.slices}]",
                  f"generator.points_per_side={args.points_per_side}", f"output_dir={out}", "resume.enabled=false"]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    return composed_config(overrides)
 
 
 def masks(out: Path) -> dict[str, np.ndarray]:
@@ -46,12 +41,6 @@ def masks(out: Path) -> dict[str, np.ndarray]:
             found[path.stem] = np.asarray(png) > 0
     return found
 
-
-def timed_run(args: argparse.Namespace, organs: list[str], out: Path) -> tuple[float, dict]:
-    cfg = config(args, organs, out)
-    start = time.perf_counter()
-    summary = run(cfg, out)
-    return time.perf_counter() - start, summary
 
 
 def main() -> None:
@@ -69,15 +58,16 @@ def main() -> None:
     quiet_harness_logs()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        timed_run(argparse.Namespace(**{**vars(args), "slices": 1}), organs[:1], root / "warmup")  # builds the models
+        timed_run(config(argparse.Namespace(**{**vars(args), "slices": 1}), organs[:1], root / "warmup"),
+                  root / "warmup")  # builds the models
         single_seconds, single_masks, rows = 0.0, {}, []
         for organ in organs:
-            seconds, summary = timed_run(args, [organ], root / f"single_{organ}")
+            seconds, summary = timed_run(config(args, [organ], root / f"single_{organ}"), root / f"single_{organ}")
             single_seconds += seconds
             single_masks.update(masks(root / f"single_{organ}"))
             rows.append([f"single: {organ}", f"{seconds:.2f}", summary["work"].get("sam_encoder_passes"),
                          summary["work"].get("clip_images_encoded")])
-        multi_seconds, summary = timed_run(args, organs, root / "multi")
+        multi_seconds, summary = timed_run(config(args, organs, root / "multi"), root / "multi")
         multi_masks = masks(root / "multi")
         rows.append([f"one run, {len(organs)} organs", f"{multi_seconds:.2f}",
                      summary["work"].get("sam_encoder_passes"),

@@ -15,14 +15,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from common import CONF, SHARED_DATA, clip_overrides, quiet_harness_logs, table, write_json
-from salip_bench.evaluation.harness import run
+from common import SHARED_DATA, clip_overrides, composed_config, quiet_harness_logs, table, timed_run, write_json
 
 
 def config(args: argparse.Namespace, method: str, out: Path, slices: int) -> dict:
@@ -33,15 +28,8 @@ def config(args: argparse.Namespace, method: str, out: Path, slices: int) -> dic
                  f"method={method}", f"output_dir={out}", "resume.enabled=false"]
     if method == "salip_propagate":
         overrides.append(f"method.every={args.every}")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    return composed_config(overrides)
 
-
-def timed_run(args: argparse.Namespace, method: str, out: Path, slices: int) -> tuple[float, dict]:
-    cfg = config(args, method, out, slices)
-    start = time.perf_counter()
-    summary = run(cfg, out)
-    return time.perf_counter() - start, summary
 
 
 def main() -> None:
@@ -59,9 +47,9 @@ def main() -> None:
     rows, seconds = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        timed_run(args, "salip_propagate", root / "warmup", 2)  # builds SAM 2.1 and CLIP
+        timed_run(config(args, "salip_propagate", root / "warmup", 2), root / "warmup")  # builds SAM 2.1 and CLIP
         for method in ("salip", "salip_propagate"):
-            seconds[method], summary = timed_run(args, method, root / method, args.slices)
+            seconds[method], summary = timed_run(config(args, method, root / method, args.slices), root / method)
             (volume, scores), = summary["per_volume"].items()
             work = scores["work"]
             rows.append([method, f"{seconds[method]:.2f}", scores["n_slices"], work["everything_passes"],

@@ -81,3 +81,28 @@ def test_ddp_inside_a_local_multirun_is_refused():
         check_launchable(ddp, job)
     check_launchable(ddp, Job(multirun=False))  # a plain (single-run) DDP job is fine
     check_launchable(ddp)  # and so is a library call
+
+
+@pytest.mark.slow
+def test_ddp_keeps_a_volume_on_one_rank_for_volume_methods(tmp_path):
+    """Two 6-slice volumes over 2 ranks: each rank gets one whole volume, so each volume's sampled
+    slices run SaLIP once (strided shares would make both ranks compute both volumes)."""
+    from conftest import MRI
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for case in ("a", "b"):
+        (data / f"{case}_T1w.nii.gz").symlink_to(MRI / "mni152_2mm_T1w.nii.gz")
+        (data / f"{case}_brainmask.nii.gz").symlink_to(MRI / "mni152_2mm_brainmask.nii.gz")
+    out = tmp_path / "OUT"
+    args = ["experiment=smoke", "generator.points_per_side=2", "method=salip_propagate", "model=sam2_tiny",
+            "method.count=2", "dataset=volumes", f"dataset.root={data}", "dataset.image_pattern='*_T1w.nii.gz'",
+            "dataset.mask_pattern='{id}_brainmask.nii.gz'", "dataset.prompts=brain", "dataset.slice_range=[40,46]"]
+    result = run_cli(args + DDP + [f"output_dir={out}", "logger=none"], tmp_path, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert written_per_rank(log) == {0: 6, 1: 6}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_ok"] == 12
+    for volume in summary["per_volume"].values():
+        assert volume["work"]["everything_passes"] == 2 and volume["work"]["propagation_frames"] == 5

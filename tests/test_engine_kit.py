@@ -62,6 +62,23 @@ def test_memo_disk_layer_follows_the_cache_switch_and_size_zero_keeps_nothing_in
     assert again.get("k" * 40) is None
 
 
+def test_memo_widened_holds_more_for_a_block_and_values_used_once_are_not_kept(tmp_path):
+    memo: FeatureMemo[int] = FeatureMemo(2)
+    with memo.widened(3):
+        for key in "abcde":
+            memo.fetch(key, lambda key=key: ord(key))
+        assert len(memo) == 5
+        # a value used once (a propagation frame) is computed, not kept, and lets nothing held go
+        assert memo.fetch("f", lambda: 7, remember=False) == 7 and len(memo) == 5 and memo.get("f") is None
+        assert memo.fetch("a", lambda: pytest.fail("recomputed"), remember=False) == ord("a")
+    assert len(memo) == 2 and memo.get("e") == ord("e")  # back to the bound, least recently used out
+    value = {"x": torch.arange(3)}
+    disk = FeatureMemo(2, TENSORS)
+    disk.disk = FeatureCache(tmp_path)
+    disk.fetch("k" * 40, lambda: value, remember=False)  # not in memory, but on disk for the next run
+    assert len(disk) == 0 and torch.equal(disk.fetch("k" * 40, lambda: pytest.fail("recomputed"))["x"], value["x"])
+
+
 def tiny_entries() -> list[tuple[str, dict]]:
     found = {}
     for group in ("model", "clip"):
@@ -144,6 +161,7 @@ def test_resolver_downloads_from_the_hub_when_there_is_no_url(tmp_path, monkeypa
 
 @pytest.mark.parametrize("group,name,key", [("model", "sam_vit_b", "model"), ("model", "sam2_hiera_t", "model"),
                                             ("model", "medsam_vit_b", "refiner_model"), ("model", "sam3", "model"),
+                                            ("model", "medsam2", "propagator_model"),
                                             ("clip", "vit_l14_openai", "clip"), ("clip", "biomedclip", "clip")])
 def test_every_family_fails_offline_the_same_way_naming_its_key(group, name, key, hub_cache, tmp_path,  # noqa: F811
                                                                   monkeypatch):

@@ -14,6 +14,7 @@ from salip_bench.engines.builder import build_engine
 from salip_bench.engines.roles import MissingRoleError, Propagator
 from salip_bench.methods.salip_propagate import NOT_FOUND, SalipPropagateMethod, key_score, sampled_slices
 from salip_bench.types import Prediction
+from test_clip_engines import hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 
 CT_ABDOMEN = SHARED / "ct_abdomen"
 needs_data = pytest.mark.skipif(not CT_ABDOMEN.is_dir() or not MRI.is_dir(), reason="shared dev data not present")
@@ -59,13 +60,65 @@ def test_a_key_slice_encoded_for_its_everything_pass_is_not_encoded_again(engine
     assert engine.counters()["encoder_passes"] == 5  # the key slice's features were reused
 
 
+def test_two_keys_decode_each_slice_once(engine, volume):
+    frames, masks = volume
+    engine.reset()
+    result = engine.propagate(frames, {1: masks[1], 3: masks[3]})
+    # forward from the first key to the end, backward from it: slice 2 (between the keys) once, not twice
+    assert result.frames_run == 3 and engine.counters()["encoder_passes"] == 5
+    np.testing.assert_array_equal(result.masks[[1, 3]], masks[[1, 3]])
+
+
+def test_sampled_slices_held_for_the_propagation_are_encoded_once(engine):
+    """10 sampled slices of 12, more than the memo's 8: held in the reservation, none encoded again, and
+    the propagation's own frames push none of them out."""
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (12, 32, 40, 3), dtype=np.uint8)
+    mask = np.zeros((32, 40), bool)
+    mask[8:20, 10:30] = True
+    engine.reset()
+    with engine.reserved(12, 10):
+        for index in range(1, 11):
+            engine.everything(frames[index], points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+        assert engine.counters()["encoder_passes"] == 10
+        engine.propagate(frames, {10: mask})
+    assert engine.counters()["encoder_passes"] == 12  # + slices 0 and 11, never sampled
+    assert len(engine.feature_memo) == 8  # back to its bound after the block
+    with pytest.raises(MemoryError, match="features of 10 sampled slices, over max_state_gb=0.0001"):
+        with engine.reserved(12, 10, max_state_gb=1e-4):
+            pytest.fail("the block ran")
+
+
+def test_medsam2_is_built_by_the_sam2_package_and_loads_its_release_from_the_hub_cache(
+        hub_cache, tmp_path, monkeypatch, volume):  # noqa: F811
+    """MedSAM2's released file, as the hub holds it ({"model": state_dict} of Hiera-T at 512 px; random
+    numbers here), found offline in the Hugging Face cache and loaded strictly; it then propagates."""
+    from salip_bench.engines.sam2_model import build_sam2_model
+
+    cfg = yaml_config("model", "medsam2")
+    torch.manual_seed(1)
+    release = build_sam2_model(cfg).state_dict()
+    torch.save({"model": release}, tmp_path / "MedSAM2_latest.pt")
+    hf_snapshot(hub_cache, "wanglab/MedSAM2", {"MedSAM2_latest.pt": tmp_path / "MedSAM2_latest.pt"})
+    monkeypatch.setenv("SALIP_BENCH_CACHE", str(tmp_path / "ours"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    medsam2 = build_engine(cfg, "pretrained", "propagator_model")
+    assert medsam2.model.image_size == 512 and medsam2.identity["weights"] != "random"
+    for name, tensor in medsam2.model.state_dict().items():
+        assert torch.equal(tensor, release[name]), name
+    frames, masks = volume
+    result = medsam2.propagate(frames, {2: masks[2]})
+    assert result.frames_run == 4 and result.masks.shape == masks.shape
+
+
 def test_memo_features_rebuild_upstreams_backbone_output(engine, volume):
     """The image predictor's memoised features, turned back into forward_image's output, are upstream's."""
     from salip_bench.engines.sam2_propagate import video_predictor_class
 
     frame = volume[0][2]
-    predictor = video_predictor_class().around(engine.model, engine.image_features)
-    state = {"frames": volume[0], "images": [torch.zeros(3, 256, 256)] * 5, "device": torch.device("cpu")}
+    predictor = video_predictor_class().around(engine.model, engine.frame_features)
+    state = {"frames": volume[0], "images": [torch.zeros(3, 256, 256)] * 5, "device": torch.device("cpu"),
+             "key_frames": frozenset()}
     with torch.inference_mode():
         _, _, ours, our_pos, _ = predictor._get_image_feature(state, 2, 1)
         upstream = engine.model.forward_image(engine.predictor._transforms(frame)[None])
@@ -142,6 +195,7 @@ def test_ct_abdomen_liver_end_to_end(tmp_path):
     volume = summary["per_volume"]["tsct_001/liver"]
     assert volume["dice_3d"] is not None and "nsd_3d" in volume and "hd95_3d" in volume
     assert volume["work"]["everything_passes"] == 5 < 30 and volume["work"]["propagation_frames"] == 29
+    assert volume["work"]["sam_encoder_passes"] == 30  # one per slice: the 4 sampled non-key ones held
     assert volume["work"]["clip_images_encoded"] > 0
     assert frame["everything_passes"].sum() == 5 and frame["everything_passes"].iloc[1:].eq(0).all()
     written = nib.load(str(out / "volumes" / "tsct_001.nii.gz"))
@@ -162,6 +216,19 @@ def test_mri_brain_slice_range_and_one_slice_volume(tmp_path):
     assert volume["dice_3d"] is not None and (out / "volumes").is_dir()
     _, _, one = run_volumes(tmp_path / "one", brain + ["dataset.slice_range=[45,46]"])
     assert len(one) == 1 and one["status"].eq("ok").all() and one["propagation_frames"].iloc[0] == 0
+
+
+@needs_data
+def test_a_propagator_of_another_model_encodes_every_slice_once(tmp_path):
+    brain = ["dataset=volumes", f"dataset.root={MRI}", "dataset.image_pattern='*_T1w.nii.gz'",
+             "dataset.mask_pattern='{id}_brainmask.nii.gz'", "dataset.prompts=brain", "dataset.slice_range=[40,46]"]
+    _, summary, frame = run_volumes(tmp_path, brain + ["method.count=2", "model=sam_tiny",
+                                                       "model@propagator_model=sam2_tiny"])
+    assert frame["status"].eq("ok").all() and frame["slice_role"].eq("key").sum() == 1
+    work = next(iter(summary["per_volume"].values()))["work"]
+    # SAM on the 2 sampled slices, SAM 2.1 on all 6 (its key slice's features are its own)
+    assert work["everything_passes"] == 2 and work["sam_encoder_passes"] == 2 + 6
+    assert work["propagation_frames"] == 5
 
 
 @needs_data

@@ -10,7 +10,8 @@ carries the model, device and autocast dtype: what is served is what a fresh com
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -80,9 +81,27 @@ class FeatureMemo(Generic[V]):
             self.codec.save(disk, key, value)
         self._remember(key, value)
 
-    def fetch(self, key: Hashable, compute: Callable[[], V]) -> V:
+    def fetch(self, key: Hashable, compute: Callable[[], V], remember: bool = True) -> V:
         """The value under ``key``, else ``compute()`` (kept). With a count bound, the least recently
-        used value is let go before computing, so the bound holds at the peak too."""
+        used value is let go before computing, so the bound holds at the peak too.
+
+        Args:
+            key: the value's content key.
+            compute: makes the value when neither memory nor disk holds it.
+            remember: keep a computed value in memory (False: on disk only, and nothing held is let
+                go: for values used once, such as a propagation's frames, that would push out values
+                still needed).
+        """
+        if not remember:
+            value = self._items.get(key)
+            if value is None:
+                disk = self._on_disk()
+                value = self.codec.load(disk, key) if disk is not None else None
+            if value is None:
+                value = compute()
+                if (disk := self._on_disk()) is not None:
+                    self.codec.save(disk, key, value)
+            return value
         value = self.get(key)
         if value is None:
             if self.weigh is None and self.size > 0:
@@ -90,6 +109,21 @@ class FeatureMemo(Generic[V]):
             value = compute()
             self.put(key, value)
         return value
+
+    @contextmanager
+    def widened(self, extra: int) -> Iterator[None]:
+        """Hold ``extra`` more values in memory for the block's duration (then back to the bound,
+        least recently used out).
+
+        Args:
+            extra: how many more values (or weight) may be held.
+        """
+        self.size += extra
+        try:
+            yield
+        finally:
+            self.size -= extra
+            self._evict(self.size, keep_newest=self.size > 0)
 
     def clear(self) -> None:
         """Drop everything held in memory (the disk cache keeps its own)."""

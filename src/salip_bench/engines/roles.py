@@ -9,6 +9,7 @@ A new role is one ``@role`` protocol here and one method on each engine that off
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -141,6 +142,19 @@ class UnpromptedSegmenter(Protocol):
 @role("volume propagation (propagate: SAM 2's video predictor)")
 class Propagator(Engine, Protocol):
     """Mask propagation through a volume's slices as video frames, from key-slice masks."""
+
+    def reserved(self, n_frames: int, held: int, offload_state_to_cpu: bool = False,
+                 max_state_gb: float | None = 8.0) -> AbstractContextManager[None]:
+        """A block in which a volume is worked on: refused before any work (MemoryError, one line) when
+        its frame memory and ``held`` images' features exceed ``max_state_gb``; inside, the features
+        of the next ``held`` images encoded are kept for the propagation.
+
+        Args:
+            n_frames: the volume's slices.
+            held: images encoded in the block whose features the propagation reuses.
+            offload_state_to_cpu: keep the per-frame memory on the CPU.
+            max_state_gb: the bound (None: none).
+        """
 
     def propagate(self, frames: np.ndarray, keys: Mapping[int, np.ndarray], offload_state_to_cpu: bool = False,
                   max_state_gb: float | None = 8.0) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -20,7 +20,7 @@ from salip_bench.engines.box_scores import BoxMasks, BoxScores
 from salip_bench.engines.hydra_guard import import_leaving_hydra_alone
 from salip_bench.engines.memo import DiskCodec
 from salip_bench.engines.sam2_model import build_sam2_model, load_sam2_checkpoint
-from salip_bench.engines.sam2_propagate import Propagation, propagate
+from salip_bench.engines.sam2_propagate import Propagation, check_memory, propagate
 from salip_bench.engines.weights import WeightsSource, pretrained_or_random, resolve_weights, weights_identity
 from salip_bench.registry import ENGINES
 from salip_bench.storage.content_keys import image_key
@@ -142,10 +142,29 @@ class Sam2Engine(BaseEngine):
         super().reset()
         self.predictor.reset_predictor()
 
-    def image_features(self, image: np.ndarray) -> tuple:
-        """(original size, features) of ``image`` (H, W, 3 uint8) through the memo: encoded at most once."""
-        self.predictor.set_image(image)
-        return self.predictor._orig_hw, self.predictor._features
+    def frame_features(self, image: np.ndarray, keep: bool = False) -> tuple:
+        """(original size, features) of a propagation frame: from the memo (or disk) when there, else
+        encoded and, unless ``keep``, not kept in memory: a propagation visits each frame once, and
+        keeping its frames would push out features still to be used (the sampled slices' ones)."""
+        key = self.cache_key("embedding", image_key(image))
+        return self.feature_memo.fetch(key, lambda: self.predictor._encode(image), remember=keep)
+
+    @contextmanager
+    def reserved(self, n_frames: int, held: int, offload_state_to_cpu: bool = False,
+                 max_state_gb: float | None = 8.0) -> Iterator[None]:
+        """The :class:`~salip_bench.engines.roles.Propagator` role's reservation: refuse (MemoryError,
+        one line) a volume whose frame memory and held features would exceed ``max_state_gb``, then
+        keep the next ``held`` images' features in memory until the block ends.
+
+        Args:
+            n_frames: the volume's slices.
+            held: images encoded in the block whose features a later propagation reuses.
+            offload_state_to_cpu: where the frame memory will live.
+            max_state_gb: the bound (None: none).
+        """
+        check_memory(self.model, n_frames, held, offload_state_to_cpu, max_state_gb)
+        with self.feature_memo.widened(held):
+            yield
 
     def propagate(self, frames: np.ndarray, keys: Mapping[int, np.ndarray], offload_state_to_cpu: bool = False,
                   max_state_gb: float | None = 8.0) -> Propagation:
@@ -158,7 +177,7 @@ class Sam2Engine(BaseEngine):
             offload_state_to_cpu: keep SAM 2's per-frame memory on the CPU.
             max_state_gb: a volume whose per-frame memory would exceed this is refused before any work.
         """
-        result = propagate(self.model, self.image_features, frames, keys, offload_state_to_cpu, max_state_gb)
+        result = propagate(self.model, self.frame_features, frames, keys, offload_state_to_cpu, max_state_gb)
         self.propagation_frames += result.frames_run
         return result
 
@@ -217,12 +236,12 @@ def build_sam2_engine(cfg: dict, weights: str, key: str = "model") -> Sam2Engine
 
     Args:
         cfg: the entry: ``config`` (an architecture yaml of the sam2 package), ``arch_overrides``,
-            ``checkpoint`` / ``checkpoint_file`` / ``url``.
+            ``checkpoint`` / ``checkpoint_file`` / ``url`` or ``hub_repo`` (MedSAM2's).
         weights: ``pretrained`` or ``random``.
         key: the config key that picked it, named in messages.
     """
     source = WeightsSource(f"SAM 2.1 {cfg['name']}", cfg["checkpoint_file"], f"{key}.checkpoint", cfg.get("checkpoint"),
-                           cfg.get("url"))
+                           cfg.get("url"), hub_repo=cfg.get("hub_repo"))
     path = pretrained_or_random(cfg, weights, lambda: resolve_weights(source))
     model = build_sam2_model(cfg)
     if path is not None:

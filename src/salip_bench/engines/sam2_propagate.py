@@ -69,6 +69,38 @@ def state_bytes_per_frame(model: nn.Module) -> int:
     return (model.mem_dim * (side // 16) ** 2 * 2 + (side // 4) ** 2 * 4 + model.hidden_dim * 4)
 
 
+def feature_bytes_per_image(model: nn.Module) -> int:
+    """An image's features as the image predictor keeps them (float32): the stride-16 embedding and
+    the two high-resolution maps (``conv_s0``, ``conv_s1`` outputs)."""
+    side = model.image_size
+    decoder = model.sam_mask_decoder
+    return 4 * (model.hidden_dim * (side // 16) ** 2 + decoder.conv_s0.out_channels * (side // 4) ** 2
+                + decoder.conv_s1.out_channels * (side // 8) ** 2)
+
+
+def check_memory(model: nn.Module, n_frames: int, held: int, offload_state_to_cpu: bool,
+                 max_state_gb: float | None) -> None:
+    """MemoryError (one line) when propagating ``n_frames`` while ``held`` images' features stay in
+    memory would take more than ``max_state_gb``.
+
+    Args:
+        model: a ``SAM2Base``.
+        n_frames: the volume's slices.
+        held: images whose features are kept for the propagation (the sampled slices).
+        offload_state_to_cpu: where the frame memory lives (named in the message).
+        max_state_gb: the bound (None: none).
+    """
+    state = state_bytes_per_frame(model) * n_frames / 2**30
+    features = feature_bytes_per_image(model) * held / 2**30
+    if max_state_gb is None or state + features <= max_state_gb:
+        return
+    where = "CPU" if offload_state_to_cpu else "device"
+    held_text = f" + ~{features:.2f} GB for the features of {held} sampled slices" if held else ""
+    raise MemoryError(f"propagating {n_frames} slices needs ~{state:.2f} GB of SAM 2 frame memory on the {where}"
+                      f"{held_text}, over max_state_gb={max_state_gb}; raise it, offload_state_to_cpu=true, "
+                      "sample fewer slices (every/count), or crop the volume (dataset.slice_range)")
+
+
 @functools.cache
 def video_predictor_class() -> type:
     """``SAM2VideoPredictor`` whose frames' features come from a callback (the engine's memo); defined
@@ -79,7 +111,7 @@ def video_predictor_class() -> type:
 
     class MemoVideoPredictor(module.SAM2VideoPredictor):
         @classmethod
-        def around(cls, model: nn.Module, features: Callable[[np.ndarray], tuple]) -> MemoVideoPredictor:
+        def around(cls, model: nn.Module, features: Callable[[np.ndarray, bool], tuple]) -> MemoVideoPredictor:
             """A predictor sharing ``model``'s modules and parameters (no copy), with upstream's
             defaults for the video-only settings (``SAM2VideoPredictor.__init__``'s)."""
             predictor = cls.__new__(cls)
@@ -93,7 +125,9 @@ def video_predictor_class() -> type:
         def _get_image_feature(self, inference_state: dict, frame_idx: int, batch_size: int) -> tuple:
             # The image predictor's features (level 2 with no_mem_embed added, levels 0-1 through
             # conv_s0/s1) turned back into forward_image's backbone_out; positions depend on shape only.
-            _, features = self.frame_features(inference_state["frames"][frame_idx])
+            # a key frame's features are asked again (its memory encoding); any other frame's once
+            keep = frame_idx in inference_state["key_frames"]
+            _, features = self.frame_features(inference_state["frames"][frame_idx], keep)
             embed = features["image_embed"]
             if self.directly_add_no_mem_embed:
                 embed = embed - self.no_mem_embed.view(1, -1, 1, 1)
@@ -107,10 +141,12 @@ def video_predictor_class() -> type:
     return MemoVideoPredictor
 
 
-def inference_state(model: nn.Module, frames: np.ndarray, offload_state_to_cpu: bool) -> dict:
+def inference_state(model: nn.Module, frames: np.ndarray, offload_state_to_cpu: bool,
+                    key_frames: frozenset[int] = frozenset()) -> dict:
     """Upstream's ``init_state`` dictionary, built from ``frames`` ((N, H, W, 3) uint8) in memory."""
     device = next(model.parameters()).device
     return {"images": LazyFrames(frames, model.image_size), "frames": frames, "num_frames": len(frames),
+            "key_frames": key_frames,
             "offload_video_to_cpu": True, "offload_state_to_cpu": offload_state_to_cpu,
             "video_height": frames.shape[1], "video_width": frames.shape[2], "device": device,
             "storage_device": torch.device("cpu") if offload_state_to_cpu else device,
@@ -133,27 +169,25 @@ def check_frames(frames: np.ndarray, keys: Mapping[int, np.ndarray]) -> None:
 
 
 @torch.inference_mode()
-def propagate(model: nn.Module, features: Callable[[np.ndarray], tuple], frames: np.ndarray,
+def propagate(model: nn.Module, features: Callable[[np.ndarray, bool], tuple], frames: np.ndarray,
               keys: Mapping[int, np.ndarray], offload_state_to_cpu: bool, max_state_gb: float | None) -> Propagation:
-    """Seed SAM 2 with the key masks and propagate forward, then backward, through the frames.
+    """Seed SAM 2 with the key masks, propagate forward from the first key to the last slice, then
+    backward from it to the first: each slice is decoded once, and a slice between two keys attends
+    to both (SAM 2 conditions every frame on all its conditioning frames).
 
     Args:
         model: a ``SAM2Base``.
-        features: frame → (original size, image predictor features), memoised by the engine.
+        features: (frame, keep in memory) → (original size, image predictor features), from the
+            engine's memo.
         frames: (N, H, W, 3) uint8 RGB slices.
         keys: {frame index: (H, W) bool mask}.
         offload_state_to_cpu: keep SAM 2's per-frame memory in CPU memory.
         max_state_gb: refuse, before any work, a volume whose per-frame memory would exceed this.
     """
     check_frames(frames, keys)
-    need = state_bytes_per_frame(model) * len(frames) / 2**30
-    if max_state_gb is not None and need > max_state_gb:
-        where = "CPU" if offload_state_to_cpu else "device"
-        raise MemoryError(f"propagating {len(frames)} slices needs ~{need:.2f} GB of SAM 2 frame memory on the "
-                          f"{where}, over max_state_gb={max_state_gb}; raise it, offload_state_to_cpu=true, or "
-                          "crop the volume (dataset.slice_range)")
+    check_memory(model, len(frames), 0, offload_state_to_cpu, max_state_gb)
     predictor = video_predictor_class().around(model, features)
-    state = inference_state(model, frames, offload_state_to_cpu)
+    state = inference_state(model, frames, offload_state_to_cpu, frozenset(keys))
     for index, mask in sorted(keys.items()):
         predictor.add_new_mask(state, index, obj_id=1, mask=torch.as_tensor(np.asarray(mask, bool)))
     masks = np.zeros(frames.shape[:3], bool)
@@ -161,8 +195,7 @@ def propagate(model: nn.Module, features: Callable[[np.ndarray], tuple], frames:
     outputs = state["output_dict_per_obj"][0]
     run = 0
     for reverse in (False, True):
-        start = min(keys) if not reverse else max(keys)
-        for index, _, logits in predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse):
+        for index, _, logits in predictor.propagate_in_video(state, start_frame_idx=min(keys), reverse=reverse):
             out = outputs["cond_frame_outputs"].get(index) or outputs["non_cond_frame_outputs"][index]
             score = out.get("object_score_logits")
             scores[index] = float(score.flatten()[0]) if score is not None else 10.0

@@ -20,6 +20,7 @@ from salip_bench.evaluation.lightning_module import PredictModule, ScoreMemo
 from salip_bench.evaluation.loop_module import Groups, ImageScope, LoopModule, LoopWriter
 from salip_bench.evaluation.memory import MemoryGuard
 from salip_bench.evaluation.overlays import first_overlays
+from salip_bench.evaluation.rank_order import ContiguousShares
 from salip_bench.evaluation.records import results_frame
 from salip_bench.evaluation.wandb_log import log_run, make_wandb_logger
 from salip_bench.qc.build import build_gate
@@ -98,7 +99,7 @@ def predict(loop: Loop) -> list[dict]:
     module = LoopModule([m.module for m in members], [{m.target.ids[i] for i in m.pending} for m in members],
                         engines, loop.groups, loop.scope)
     loader = DataLoader(Subset(members[0].target.dataset, needed), batch_size=1, collate_fn=list,
-                        num_workers=base["num_workers"])
+                        sampler=ContiguousShares(len(needed), trainer.world_size), num_workers=base["num_workers"])
     texts = [m.texts_encoded for m in members]
     summaries: list[dict] = [{} for _ in members]
     try:

@@ -89,6 +89,8 @@ class SalipPropagateMethod:
         self.salip = SalipMethod(generator, filter, retriever, refiner, top_k)
         self.quality = SalipQuality()
         self.propagator, self.volume_frames = propagator_sam, volume_frames
+        # the propagator is SaLIP's own engine (the default): the sampled slices' features are held for it
+        self.shares_encoder = getattr(generator, "sam", None) is propagator_sam
         self.every, self.count, self.keys, self.min_score = every, count, int(keys), min_score
         self.offload_state_to_cpu, self.max_state_gb = offload_state_to_cpu, max_state_gb
         self._case: str | None = None
@@ -111,34 +113,40 @@ class SalipPropagateMethod:
         return Prediction(mask=mask, info=info)
 
     def volume(self, meta: dict, organ: str | None) -> dict:
-        """The whole volume's answer for ``organ``: masks, per-slice roles, keys and object scores."""
+        """The whole volume's answer for ``organ``: masks, per-slice roles, keys and object scores.
+
+        Refused before any work when SAM 2's memory for it would exceed ``max_state_gb``; the sampled
+        slices' features are held until the propagation, so no slice is encoded twice.
+        """
         first, frames = self.volume_frames(meta)
         n = len(frames)
         sampled = sampled_slices(n, self.every, self.count)
-        organ_meta = {} if organ is None else {"organ": organ}
-        answers = {}
-        for index in sampled:
-            key_sample = Sample(id=f"{meta['case']}_slice{first + index:03d}", image=frames[index], mask=None,
-                                meta=organ_meta)
-            answers[index] = answer = self.salip(key_sample)
-            # SaLIP's label-free quality (qc=salip) ranks the key candidates; never the ground truth
-            answer.info.setdefault("quality", self.quality(key_sample, answer))
-        ranked = sorted(((key_score(p), i) for i, p in answers.items() if p.mask.any()), key=lambda t: -t[0][0])
-        if self.min_score is not None:
-            ranked = [r for r in ranked if r[0][0] >= self.min_score]
-        chosen = ranked[:self.keys]
-        roles = ["propagated"] * n
-        object_scores: list[float | None] = [None] * n
-        if not chosen:  # nothing to propagate: an empty volume, recorded as such on every slice
-            return {"masks": np.zeros(frames.shape[:3], bool), "roles": [NOT_FOUND] * n, "keys": [], "scores": [],
-                    "source": None, "object_scores": object_scores, "first": first}
-        keys = {i: answers[i].mask for _, i in chosen}
-        result = self.propagator.propagate(frames, keys, offload_state_to_cpu=self.offload_state_to_cpu,
-                                           max_state_gb=self.max_state_gb)
-        masks = result.masks.copy()
+        held = len(sampled) if self.shares_encoder else 0
+        with self.propagator.reserved(n, held, self.offload_state_to_cpu, self.max_state_gb):
+            answers = {index: self.key_candidate(meta["case"], first + index, frames[index], organ)
+                       for index in sampled}
+            ranked = sorted(((key_score(p), i) for i, p in answers.items() if p.mask.any()), key=lambda t: -t[0][0])
+            if self.min_score is not None:
+                ranked = [r for r in ranked if r[0][0] >= self.min_score]
+            chosen = ranked[:self.keys]
+            if not chosen:  # nothing to propagate: an empty volume, recorded as such on every slice
+                return {"masks": np.zeros(frames.shape[:3], bool), "roles": [NOT_FOUND] * n, "keys": [],
+                        "scores": [], "source": None, "object_scores": [None] * n, "first": first}
+            keys = {i: answers[i].mask for _, i in chosen}
+            result = self.propagator.propagate(frames, keys, offload_state_to_cpu=self.offload_state_to_cpu,
+                                               max_state_gb=self.max_state_gb)
+        masks, roles = result.masks.copy(), ["propagated"] * n
         for i, mask in keys.items():  # a key slice answers with SaLIP's own mask
             masks[i], roles[i] = mask, "key"
-        object_scores = [round(float(s), 4) for s in result.object_scores]
         return {"masks": masks, "roles": roles, "keys": [first + k for k in sorted(keys)], "first": first,
-                "object_scores": object_scores,
+                "object_scores": [round(float(s), 4) for s in result.object_scores],
                 "scores": [round(score, 5) for (score, _), _ in chosen], "source": chosen[0][0][1]}
+
+    def key_candidate(self, case: str, slice_index: int, image: np.ndarray, organ: str | None) -> Prediction:
+        """SaLIP's answer on one sampled slice, with its label-free ``quality`` (qc=salip; never the
+        ground truth): what ranks the key candidates."""
+        sample = Sample(id=f"{case}_slice{slice_index:03d}", image=image, mask=None,
+                        meta={} if organ is None else {"organ": organ})
+        answer = self.salip(sample)
+        answer.info.setdefault("quality", self.quality(sample, answer))
+        return answer

@@ -63,23 +63,26 @@ class FeatureMemo(Generic[V]):
             return None
         return self.disk
 
-    def get(self, key: Hashable) -> V | None:
-        """The value under ``key``: from memory, else from disk (then remembered), else None."""
+    def get(self, key: Hashable, remember: bool = True) -> V | None:
+        """The value under ``key``: from memory, else from disk (then remembered unless not
+        ``remember``), else None."""
         if key in self._items:
-            self._items.move_to_end(key)
+            if remember:
+                self._items.move_to_end(key)
             return self._items[key]
         disk = self._on_disk()
         value = self.codec.load(disk, key) if disk is not None else None
-        if value is not None:
+        if value is not None and remember:
             self._remember(key, value)
         return value
 
-    def put(self, key: Hashable, value: V) -> None:
-        """Keep ``value`` under ``key`` in memory and on disk."""
+    def put(self, key: Hashable, value: V, remember: bool = True) -> None:
+        """Keep ``value`` under ``key`` on disk and, if ``remember``, in memory."""
         disk = self._on_disk()
         if disk is not None:
             self.codec.save(disk, key, value)
-        self._remember(key, value)
+        if remember:
+            self._remember(key, value)
 
     def fetch(self, key: Hashable, compute: Callable[[], V], remember: bool = True) -> V:
         """The value under ``key``, else ``compute()`` (kept). With a count bound, the least recently
@@ -92,22 +95,12 @@ class FeatureMemo(Generic[V]):
                 go: for values used once, such as a propagation's frames, that would push out values
                 still needed).
         """
-        if not remember:
-            value = self._items.get(key)
-            if value is None:
-                disk = self._on_disk()
-                value = self.codec.load(disk, key) if disk is not None else None
-            if value is None:
-                value = compute()
-                if (disk := self._on_disk()) is not None:
-                    self.codec.save(disk, key, value)
-            return value
-        value = self.get(key)
+        value = self.get(key, remember)
         if value is None:
-            if self.weigh is None and self.size > 0:
+            if remember and self.weigh is None and self.size > 0:
                 self._evict(self.size - 1, keep_newest=False)
             value = compute()
-            self.put(key, value)
+            self.put(key, value, remember)
         return value
 
     @contextmanager

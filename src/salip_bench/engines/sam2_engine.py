@@ -131,9 +131,10 @@ class Sam2Engine(BaseEngine):
         return orig_hw, {"image_embed": features["image_embed"].to(self.device),
                          "high_res_feats": [t.to(self.device) for t in features["high_res_feats"]]}
 
-    def features(self, image: np.ndarray, encode: Callable[[], tuple]) -> tuple:
-        """(original size, features) of ``image``: memoised, stored on disk, else ``encode()`` (stored)."""
-        return self.feature_memo.fetch(self.cache_key("embedding", image_key(image)), encode)
+    def features(self, image: np.ndarray, encode: Callable[[], tuple], remember: bool = True) -> tuple:
+        """(original size, features) of ``image``: memoised, stored on disk, else ``encode()`` (stored;
+        kept in memory unless not ``remember``)."""
+        return self.feature_memo.fetch(self.cache_key("embedding", image_key(image)), encode, remember)
 
     def _count_pass(self, *_: object) -> None:
         self.encoder_passes += 1
@@ -146,8 +147,7 @@ class Sam2Engine(BaseEngine):
         """(original size, features) of a propagation frame: from the memo (or disk) when there, else
         encoded and, unless ``keep``, not kept in memory: a propagation visits each frame once, and
         keeping its frames would push out features still to be used (the sampled slices' ones)."""
-        key = self.cache_key("embedding", image_key(image))
-        return self.feature_memo.fetch(key, lambda: self.predictor._encode(image), remember=keep)
+        return self.features(image, lambda: self.predictor._encode(image), remember=keep)
 
     @contextmanager
     def reserved(self, n_frames: int, held: int, offload_state_to_cpu: bool = False,

@@ -232,6 +232,15 @@ def test_a_propagator_of_another_model_encodes_every_slice_once(tmp_path):
 
 
 @needs_data
+def test_a_volumes_second_organ_reuses_its_frames_features(tmp_path):
+    _, summary, frame = run_volumes(tmp_path, ["dataset=nnunet", f"dataset.root={CT_ABDOMEN}",
+                                               "dataset.organs=[liver,spleen]", "dataset.slice_range=[10,16]"])
+    assert frame["status"].eq("ok").all() and len(frame) == 12
+    work = {name: volume["work"]["sam_encoder_passes"] for name, volume in summary["per_volume"].items()}
+    assert work == {"tsct_001/liver": 6, "tsct_001/spleen": 0}  # frames kept while the memo had room
+
+
+@needs_data
 def test_organ_found_on_no_sampled_slice_is_an_empty_recorded_prediction(tmp_path):
     # no candidate survives the area filter: SaLIP finds the organ nowhere
     _, summary, frame = run_volumes(tmp_path, ["dataset=nnunet", f"dataset.root={CT_ABDOMEN}", "dataset.organs=[liver]",

@@ -63,6 +63,10 @@ class FeatureMemo(Generic[V]):
             return None
         return self.disk
 
+    def has_room(self) -> bool:
+        """Whether one more value (of a count bound) would let nothing held go."""
+        return self.weigh is None and len(self._items) < self.size
+
     def get(self, key: Hashable, remember: bool = True) -> V | None:
         """The value under ``key``: from memory, else from disk (then remembered unless not
         ``remember``), else None."""

@@ -145,9 +145,11 @@ class Sam2Engine(BaseEngine):
 
     def frame_features(self, image: np.ndarray, keep: bool = False) -> tuple:
         """(original size, features) of a propagation frame: from the memo (or disk) when there, else
-        encoded and, unless ``keep``, not kept in memory: a propagation visits each frame once, and
-        keeping its frames would push out features still to be used (the sampled slices' ones)."""
-        return self.features(image, lambda: self.predictor._encode(image), remember=keep)
+        encoded and kept in memory only if ``keep`` or the memo has room: a propagation visits each
+        frame once, and keeping its frames must not push out features still to be used (the sampled
+        slices' ones); with room, the volume's next organ finds them."""
+        remember = keep or self.feature_memo.has_room()
+        return self.features(image, lambda: self.predictor._encode(image), remember=remember)
 
     @contextmanager
     def reserved(self, n_frames: int, held: int, offload_state_to_cpu: bool = False,

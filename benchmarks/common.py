@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("SALIP_BENCH_SHARED_DATA") or REPO.parent / "shared" / "data")  # as tests/
 
 
 def parser_with_common_args(doc: str, model: str, images: int, points_per_side: int, json_name: str

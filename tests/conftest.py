@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-SHARED = REPO.parent / "shared" / "data"
+# The project's real data: $SALIP_BENCH_SHARED_DATA, else ../shared/data beside the clone (CI's layout).
+SHARED = Path(os.environ.get("SALIP_BENCH_SHARED_DATA") or REPO.parent / "shared" / "data")
 CXR = SHARED / "cxr_lung"
 HC18 = SHARED / "us_fetal_head"
 HC18_TRAIN = SHARED / "us_fetal_head_train"
@@ -86,3 +87,10 @@ def unet_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("unet") / "unet.ckpt"
     save_checkpoint(path, build_unet(**arch).state_dict(), arch, image_size=64, info={})
     return path
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One line instead of many failures when a clone sits away from the shared data."""
+    if not SHARED.is_dir():
+        raise pytest.UsageError(f"the tests read the project's data from {SHARED}, which does not exist: clone beside "
+                                "../shared, or set SALIP_BENCH_SHARED_DATA=/path/to/shared/data")

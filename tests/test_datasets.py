@@ -23,7 +23,9 @@ from salip_bench.metrics import confusion_counts, dice_iou_from_counts
 from salip_bench.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from conftest import SHARED  # noqa: E402
+
+DATA = SHARED  # conftest: $SALIP_BENCH_SHARED_DATA or ../shared/data
 CONF = REPO / "conf" / "dataset"
 MRI_OVERRIDES = {"root": str(DATA / "mri_brain"), "image_dir": ".", "mask_dir": ".",
                  "image_pattern": "*_T1w.nii.gz", "mask_pattern": "{id}_brainmask.nii.gz"}

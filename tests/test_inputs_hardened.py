@@ -21,7 +21,9 @@ from salip_bench.registry import DATASETS
 from salip_bench.storage.files import safe_name
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from conftest import SHARED  # noqa: E402
+
+DATA = SHARED  # conftest: $SALIP_BENCH_SHARED_DATA or ../shared/data
 CONF = REPO / "conf" / "dataset"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared dev data not present")
 

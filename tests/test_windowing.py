@@ -4,15 +4,15 @@ ours hand-written (NaN, a collapsed window), so the comment in window_uint8 stay
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from monai.transforms import ScaleIntensityRangePercentiles
 
+from conftest import MRI as MRI_DIR
 from salip_bench.datasets.base import window_uint8
 
-MRI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mri_brain" / "mni152_2mm_T1w.nii.gz"
+MRI = MRI_DIR / "mni152_2mm_T1w.nii.gz"
 
 
 def monai_window(array: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from common import SHARED_DATA
 from salip_bench.evaluation.harness import run
 from salip_bench.evaluation.risk_coverage import risk_coverage
 from salip_bench.qc.build import fitting_estimators
@@ -38,7 +39,7 @@ KEYS = ("normalised_aurc", "aurc", "e_aurc", "aurc_optimal", "aurc_random", "spe
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="unet.ckpt from salip-bench-train")
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "us_fetal_head")
+    parser.add_argument("--data", type=Path, default=SHARED_DATA / "us_fetal_head")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--failure-dice", type=float, default=0.9,
                         help="Dice below which a prediction is a failure (0.9: a trained U-Net rarely drops below 0.5)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from common import SHARED_DATA
 from salip_bench.datasets.folder import FolderDataset
 from salip_bench.engines.builder import build_engine
 from salip_bench.engines.roles import BoxPromptSegmenter, EverythingGenerator
@@ -63,7 +64,7 @@ def measure(name: str, image: np.ndarray, points_per_side: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="conf/model/<name>.yaml names")
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "us_fetal_head"))
+    parser.add_argument("--data", default=str(SHARED_DATA / "us_fetal_head"))
     parser.add_argument("--points-per-side", type=int, default=4)
     parser.add_argument("--json", default=str(REPO / "outputs" / "sam_engines.json"))
     args = parser.parse_args()

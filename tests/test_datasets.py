@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import SHARED
 from salip_bench.datasets.cc359 import display_slice, scanner_domain, slice_bounds
 from salip_bench.datasets.settings import DatasetSettings
 from salip_bench.evaluation.aggregate import aggregate_records
@@ -23,9 +24,8 @@ from salip_bench.metrics import confusion_counts, dice_iou_from_counts
 from salip_bench.registry import DATASETS
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import SHARED  # noqa: E402
 
-DATA = SHARED  # conftest: $SALIP_BENCH_SHARED_DATA or ../shared/data
+DATA = SHARED  # $SALIP_BENCH_SHARED_DATA or ../shared/data
 CONF = REPO / "conf" / "dataset"
 MRI_OVERRIDES = {"root": str(DATA / "mri_brain"), "image_dir": ".", "mask_dir": ".",
                  "image_pattern": "*_T1w.nii.gz", "mask_pattern": "{id}_brainmask.nii.gz"}

@@ -14,6 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import SHARED
 from salip_bench.datasets.base import window_uint8
 from salip_bench.evaluation.extra_metrics import head_circumference
 from salip_bench.evaluation.records import RecordStore
@@ -21,9 +22,8 @@ from salip_bench.registry import DATASETS
 from salip_bench.storage.files import safe_name
 
 REPO = Path(__file__).resolve().parents[1]
-from conftest import SHARED  # noqa: E402
 
-DATA = SHARED  # conftest: $SALIP_BENCH_SHARED_DATA or ../shared/data
+DATA = SHARED  # $SALIP_BENCH_SHARED_DATA or ../shared/data
 CONF = REPO / "conf" / "dataset"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared dev data not present")
 

@@ -12,7 +12,7 @@ import torch
 from conftest import MRI, SHARED, SMOKE, compose_config, yaml_config
 from salip_bench.engines.builder import build_engine
 from salip_bench.engines.roles import MissingRoleError, Propagator
-from salip_bench.methods.salip_propagate import NOT_FOUND, SalipPropagateMethod, key_score, sampled_slices
+from salip_bench.methods.salip_propagate import NOT_FOUND, OrganVolume, SalipPropagateMethod, key_score, sampled_slices
 from salip_bench.types import Prediction
 from test_clip_engines import hf_snapshot, hub_cache  # noqa: F401 - the fixture is used by name
 
@@ -172,6 +172,20 @@ def test_sampled_slices_every_and_count():
     assert sampled_slices(3, 1, None) == [0, 1, 2]
 
 
+def test_an_organ_volume_is_held_as_its_bounding_box_and_gives_back_every_slice():
+    masks = np.zeros((9, 40, 30), bool)
+    masks[3, 5:9, 2:4] = masks[8, 30:40, 20:30] = masks[5, 0, 0] = True
+    held = OrganVolume.of(masks)
+    assert held.box == (slice(3, 9), slice(0, 40), slice(0, 30)) and held.crop.shape == (6, 40, 30)
+    assert all(np.array_equal(held[i], masks[i]) for i in range(9))
+    small = np.zeros((9, 40, 30), bool)
+    small[4:6, 10:12, 7] = True
+    assert OrganVolume.of(small).crop.nbytes == 2 * 2 * 1
+    assert all(np.array_equal(OrganVolume.of(small)[i], small[i]) for i in range(9))
+    empty = OrganVolume.of(np.zeros((4, 6, 5), bool))
+    assert empty.box is None and all(not empty[i].any() and empty[i].shape == (6, 5) for i in range(4))
+
+
 def run_volumes(tmp_path, overrides):
     import pandas as pd
 
@@ -232,12 +246,23 @@ def test_a_propagator_of_another_model_encodes_every_slice_once(tmp_path):
 
 
 @needs_data
-def test_a_volumes_second_organ_reuses_its_frames_features(tmp_path):
-    _, summary, frame = run_volumes(tmp_path, ["dataset=nnunet", f"dataset.root={CT_ABDOMEN}",
-                                               "dataset.organs=[liver,spleen]", "dataset.slice_range=[10,16]"])
-    assert frame["status"].eq("ok").all() and len(frame) == 12
-    work = {name: volume["work"]["sam_encoder_passes"] for name, volume in summary["per_volume"].items()}
-    assert work == {"tsct_001/liver": 6, "tsct_001/spleen": 0}  # frames kept while the memo had room
+def test_a_volumes_organs_share_each_sampled_slices_everything_pass_and_frames(tmp_path):
+    data = ["dataset=nnunet", f"dataset.root={CT_ABDOMEN}", "dataset.slice_range=[10,17]", "method.every=3"]
+    out, summary, frame = run_volumes(tmp_path / "both", data + ["dataset.organs=[liver,spleen,stomach]"])
+    assert frame["status"].eq("ok").all() and len(frame) == 21
+    work = {name.split("/")[1]: volume["work"] for name, volume in summary["per_volume"].items()}
+    # the volume is computed at its first row: 3 sampled slices, one "everything" pass each for all organs
+    assert [work[o]["everything_passes"] for o in ("liver", "spleen", "stomach")] == [3, 0, 0]
+    # frames kept while the memo had room: each slice encoded once for three propagations
+    assert [work[o]["sam_encoder_passes"] for o in ("liver", "spleen", "stomach")] == [7, 0, 0]
+    found = frame.groupby("organ")["slice_role"].apply(lambda r: r.ne(NOT_FOUND).all()).sum()
+    assert [work[o]["propagation_frames"] for o in ("liver", "spleen", "stomach")] == [6 * found, 0, 0]
+    _, _, spleen = run_volumes(tmp_path / "alone", data + ["dataset.organs=[spleen]"])
+    # the same answer as a spleen-only run, slice for slice
+    mine = frame[frame["organ"] == "spleen"].reset_index(drop=True)
+    for column in ("slice_role", "key_slices", "pred_area", "dice"):
+        assert mine[column].tolist() == spleen[column].tolist(), column
+    assert spleen["everything_passes"].sum() == 3
 
 
 @needs_data

@@ -111,7 +111,7 @@ def test_plugin_builds_from_its_yaml_and_runs(kind, name, tiny_sam, tiny_clip, c
 
 # What build_context injects by parameter name: never a config key, so no yaml states it.
 INJECTED = {"sam", "clip", "class_prompts", "top_k", "generator", "filter", "retriever", "refiner", "read_prediction",
-            "propagator_sam", "volume_frames"}
+            "propagator_sam", "volume_frames", "run_organs"}
 YAMLS = [(kind, path.stem) for kind in GROUPS for path in sorted((CONF / GROUPS[kind]).glob("*.yaml"))]
 
 

@@ -55,7 +55,7 @@ def build_context(cfg: dict, dataset, sam=None, clip=None, refiner_sam=None,
               "clip": Lazy(lambda: clip or build_engine(cfg, "clip")),
               # method=salip_propagate: every slice of a sample's volume (volume datasets only)
               "volume_frames": Lazy(lambda: getattr(dataset, "volume_frames", None)),
-              "organs": Lazy(lambda: organs),  # ... and the organs it computes a volume for at once
+              "run_organs": Lazy(lambda: organs),  # ... and the organs it computes a volume for at once
               "class_prompts": Lazy(lambda: settings.class_prompts(organs)),
               "top_k": Lazy(lambda: settings.top_k_per_class(organs)),
               # method=precomputed: another tool's predictions, read by the dataset layer's rules

@@ -96,7 +96,7 @@ class SalipPropagateMethod:
         propagator_sam: the engine with the propagation role (``model@propagator_model=``; default the
             ``model``'s own, so key slices share their encoder pass).
         volume_frames: the dataset's ``volume_frames`` (a sample's volume: first slice index, frames).
-        organs: the run's organs (``dataset.organs``, in the order its samples ask for them), or None
+        run_organs: the run's organs (``dataset.organs``, in the order its samples ask for them), or None
             for a dataset whose mask is one target.
         every: run SaLIP on every ``every``-th slice.
         count: or on ``count`` slices spread over the volume (wins over ``every``).
@@ -112,7 +112,7 @@ class SalipPropagateMethod:
 
     def __init__(self, generator: Generate, filter: Filter, retriever: Retrieve, refiner: Refine,  # noqa: A002
                  top_k: dict[str, int], propagator_sam: object,
-                 volume_frames: Callable[[dict], tuple[int, np.ndarray]] | None, organs: list[str] | None = None,
+                 volume_frames: Callable[[dict], tuple[int, np.ndarray]] | None, run_organs: list[str] | None = None,
                  every: int | None = 5, count: int | None = None, keys: int = 1, min_score: float | None = None,
                  offload_state_to_cpu: bool = False, max_state_gb: float | None = 8.0) -> None:
         require_role(propagator_sam, Propagator, "method salip_propagate", "model@propagator_model=sam2_hiera_t")
@@ -125,7 +125,7 @@ class SalipPropagateMethod:
         self.salip = SalipMethod(generator, filter, retriever, refiner, top_k)
         self.quality = SalipQuality()
         self.propagator, self.volume_frames = propagator_sam, volume_frames
-        self.organs: list[str | None] = list(organs) if organs else [None]
+        self.organs: list[str | None] = list(run_organs) if run_organs else [None]
         # the propagator is SaLIP's own engine (the default): the sampled slices' features are held for it
         self.shares_encoder = getattr(generator, "sam", None) is propagator_sam
         self.every, self.count, self.keys, self.min_score = every, count, int(keys), min_score
